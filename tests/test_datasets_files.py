@@ -1,0 +1,547 @@
+"""Tests of the builders that read local files: mvtec_ad, folder, mnist/cifar10_one_class.
+
+Synthetic folders are written with PIL into tmp_path; the real data in ../shared/data (magnetic
+tile, MNIST, CIFAR-10) is read in place, and those tests skip when it is absent.
+"""
+
+import gzip
+import os
+import pathlib
+import re
+import zipfile
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from vivano_jax.datasets import folder  # noqa: E402
+from vivano_jax.datasets import image_files  # noqa: E402
+from vivano_jax.datasets import mvtec_ad  # noqa: E402
+from vivano_jax.datasets import one_class  # noqa: E402
+from vivano_jax.datasets.image_files import DatasetError  # noqa: E402
+
+tf.config.set_visible_devices([], 'GPU')
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(),
+    reason=f'real test data not found at {SHARED_DATA} (only present on the project machines)')
+
+
+def make_cfg(name, manual_dir=None, **kwargs):
+  return ml_collections.ConfigDict(
+      dict(name=name, manual_dir=None if manual_dir is None else str(manual_dir), **kwargs))
+
+
+def load_split(builder, split):
+  """All examples of a split as numpy dicts, strings decoded."""
+  examples = []
+  for ex in tfds.as_numpy(builder.as_dataset(split=split)):
+    ex['defect_type'] = ex['defect_type'].decode()
+    ex['filename'] = ex['filename'].decode()
+    examples.append(ex)
+  return examples
+
+
+def finished_datasets(data_dir):
+  """Every folder under data_dir that tfds could load as a prepared dataset."""
+  return sorted(str(p.parent) for p in pathlib.Path(data_dir).rglob('dataset_info.json'))
+
+
+def leftovers(data_dir):
+  """Partial-write folders tfds may leave (incomplete.*) and finished-looking datasets."""
+  data_dir = pathlib.Path(data_dir)
+  return finished_datasets(data_dir) + sorted(str(p) for p in data_dir.rglob('incomplete.*'))
+
+
+def write_image(path, array):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(np.asarray(array, np.uint8)).save(path)
+
+
+def write_layout(root, *, train=3, test=None, masks=True, size=(20, 24), rgb=False, seed=0):
+  """A small folder in the MVTec AD layout; images [H, W] (or [H, W, 3]) with H, W = size.
+
+  `test` maps defect type -> image count ('good' included); masks mark a rectangle with 255.
+  """
+  rng = np.random.default_rng(seed)
+  shape = size + (3,) if rgb else size
+  test = {'good': 2, 'crack': 2} if test is None else test
+  for i in range(train):
+    write_image(root / 'train' / 'good' / f'{i:03d}.png', rng.integers(0, 256, shape))
+  for defect, count in test.items():
+    for i in range(count):
+      write_image(root / 'test' / defect / f'{i:03d}.png', rng.integers(0, 256, shape))
+      if defect != 'good' and masks:
+        mask = np.zeros(size, np.uint8)
+        mask[2:6, 3:9] = 255
+        write_image(root / 'ground_truth' / defect / f'{i:03d}_mask.png', mask)
+  return root
+
+
+# --- folder: real data
+
+
+@needs_shared_data
+def test_folder_magnetic_tile(tmp_path):
+  root = SHARED_DATA / 'magnetic_tile'
+  builder = folder.make_builder(make_cfg('folder', root), data_dir=tmp_path)
+  assert builder.builder_config.name.startswith('magnetic_tile_')
+  assert builder.info.features['image'].shape == (None, None, 1)  # All images are grayscale.
+  train, test = load_split(builder, 'train'), load_split(builder, 'test')
+  assert len(train) == 761 and len(test) == 583
+
+  # Per-defect counts: the dataset's README and an independent listing of the folders.
+  counts = {d: sum(e['defect_type'] == d for e in test) for d in {e['defect_type'] for e in test}}
+  assert counts == {'good': 191, 'blowhole': 115, 'break': 85, 'crack': 57, 'fray': 32,
+                    'uneven': 103}
+  assert counts == {d: len(os.listdir(root / 'test' / d)) for d in os.listdir(root / 'test')}
+  assert {e['defect_type'] for e in train} == {'good'} and not any(e['label'] for e in train)
+
+  for ex in test:
+    assert ex['mask'].shape == ex['image'].shape[:2] + (1,)
+    assert ex['has_mask']  # Every defect type has ground truth.
+    assert ex['label'] == (ex['defect_type'] != 'good')
+    assert set(np.unique(ex['mask'])) <= {0, 1}
+  # Images equal a PIL read of the file; masks are the files' nonzero pixels.
+  for ex in test[::50]:
+    pixels = np.asarray(Image.open(root / ex['filename']).convert('L'))
+    np.testing.assert_array_equal(ex['image'][..., 0], pixels)
+    if ex['defect_type'] != 'good':
+      stem = pathlib.Path(ex['filename']).stem
+      gt = np.asarray(Image.open(root / 'ground_truth' / ex['defect_type'] / f'{stem}_mask.png'))
+      np.testing.assert_array_equal(ex['mask'][..., 0], gt > 0)
+
+  # The 4 empty uneven masks in the source are accepted as valid (empty) ground truth.
+  gt_dir = root / 'ground_truth' / 'uneven'
+  empty_files = sum(np.asarray(Image.open(gt_dir / n)).max() == 0 for n in os.listdir(gt_dir))
+  empty = [e for e in test if e['defect_type'] == 'uneven' and e['mask'].max() == 0]
+  assert empty_files == len(empty) == 4 and all(e['has_mask'] for e in empty)
+
+  # A second call loads the cache (same config) without decoding anything again.
+  again = folder.make_builder(make_cfg('folder', root), data_dir=tmp_path)
+  assert again.builder_config.name == builder.builder_config.name
+  assert again.info.splits['test'].num_examples == 583
+
+
+# --- folder: synthetic
+
+
+def test_folder_without_ground_truth_and_mixed_channels(tmp_path):
+  root = write_layout(tmp_path / 'parts', masks=False, test={'good': 1, 'dent': 2})
+  write_image(root / 'test' / 'dent' / '005.JPG', np.full((20, 24, 3), (200, 10, 10)))  # Color.
+  (root / 'test' / 'dent' / '.DS_Store').write_bytes(b'\0\1junk')  # Hidden: ignored.
+  builder = folder.make_builder(make_cfg('folder', root), data_dir=tmp_path / 'data')
+  assert builder.info.features['image'].shape == (None, None, 3)  # One color image -> RGB.
+  test = {e['filename']: e for e in load_split(builder, 'test')}
+  assert sorted(test) == ['test/dent/000.png', 'test/dent/001.png', 'test/dent/005.JPG',
+                          'test/good/000.png']
+  dent = test['test/dent/000.png']
+  assert dent['label'] == 1 and not dent['has_mask'] and dent['mask'].max() == 0
+  assert test['test/good/000.png']['has_mask']
+  gray = np.asarray(Image.open(root / 'test' / 'dent' / '000.png'))
+  np.testing.assert_array_equal(dent['image'], np.repeat(gray[..., None], 3, axis=-1))
+
+
+def test_folder_cache_key_follows_the_files(tmp_path, monkeypatch):
+  root = write_layout(tmp_path / 'parts')
+  data_dir = tmp_path / 'data'
+  first = folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
+  # Unchanged folder: loaded from the cache, nothing is decoded.
+  with monkeypatch.context() as m:
+    m.setattr(image_files, 'validate_images', lambda *a: pytest.fail('decoded a cached folder'))
+    cached = folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
+    assert cached.builder_config.name == first.builder_config.name
+  # A new file: same path hash, new content hash, a fresh build that includes it.
+  write_image(root / 'train' / 'good' / '099.png', np.zeros((20, 24)))
+  second = folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
+  old_name, new_name = first.builder_config.name, second.builder_config.name
+  assert old_name != new_name and old_name.rsplit('_', 1)[0] == new_name.rsplit('_', 1)[0]
+  assert second.info.splits['train'].num_examples == 4
+  # Another folder with identical content: different path hash.
+  other = write_layout(tmp_path / 'copy' / 'parts')
+  third = folder.make_builder(make_cfg('folder', other), data_dir=data_dir)
+  assert third.builder_config.name.split('_')[1] != first.builder_config.name.split('_')[1]
+
+
+# --- bad input
+
+
+def _corrupt(root):
+  (root / 'test' / 'crack' / '001.png').write_bytes(b'\x89PNG\r\n\x1a\n' + os.urandom(200))
+  return root / 'test' / 'crack' / '001.png'
+
+
+def _truncate(root):
+  path = root / 'train' / 'good' / '002.png'
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  return path
+
+
+def _remove_mask(root):
+  (root / 'ground_truth' / 'crack' / '001_mask.png').unlink()
+  return root / 'test' / 'crack' / '001.png'
+
+
+def _resize_mask(root):
+  write_image(root / 'ground_truth' / 'crack' / '000_mask.png', np.zeros((10, 10)))
+  return root / 'ground_truth' / 'crack' / '000_mask.png'
+
+
+def _non_image(root):
+  (root / 'test' / 'good' / 'notes.txt').write_text('camera settings')
+  return root / 'test' / 'good' / 'notes.txt'
+
+
+def _no_train_good(root):
+  for p in (root / 'train' / 'good').iterdir():
+    p.unlink()
+  (root / 'train' / 'good').rmdir()
+  return root / 'train' / 'good'
+
+
+def _empty_train_good(root):
+  for p in (root / 'train' / 'good').iterdir():
+    p.unlink()
+  return root / 'train' / 'good'
+
+
+def _missing_root(root):
+  return root.parent / 'no_such_folder'
+
+
+@pytest.mark.parametrize('damage', [_corrupt, _truncate, _remove_mask, _resize_mask, _non_image,
+                                    _no_train_good, _empty_train_good, _missing_root])
+def test_folder_bad_input(tmp_path, damage):
+  root = write_layout(tmp_path / 'parts')
+  named = damage(root)
+  manual_dir = named if damage is _missing_root else root
+  data_dir = tmp_path / 'data'
+  with pytest.raises(DatasetError, match=re.escape(str(named))):
+    folder.make_builder(make_cfg('folder', manual_dir), data_dir=data_dir)
+  assert leftovers(data_dir) == []
+
+
+def test_folder_requires_a_root(tmp_path):
+  with pytest.raises(DatasetError, match='manual_dir'):
+    folder.make_builder(make_cfg('folder', None), data_dir=tmp_path)
+
+
+def test_failure_during_writing_leaves_no_dataset(tmp_path, monkeypatch):
+  root = write_layout(tmp_path / 'parts', test={'good': 2, 'crack': 4})
+  data_dir = tmp_path / 'data'
+  calls = []
+  read_mask = image_files.read_mask
+
+  def failing_read_mask(path):  # The disk goes away after validation, halfway through writing.
+    calls.append(path)
+    if len(calls) > 2:
+      raise OSError(f'{path}: device not ready')
+    return read_mask(path)
+
+  with monkeypatch.context() as m:
+    m.setattr(image_files, 'read_mask', failing_read_mask)
+    with pytest.raises(OSError, match='device not ready'):
+      folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
+  assert len(calls) == 3 and leftovers(data_dir) == []
+  builder = folder.make_builder(make_cfg('folder', root), data_dir=data_dir)  # Fresh build.
+  assert builder.is_prepared() and builder.info.splits['test'].num_examples == 6
+
+
+# --- pixel formats
+
+
+def test_image_and_mask_conversions(tmp_path):
+  wide = np.array([[0, 257 * 100, 65535]], np.uint16)  # 16-bit gray: scaled by 1/257.
+  Image.fromarray(wide).save(tmp_path / 'wide.png')
+  np.testing.assert_array_equal(image_files.read_image(tmp_path / 'wide.png', 1)[..., 0],
+                                [[0, 100, 255]])
+  rgba = np.zeros((2, 3, 4), np.uint8)
+  rgba[..., 1], rgba[..., 3] = 77, 10  # Alpha is dropped, not composited.
+  write_image(tmp_path / 'rgba.png', rgba)
+  assert image_files.read_image(tmp_path / 'rgba.png', 3)[0, 0].tolist() == [0, 77, 0]
+  gray_palette = Image.fromarray(np.array([[0, 128, 255]], np.uint8)).convert('P')
+  gray_palette.save(tmp_path / 'palette.png')
+  with Image.open(tmp_path / 'palette.png') as image:
+    assert image.mode == 'P' and image_files.image_channels(image) == 1
+  color_mask = np.zeros((2, 3, 3), np.uint8)
+  color_mask[0, 1] = (200, 0, 0)  # Any channel > 0 marks a defect.
+  write_image(tmp_path / 'mask.png', color_mask)
+  np.testing.assert_array_equal(image_files.read_mask(tmp_path / 'mask.png')[..., 0],
+                                [[0, 1, 0], [0, 0, 0]])
+  # A palette mask whose index 0 is white: the colors count, not the indices.
+  palette_mask = Image.new('P', (2, 1))
+  palette_mask.putdata([0, 1])
+  palette_mask.putpalette([255, 255, 255, 0, 0, 0])
+  palette_mask.save(tmp_path / 'palette_mask.png')
+  np.testing.assert_array_equal(image_files.read_mask(tmp_path / 'palette_mask.png')[..., 0],
+                                [[1, 0]])
+  # A PNG already in the stored format is copied as is; anything else is re-encoded.
+  write_image(tmp_path / 'gray.png', np.arange(12).reshape(3, 4))
+  data, shape = image_files.image_png(tmp_path / 'gray.png', 1)
+  assert data == (tmp_path / 'gray.png').read_bytes() and shape == (3, 4)
+  data, shape = image_files.image_png(tmp_path / 'gray.png', 3)
+  assert tf.io.decode_png(data).numpy().shape == (3, 4, 3)
+
+
+# --- mvtec_ad: synthetic
+
+
+def write_category(manual_dir, category, size=(12, 16), rgb=True, skip=()):
+  """A complete copy of an MVTec AD category (official counts, tiny images) minus `skip` files."""
+  counts = mvtec_ad.OFFICIAL_COUNTS[category]
+  rng = np.random.default_rng(0)
+  shape = size + (3,) if rgb else size
+  for folder_name, count in counts.items():
+    split, defect = folder_name.split('/')
+    for i in range(count):
+      relpath = f'{split}/{defect}/{i:03d}.png'
+      if relpath in skip:
+        continue
+      write_image(manual_dir / category / relpath, rng.integers(0, 256, shape))
+      if split == 'test' and defect != 'good':
+        mask = np.zeros(size, np.uint8)
+        mask[1:4, 2:5] = 255
+        write_image(manual_dir / category / 'ground_truth' / defect / f'{i:03d}_mask.png', mask)
+  return manual_dir / category
+
+
+def test_mvtec_ad_complete_category(tmp_path):
+  manual_dir = tmp_path / 'mvtec'
+  write_category(manual_dir, 'toothbrush')  # The smallest category: 60 + 42 images.
+  builder = mvtec_ad.make_builder(make_cfg('mvtec_ad/toothbrush', manual_dir),
+                                  data_dir=tmp_path / 'data')
+  assert builder.info.features['image'].shape == (None, None, 3)
+  train, test = load_split(builder, 'train'), load_split(builder, 'test')
+  assert len(train) == 60 and len(test) == 42
+  by_name = {e['filename']: e for e in test}
+  bad = by_name['test/defective/007.png']
+  assert bad['label'] == 1 and bad['has_mask'] and bad['defect_type'] == 'defective'
+  expected = np.zeros((12, 16, 1), np.uint8)
+  expected[1:4, 2:5] = 1
+  np.testing.assert_array_equal(bad['mask'], expected)
+  good = by_name['test/good/003.png']
+  assert good['label'] == 0 and good['has_mask'] and good['mask'].max() == 0
+  np.testing.assert_array_equal(
+      good['image'], np.asarray(Image.open(manual_dir / 'toothbrush' / 'test/good/003.png')))
+  # Cached: a second call needs no files at all.
+  again = mvtec_ad.make_builder(make_cfg('mvtec_ad/toothbrush', None), data_dir=tmp_path / 'data')
+  assert again.info.splits['train'].num_examples == 60
+  # Extra and unknown folders are reported too (fresh data_dir: the cache is not re-checked).
+  root = manual_dir / 'toothbrush'
+  write_image(root / 'test' / 'defective' / '030.png', np.zeros((12, 16, 3)))
+  write_image(root / 'ground_truth' / 'defective' / '030_mask.png', np.zeros((12, 16)))
+  write_image(root / 'test' / 'bent' / '000.png', np.zeros((12, 16, 3)))
+  write_image(root / 'ground_truth' / 'bent' / '000_mask.png', np.zeros((12, 16)))
+  with pytest.raises(DatasetError) as info:
+    mvtec_ad.make_builder(make_cfg('mvtec_ad/toothbrush', manual_dir), data_dir=tmp_path / 'd2')
+  assert f'{root / "test/defective"}: 1 image(s) more than the official 30' in str(info.value)
+  assert f'{root / "test/bent"}: not an official toothbrush folder' in str(info.value)
+
+
+def test_mvtec_ad_incomplete_copy_lists_short_folders(tmp_path):
+  manual_dir = tmp_path / 'mvtec'
+  root = write_layout(manual_dir / 'bottle', train=2, rgb=True,
+                      test={'good': 1, 'broken_large': 1, 'contamination': 2})
+  with pytest.raises(DatasetError) as info:
+    mvtec_ad.make_builder(make_cfg('mvtec_ad/bottle', manual_dir), data_dir=tmp_path / 'data')
+  message = str(info.value)
+  assert f'{root / "train/good"}: 207 image(s) short (2 of 209)' in message
+  assert f'{root / "test/good"}: 19 image(s) short (1 of 20)' in message
+  assert f'{root / "test/broken_large"}: 19 image(s) short (1 of 20)' in message
+  assert f'{root / "test/broken_small"}: 22 image(s) short (0 of 22)' in message
+  assert f'{root / "test/contamination"}: 19 image(s) short (2 of 21)' in message
+  assert '6 of the official 292 images found' in message and 'check_counts' in message
+  assert leftovers(tmp_path / 'data') == []
+
+
+def test_mvtec_ad_grayscale_category_without_count_check(tmp_path):
+  manual_dir = tmp_path / 'mvtec'
+  root = write_layout(manual_dir / 'grid', train=2, test={'good': 1, 'bent': 2})
+  rgb = np.random.default_rng(1).integers(0, 256, (20, 24, 3)).astype(np.uint8)
+  write_image(root / 'train' / 'good' / '009.png', rgb)  # A stray color image.
+  builder = mvtec_ad.make_builder(make_cfg('mvtec_ad/grid', manual_dir, check_counts=False),
+                                  data_dir=tmp_path / 'data')
+  assert builder.info.features['image'].shape == (None, None, 1)
+  train = {e['filename']: e for e in load_split(builder, 'train')}
+  assert len(train) == 3 and all(e['image'].shape == (20, 24, 1) for e in train.values())
+  np.testing.assert_array_equal(train['train/good/009.png']['image'][..., 0],
+                                np.asarray(Image.fromarray(rgb).convert('L')))
+
+
+def test_mvtec_ad_bad_input(tmp_path):
+  manual_dir = tmp_path / 'mvtec'
+  root = write_layout(manual_dir / 'grid', masks=False, test={'good': 1, 'bent': 1})
+  cfg = make_cfg('mvtec_ad/grid', manual_dir, check_counts=False)
+  # MVTec AD always has masks: a defect folder without ground truth is an error.
+  with pytest.raises(DatasetError, match=re.escape(str(root / 'ground_truth' / 'bent'))):
+    mvtec_ad.make_builder(cfg, data_dir=tmp_path / 'data')
+  # manual_dir pointing at the category itself, or at a folder without it.
+  with pytest.raises(DatasetError, match='looks like a category folder itself'):
+    mvtec_ad.make_builder(make_cfg('mvtec_ad/grid', root), data_dir=tmp_path / 'data')
+  with pytest.raises(DatasetError, match=re.escape(str(manual_dir / 'screw'))):
+    mvtec_ad.make_builder(make_cfg('mvtec_ad/screw', manual_dir), data_dir=tmp_path / 'data')
+  with pytest.raises(DatasetError, match='mvtec.com'):
+    mvtec_ad.make_builder(make_cfg('mvtec_ad/grid', None), data_dir=tmp_path / 'data')
+  with pytest.raises(ValueError, match='mvtec_ad/zipper'):
+    mvtec_ad.make_builder(make_cfg('mvtec_ad/zip', manual_dir), data_dir=tmp_path / 'data')
+  assert leftovers(tmp_path / 'data') == []
+
+
+def test_mvtec_ad_official_counts_total():
+  assert sum(c['train/good'] for c in mvtec_ad.OFFICIAL_COUNTS.values()) == 3629
+  assert sum(n for c in mvtec_ad.OFFICIAL_COUNTS.values() for k, n in c.items()
+             if k.startswith('test/')) == 1725
+  assert len(mvtec_ad.CATEGORIES) == 15
+
+
+# --- one-class: MNIST
+
+
+def read_idx_labels(path):
+  """Independent reader: idx1 labels = 8-byte header, then one byte per label."""
+  with gzip.open(path) as f:
+    return np.frombuffer(f.read(), np.uint8, offset=8)
+
+
+@needs_shared_data
+def test_mnist_one_class_local(tmp_path):
+  mnist = SHARED_DATA / 'mnist'
+  builder = one_class.make_builder(make_cfg('mnist_one_class/3', mnist), data_dir=tmp_path)
+  assert set(builder.info.splits) == {'train', 'test'}
+  assert builder.info.metadata['source'] == 'local_npz_approx'  # No train-images idx file here.
+  train_labels = read_idx_labels(mnist / 'train-labels-idx1-ubyte.gz')
+  test_labels = read_idx_labels(mnist / 't10k-labels-idx1-ubyte.gz')
+  train, test = load_split(builder, 'train'), load_split(builder, 'test')
+
+  assert len(train) == np.sum(train_labels == 3)  # 6131 threes.
+  assert sorted(e['filename'] for e in train) == [
+      f'train/{i:05d}' for i in np.flatnonzero(train_labels == 3)]
+  assert all(e['label'] == 0 and e['defect_type'] == 'good' for e in train)
+  # Inversion undone: dark background like the exact test images (mean intensity ~33 of 255).
+  train_mean = np.mean([e['image'].mean() for e in train])
+  test_mean = np.mean([e['image'].mean() for e in test])
+  assert abs(train_mean - test_mean) < 5
+
+  assert len(test) == 10000
+  digits = {e['filename']: e for e in test}
+  for d in range(10):
+    kind = 'good' if d == 3 else str(d)
+    assert sum(e['defect_type'] == kind for e in test) == np.sum(test_labels == d)
+  assert sum(e['label'] for e in test) == np.sum(test_labels != 3)
+  assert all(e['has_mask'] == (e['label'] == 0) and e['mask'].max() == 0 for e in test)
+  # Test images are the exact idx pixels.
+  with gzip.open(mnist / 't10k-images-idx3-ubyte.gz') as f:
+    images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+  for i in (0, 1234, 9999):
+    np.testing.assert_array_equal(digits[f'test/{i:05d}']['image'][..., 0], images[i])
+
+
+def write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_tiny_mnist(root, num_train=40, num_test=30):
+  rng = np.random.default_rng(0)
+  root.mkdir(parents=True, exist_ok=True)
+  write_idx(root / 'train-images-idx3-ubyte.gz', rng.integers(0, 256, (num_train, 28, 28)))
+  write_idx(root / 'train-labels-idx1-ubyte.gz', np.arange(num_train) % 10)
+  write_idx(root / 't10k-images-idx3-ubyte.gz', rng.integers(0, 256, (num_test, 28, 28)))
+  write_idx(root / 't10k-labels-idx1-ubyte.gz', np.arange(num_test) % 10)
+  return root
+
+
+def test_mnist_idx_files_and_bad_input(tmp_path):
+  root = write_tiny_mnist(tmp_path / 'mnist')
+  builder = one_class.make_builder(make_cfg('mnist_one_class/7', root), data_dir=tmp_path / 'd1')
+  assert builder.info.metadata['source'] == 'local_idx'
+  assert builder.info.splits['train'].num_examples == 4
+  assert builder.info.splits['test'].num_examples == 30
+
+  # A truncated gzip stream, a missing label file: DatasetError naming the file, nothing written.
+  data = (root / 't10k-images-idx3-ubyte.gz').read_bytes()
+  (root / 't10k-images-idx3-ubyte.gz').write_bytes(data[:len(data) // 2])
+  with pytest.raises(DatasetError, match=re.escape(str(root / 't10k-images-idx3-ubyte.gz'))):
+    one_class.make_builder(make_cfg('mnist_one_class/7', root), data_dir=tmp_path / 'd2')
+  (root / 't10k-labels-idx1-ubyte.gz').unlink()
+  with pytest.raises(DatasetError, match=re.escape(str(root / 't10k-labels-idx1-ubyte.gz'))):
+    one_class.make_builder(make_cfg('mnist_one_class/7', root), data_dir=tmp_path / 'd2')
+  assert leftovers(tmp_path / 'd2') == []
+
+
+# --- one-class: CIFAR-10
+
+
+@needs_shared_data
+def test_cifar10_one_class_local(tmp_path):
+  cifar = SHARED_DATA / 'cifar10'
+  builder = one_class.make_builder(make_cfg('cifar10_one_class/3', cifar), data_dir=tmp_path)
+  assert builder.builder_config.name == 'cat'  # Index 3 maps to its class name.
+  train, val = load_split(builder, 'train'), load_split(builder, 'validation')
+  assert len(train) == 4500 and len(val) == 500
+  train_names, val_names = {e['filename'] for e in train}, {e['filename'] for e in val}
+  assert not train_names & val_names
+  with zipfile.ZipFile(cifar / 'train_jpg_stored.zip') as archive:
+    cats = {n for n in archive.namelist() if n.startswith('train/cat/') and n.endswith('.jpg')}
+  assert train_names | val_names == cats
+  assert all(e['label'] == 0 and e['image'].shape == (32, 32, 3) for e in train + val)
+
+  test = load_split(builder, 'test')
+  listing = {c: len(os.listdir(cifar / 'test' / c)) for c in one_class.CIFAR10_CLASSES}
+  assert len(test) == sum(listing.values()) == 10000
+  for c, count in listing.items():
+    assert sum(e['defect_type'] == ('good' if c == 'cat' else c) for e in test) == count
+  assert sum(e['label'] == 0 for e in test) == listing['cat']
+  assert all(e['has_mask'] == (e['label'] == 0) for e in test)
+
+  # The split is seeded: a rebuild elsewhere gives the same validation images.
+  again = one_class.make_builder(make_cfg('cifar10_one_class/cat', cifar), data_dir=tmp_path / 'b')
+  assert {e['filename'] for e in load_split(again, 'validation')} == val_names
+
+
+def test_cifar10_local_bad_image(tmp_path):
+  root = tmp_path / 'cifar'
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    for c in one_class.CIFAR10_CLASSES:
+      for i in range(2):
+        write_image(root / split / c / f'{i:04d}.jpg', rng.integers(0, 256, (32, 32, 3)))
+  (root / 'test' / 'dog' / '0001.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+  with pytest.raises(DatasetError, match=re.escape(str(root / 'test' / 'dog' / '0001.jpg'))):
+    one_class.make_builder(make_cfg('cifar10_one_class/dog', root), data_dir=tmp_path / 'data')
+  assert leftovers(tmp_path / 'data') == []
+
+
+# --- one-class: catalog
+
+
+@pytest.mark.parametrize('name, channels', [('mnist_one_class/2', 1), ('cifar10_one_class/2', 3)])
+def test_one_class_from_tfds_catalog(tmp_path, monkeypatch, name, channels):
+  dataset = one_class.BUILDERS[name.split('/')[0]].CATALOG_NAME
+  with tfds.testing.mock_data(num_examples=60):  # Random examples instead of the download.
+    source = one_class.load_catalog(dataset, normal_class=2)
+  assert source.kind == 'tfds_catalog' and len(source.test_images) == 60
+  # Build from what the (mocked) catalog returned; mock_data would also no-op our own writing.
+  monkeypatch.setattr(one_class, 'load_catalog', lambda *args: source)
+  builder = one_class.make_builder(make_cfg(name), data_dir=tmp_path)
+  assert builder.info.metadata['source'] == 'tfds_catalog'
+  num_normal = len(source.train_images)
+  splits = {s: info.num_examples for s, info in builder.info.splits.items()}
+  assert sum(n for s, n in splits.items() if s != 'test') == num_normal
+  test = load_split(builder, 'test')
+  assert sum(e['label'] for e in test) == np.sum(source.test_labels != 2)
+  assert test[0]['image'].shape[-1] == channels
+
+  # The cache records its source: a local copy is not silently mixed with the catalog build.
+  if dataset == 'mnist':
+    local = write_tiny_mnist(tmp_path / 'local')
+    with pytest.raises(DatasetError, match='tfds_catalog'):
+      one_class.make_builder(make_cfg(name, local), data_dir=tmp_path)

@@ -1,0 +1,211 @@
+"""`mvtec_ad`: MVTec AD (Bergmann et al., CVPR 2019) from a local copy; one config per category.
+
+MVTec AD cannot be downloaded automatically (its licence, CC BY-NC-SA 4.0, is accepted through a
+form), so `cfg.manual_dir` must be the folder holding the extracted category folders (see
+`MANUAL_DOWNLOAD_INSTRUCTIONS`). Official layout of a category:
+
+  <category>/train/good/*.png                          defect-free training images
+  <category>/test/<defect>/*.png                       test images, 'good' among the defects
+  <category>/ground_truth/<defect>/<stem>_mask.png     0/255 mask of every defective test image
+
+Splits `train` (good only) and `test`, examples as in `features.py`:
+  image        uint8 [H, W, C] at native size (700-1024 px a side); C = 1 for grid, screw and
+               zipper, else 3 (a stray image of the other kind is converted)
+  mask         uint8 [H, W, 1] in {0, 1}; all zero for test/good
+  label        0 good, 1 defective; defect_type = the test folder's name
+  filename     path relative to the category, e.g. 'test/crack/000.png'
+  has_mask     True
+
+Before anything is written, the copy is compared with the official per-folder file counts
+(`OFFICIAL_COUNTS`; `cfg.check_counts = False` builds a partial copy anyway, with a warning), every
+defective image must have its mask, and every file is fully decoded (see `image_files`).
+"""
+
+import dataclasses
+import os
+import pathlib
+
+from absl import logging
+import tensorflow_datasets as tfds
+
+from vivano_jax.datasets import image_files
+from vivano_jax.datasets.features import example_features
+from vivano_jax.datasets.image_files import DatasetError
+
+HOMEPAGE = 'https://www.mvtec.com/company/research/datasets/mvtec-ad'
+GRAYSCALE_CATEGORIES = ('grid', 'screw', 'zipper')
+
+# Official number of images per folder. Sources: the train counts are Table 1 of Bergmann et al.,
+# "MVTec AD - A Comprehensive Real-World Dataset for Unsupervised Anomaly Detection", CVPR 2019; the
+# per-defect test counts are those of the released archive (mvtec_anomaly_detection.tar.xz), as
+# listed by public per-defect evaluation reports. They add up to the published totals of 3629 train
+# and 1725 test images; test/good has no masks, every other test folder one mask per image.
+OFFICIAL_COUNTS = {
+    'bottle': {'train/good': 209, 'test/good': 20, 'test/broken_large': 20,
+               'test/broken_small': 22, 'test/contamination': 21},
+    'cable': {'train/good': 224, 'test/good': 58, 'test/bent_wire': 13, 'test/cable_swap': 12,
+              'test/combined': 11, 'test/cut_inner_insulation': 14,
+              'test/cut_outer_insulation': 10, 'test/missing_cable': 12, 'test/missing_wire': 10,
+              'test/poke_insulation': 10},
+    'capsule': {'train/good': 219, 'test/good': 23, 'test/crack': 23, 'test/faulty_imprint': 22,
+                'test/poke': 21, 'test/scratch': 23, 'test/squeeze': 20},
+    'carpet': {'train/good': 280, 'test/good': 28, 'test/color': 19, 'test/cut': 17,
+               'test/hole': 17, 'test/metal_contamination': 17, 'test/thread': 19},
+    'grid': {'train/good': 264, 'test/good': 21, 'test/bent': 12, 'test/broken': 12,
+             'test/glue': 11, 'test/metal_contamination': 11, 'test/thread': 11},
+    'hazelnut': {'train/good': 391, 'test/good': 40, 'test/crack': 18, 'test/cut': 17,
+                 'test/hole': 18, 'test/print': 17},
+    'leather': {'train/good': 245, 'test/good': 32, 'test/color': 19, 'test/cut': 19,
+                'test/fold': 17, 'test/glue': 19, 'test/poke': 18},
+    'metal_nut': {'train/good': 220, 'test/good': 22, 'test/bent': 25, 'test/color': 22,
+                  'test/flip': 23, 'test/scratch': 23},
+    'pill': {'train/good': 267, 'test/good': 26, 'test/color': 25, 'test/combined': 17,
+             'test/contamination': 21, 'test/crack': 26, 'test/faulty_imprint': 19,
+             'test/pill_type': 9, 'test/scratch': 24},
+    'screw': {'train/good': 320, 'test/good': 41, 'test/manipulated_front': 24,
+              'test/scratch_head': 24, 'test/scratch_neck': 25, 'test/thread_side': 23,
+              'test/thread_top': 23},
+    'tile': {'train/good': 230, 'test/good': 33, 'test/crack': 17, 'test/glue_strip': 18,
+             'test/gray_stroke': 16, 'test/oil': 18, 'test/rough': 15},
+    'toothbrush': {'train/good': 60, 'test/good': 12, 'test/defective': 30},
+    'transistor': {'train/good': 213, 'test/good': 60, 'test/bent_lead': 10, 'test/cut_lead': 10,
+                   'test/damaged_case': 10, 'test/misplaced': 10},
+    'wood': {'train/good': 247, 'test/good': 19, 'test/color': 8, 'test/combined': 11,
+             'test/hole': 10, 'test/liquid': 10, 'test/scratch': 21},
+    'zipper': {'train/good': 240, 'test/good': 32, 'test/broken_teeth': 19, 'test/combined': 16,
+               'test/fabric_border': 17, 'test/fabric_interior': 16, 'test/rough': 17,
+               'test/split_teeth': 18, 'test/squeezed_teeth': 16},
+}
+CATEGORIES = tuple(OFFICIAL_COUNTS)
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+MVTec AD cannot be downloaded automatically: accept its licence (CC BY-NC-SA 4.0) at
+{HOMEPAGE} and download mvtec_anomaly_detection.tar.xz (or single categories).
+Extract it and set cfg.manual_dir to the folder that holds the category folders, e.g.
+  <manual_dir>/bottle/train/good/000.png
+  <manual_dir>/bottle/test/broken_large/000.png
+  <manual_dir>/bottle/ground_truth/broken_large/000_mask.png
+"""
+
+_CITATION = """\
+@inproceedings{bergmann2019mvtec,
+  title={MVTec AD -- A Comprehensive Real-World Dataset for Unsupervised Anomaly Detection},
+  author={Bergmann, Paul and Fauser, Michael and Sattlegger, David and Steger, Carsten},
+  booktitle={IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={9592--9600},
+  year={2019}
+}"""
+
+
+def count_problems(layout: image_files.Layout, category: str) -> list[str]:
+  """Differences between a category copy and `OFFICIAL_COUNTS`, one line per folder."""
+  official, actual = OFFICIAL_COUNTS[category], layout.counts()
+  problems = []
+  for folder, expected in official.items():
+    found = actual.get(folder, 0)
+    if found < expected:
+      problems.append(f'{layout.root / folder}: {expected - found} image(s) short '
+                      f'({found} of {expected})')
+    elif found > expected:
+      problems.append(f'{layout.root / folder}: {found - expected} image(s) more than the official '
+                      f'{expected}')
+  for folder in sorted(set(actual) - set(official)):
+    problems.append(f'{layout.root / folder}: not an official {category} folder '
+                    f'({actual[folder]} images)')
+  return problems
+
+
+def validate_category(root: str | os.PathLike, category: str,
+                      check_counts: bool = True) -> image_files.Layout:
+  """Scans and fully validates one extracted category folder; nothing is written.
+
+  Raises:
+    DatasetError naming the folder or file: layout problems, a defective image without its mask,
+    a corrupt image, a mask of the wrong size, or (with `check_counts`) a count that differs from
+    `OFFICIAL_COUNTS` (the message lists every short folder and by how many).
+  """
+  layout = image_files.scan_layout(root, masks_required=True)
+  problems = count_problems(layout, category)
+  if problems and check_counts:
+    total, expected = sum(layout.counts().values()), sum(OFFICIAL_COUNTS[category].values())
+    image_files.raise_problems(
+        problems + [f'{total} of the official {expected} images found; set cfg.check_counts = '
+                    'False to build from an incomplete copy anyway'],
+        f'mvtec_ad/{category} (file counts differ from the official release)')
+  for problem in problems:
+    logging.warning('mvtec_ad/%s: %s', category, problem)
+  image_files.validate_images(layout)  # Stray channel counts are fine: converted when read.
+  return layout
+
+
+@dataclasses.dataclass(eq=False)
+class MvtecAdConfig(tfds.core.BuilderConfig):
+  """One MVTec AD category; `channels` is 1 (grayscale category) or 3."""
+  channels: int = 3
+
+
+class MvtecAd(tfds.core.GeneratorBasedBuilder):
+  """MVTec AD, one category per config, read from `manual_dir/<category>`."""
+
+  name = 'mvtec_ad'
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release: native-size images, 0/1 masks.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  BUILDER_CONFIGS = [
+      MvtecAdConfig(name=c, description=f'MVTec AD category {c!r}.',
+                    channels=1 if c in GRAYSCALE_CATEGORIES else 3)
+      for c in CATEGORIES
+  ]
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.validated_layout = None  # Set by make_builder so that files are not decoded twice.
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=example_features(self.builder_config.channels),
+        homepage=HOMEPAGE,
+        citation=_CITATION,
+    )
+
+  def _split_generators(self, dl_manager):
+    category = self.builder_config.name
+    root = pathlib.Path(os.fspath(dl_manager.manual_dir)).resolve() / category
+    layout = self.validated_layout
+    if layout is None or layout.root != root:
+      layout = validate_category(root, category)
+    return {split: self._generate_examples(layout, split) for split in ('train', 'test')}
+
+  def _generate_examples(self, layout, split):
+    yield from image_files.generate_examples(layout, split, self.builder_config.channels)
+
+
+def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
+  """The prepared builder for cfg.name = 'mvtec_ad/<category>', read from cfg.manual_dir.
+
+  A dataset already prepared in `data_dir` is returned as is (the local files are not re-read).
+  `cfg.check_counts` (default True) compares the copy with the official file counts.
+  """
+  builder_name, _, category = cfg.name.partition('/')
+  if builder_name != MvtecAd.name or category not in CATEGORIES:
+    raise ValueError(f'Unknown dataset name {cfg.name!r}; valid names: '
+                     + ', '.join(f'mvtec_ad/{c}' for c in CATEGORIES))
+  builder = MvtecAd(config=category, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  manual_dir = cfg.get('manual_dir')
+  if not manual_dir:
+    raise DatasetError(f'mvtec_ad needs cfg.manual_dir.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
+  manual_dir = image_files.check_root(manual_dir, 'cfg.manual_dir (MVTec AD folder)')
+  root = manual_dir / category
+  if not root.is_dir():
+    hint = ''
+    if (manual_dir / 'train').is_dir():
+      hint = (f' {manual_dir} looks like a category folder itself: cfg.manual_dir must be its '
+              'parent, the folder holding the category folders.')
+    raise DatasetError(f'{root}: missing category folder.{hint}\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
+  builder.validated_layout = validate_category(root, category, cfg.get('check_counts', True))
+  image_files.prepare(builder, manual_dir)
+  return builder
