@@ -1,0 +1,210 @@
+"""Model parts: shapes and dtypes, closed forms for KL and the mixture NLL, finite gradients."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import logsumexp
+
+from vivano_jax import bottleneck
+from vivano_jax import decoder
+from vivano_jax import encoder
+from vivano_jax import mixture
+from vivano_jax import model as model_lib
+from tests.conftest import load_config
+
+
+def _init_apply(module, *args, rngs=None, **kwargs):
+  variables = module.init({'params': jax.random.PRNGKey(0), 'latent': jax.random.PRNGKey(1)}, *args,
+                          **kwargs)
+  return variables, module.apply(variables, *args, rngs=rngs, **kwargs)
+
+
+def test_vit_encoder_shapes_and_tokens():
+  x = jnp.zeros((2, 32, 48, 3))
+  enc = encoder.ViTEncoder(patch_size=8, width=16, depth=2, num_heads=4, mlp_dim=32)
+  variables, (tokens, cls) = _init_apply(enc, x)
+  chex.assert_shape(tokens, (2, 4, 6, 16))
+  chex.assert_shape(cls, (2, 16))
+  chex.assert_type(tokens, jnp.float32)
+  p = variables['params']
+  chex.assert_shape(p['position_embedding'], (1, 4 * 6 + 1, 16))  # N + 1 positions (eq. 1)
+  chex.assert_shape(p['class_token'], (1, 1, 16))
+  chex.assert_shape(p['patch_embedding']['kernel'], (8, 8, 3, 16))  # E: (P^2 C) x D
+  chex.assert_shape(p['block0']['msa']['qkv']['kernel'], (16, 48))  # fused U_qkv
+
+
+def test_attention_matches_reference_formula():
+  """MSA (eqs. 4-6) against a direct numpy computation with the module's own weights."""
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.normal(size=(1, 5, 8)), jnp.float32)
+  msa = encoder.MultiHeadSelfAttention(num_heads=2)
+  variables, out = _init_apply(msa, z)
+  p = jax.tree.map(np.asarray, variables['params'])
+  qkv = np.asarray(z)[0] @ p['qkv']['kernel'] + p['qkv']['bias']
+  q, k, v = np.split(qkv.reshape(5, 3, 2, 4), 3, axis=1)
+  heads = []
+  for h in range(2):
+    qh, kh, vh = q[:, 0, h], k[:, 0, h], v[:, 0, h]
+    a = qh @ kh.T / np.sqrt(4)
+    a = np.exp(a - a.max(1, keepdims=True))
+    a /= a.sum(1, keepdims=True)
+    heads.append(a @ vh)
+  ref = np.concatenate(heads, 1) @ p['out']['kernel'] + p['out']['bias']
+  np.testing.assert_allclose(np.asarray(out)[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_rejects_bad_sizes():
+  with pytest.raises(ValueError, match='patch_size'):
+    _init_apply(encoder.ViTEncoder(8, 16, 1, 4, 32), jnp.zeros((1, 30, 32, 1)))
+  with pytest.raises(ValueError, match='num_heads'):
+    _init_apply(encoder.ViTEncoder(8, 18, 1, 4, 32), jnp.zeros((1, 32, 32, 1)))
+
+
+def test_cnn_encoder_shapes():
+  x = jnp.zeros((2, 32, 32, 1))
+  variables = encoder.CNNEncoder(8, 24).init(jax.random.PRNGKey(0), x)
+  tokens, glob = encoder.CNNEncoder(8, 24).apply(variables, x)
+  chex.assert_shape(tokens, (2, 4, 4, 24))
+  chex.assert_shape(glob, (2, 24))
+
+
+def test_gaussian_kl_closed_form_against_scipy_integration():
+  """KL(N(m, s^2) || N(0, 1)) per dimension, integrated numerically with scipy."""
+  from scipy import integrate  # pylint: disable=g-import-not-at-top
+  for m, logvar in [(0.0, 0.0), (1.3, -0.7), (-0.4, 1.1)]:
+    s = np.exp(0.5 * logvar)
+    q, p = stats.norm(m, s), stats.norm(0, 1)
+    ref, _ = integrate.quad(lambda x: q.pdf(x) * (q.logpdf(x) - p.logpdf(x)), -30, 30)
+    got = bottleneck.gaussian_kl(jnp.array([m]), jnp.array([logvar]))
+    np.testing.assert_allclose(float(got), ref, rtol=1e-5, atol=1e-7)
+  # Sums over the last axis.
+  got = bottleneck.gaussian_kl(jnp.array([[0.0, 1.0]]), jnp.zeros((1, 2)))
+  np.testing.assert_allclose(np.asarray(got), [0.5], rtol=1e-6)
+
+
+def test_vae_sampling_and_eval_mean():
+  tokens = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2, 2, 8)), jnp.float32)
+  vae = bottleneck.VAEBottleneck(latent_dim=3)
+  variables = vae.init(jax.random.PRNGKey(0), tokens)
+  ev = vae.apply(variables, tokens, train=False)
+  np.testing.assert_array_equal(np.asarray(ev['z']), np.asarray(ev['mean']))
+  tr1 = vae.apply(variables, tokens, train=True, rngs={'latent': jax.random.PRNGKey(5)})
+  tr2 = vae.apply(variables, tokens, train=True, rngs={'latent': jax.random.PRNGKey(5)})
+  tr3 = vae.apply(variables, tokens, train=True, rngs={'latent': jax.random.PRNGKey(6)})
+  np.testing.assert_array_equal(np.asarray(tr1['z']), np.asarray(tr2['z']))
+  assert not np.allclose(np.asarray(tr1['z']), np.asarray(tr3['z']))
+  # z = mean + exp(logvar / 2) * eps with eps ~ N(0, 1): recover eps on many samples and test it.
+  big = jnp.asarray(np.random.default_rng(1).normal(size=(512, 2, 2, 8)), jnp.float32)
+  s = vae.apply(variables, big, train=True, rngs={'latent': jax.random.PRNGKey(7)})
+  eps = np.asarray((s['z'] - s['mean']) / jnp.exp(0.5 * s['logvar'])).ravel()
+  assert stats.kstest(eps, 'norm').pvalue > 1e-3
+  chex.assert_shape(tr1['kl'], (4, 2, 2))
+  det = bottleneck.VAEBottleneck(latent_dim=3, variational=False)
+  dv = det.init(jax.random.PRNGKey(0), tokens)
+  out = det.apply(dv, tokens, train=True)
+  np.testing.assert_array_equal(np.asarray(out['kl']), 0.0)
+
+
+def test_decoder_shapes_and_range():
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)) * 10, jnp.float32)
+  dec = decoder.ConvDecoder(features=decoder.decoder_features(8, 32, 8), out_channels=3)
+  variables = dec.init(jax.random.PRNGKey(0), z)
+  assert decoder.decoder_features(8, 32, 8) == (32, 16, 8)
+  out, updates = dec.apply(variables, z, train=True, mutable=['batch_stats'])
+  chex.assert_shape(out, (2, 32, 32, 3))
+  assert float(jnp.max(jnp.abs(out))) <= 1.0
+  # Training updates the BatchNorm running statistics.
+  before = jax.tree.leaves(variables['batch_stats'])
+  after = jax.tree.leaves(updates['batch_stats'])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  with pytest.raises(ValueError, match='power of two'):
+    decoder.decoder_features(12, 32, 8)
+
+
+def test_mixture_nll_against_scipy():
+  rng = np.random.default_rng(0)
+  k, d = 4, 3
+  y = rng.normal(size=(5, d))
+  logits = rng.normal(size=(5, k))
+  means = rng.normal(size=(5, k, d))
+  scales = rng.uniform(0.2, 2.0, size=(5, k, d))
+  log_w = logits - logsumexp(logits, axis=-1, keepdims=True)
+  got = mixture.mixture_nll(jnp.asarray(y), jnp.asarray(log_w), jnp.asarray(means), jnp.asarray(scales))
+  for i in range(5):
+    comps = [log_w[i, j] + stats.multivariate_normal(means[i, j], np.diag(scales[i, j] ** 2)).logpdf(y[i])
+             for j in range(k)]
+    np.testing.assert_allclose(float(got[i]), -logsumexp(comps), rtol=1e-5)
+
+
+def test_mixture_nll_is_stable_far_from_every_component():
+  """A point 1e3 scales away: a naive log(sum(exp)) underflows to inf, log-sum-exp stays finite."""
+  y = jnp.full((1, 2), 1e3)
+  nll = mixture.mixture_nll(y, jnp.log(jnp.array([[0.5, 0.5]])), jnp.zeros((1, 2, 2)),
+                            jnp.ones((1, 2, 2)))
+  expected = 2 * 0.5 * 1e6 + np.log(2 * np.pi)  # both components identical: -log N(y | 0, I)
+  np.testing.assert_allclose(float(nll[0]), expected, rtol=1e-6)
+
+
+def test_mixture_head_constraints():
+  c = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 3, 5)), jnp.float32)
+  head = mixture.MixtureDensityHead(num_components=6, target_dim=4, hidden_dim=8, min_scale=1e-3)
+  variables = head.init(jax.random.PRNGKey(0), c)
+  log_w, means, scales = head.apply(variables, c)
+  chex.assert_shape(log_w, (2, 3, 3, 6))
+  chex.assert_shape([means, scales], (2, 3, 3, 6, 4))
+  np.testing.assert_allclose(np.asarray(jnp.exp(log_w).sum(-1)), 1.0, rtol=1e-6)  # eq. 11
+  assert float(scales.min()) >= 1e-3  # softplus (eq. 12) plus the floor
+
+
+@pytest.mark.parametrize('condition', mixture.CONDITIONS)
+@pytest.mark.parametrize('target', mixture.TARGETS)
+def test_full_model_outputs_and_finite_gradients(condition, target):
+  config = load_config('tiny')
+  config.density.condition = condition
+  config.density.target = target
+  m = model_lib.create_model(config)
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(2, 32, 32, 1)), jnp.float32)
+  variables = m.init({'params': jax.random.PRNGKey(0), 'latent': jax.random.PRNGKey(1)}, x)
+  out = m.apply(variables, x, train=False)
+  chex.assert_shape(out['recon'], (2, 32, 32, 1))
+  chex.assert_shape([out['z'], out['mean'], out['logvar']], (2, 4, 4, 8))
+  chex.assert_shape([out['kl'], out['nll']], (2, 4, 4))
+  assert 'recon' not in m.apply(variables, x, train=False, decode=False)
+
+  def loss(params):
+    o, _ = m.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, train=True,
+                   rngs={'latent': jax.random.PRNGKey(2)}, mutable=['batch_stats'])
+    return jnp.mean(jnp.square(o['recon'] - x)) + 1e-3 * o['kl'].mean() + o['nll'].mean()
+
+  grads = jax.grad(loss)(variables['params'])
+  chex.assert_tree_all_finite(grads)
+  # The density head always learns; with stop_gradient the encoder gets no NLL gradient.
+  assert float(jnp.abs(grads['density']['logits']['bias']).sum()) > 0
+
+
+def test_stop_gradient_blocks_nll_gradient_into_encoder():
+  config = load_config('tiny')
+  m = model_lib.create_model(config)
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(2, 32, 32, 1)), jnp.float32)
+  variables = m.init({'params': jax.random.PRNGKey(0), 'latent': jax.random.PRNGKey(1)}, x)
+  nll_grad = lambda p: jax.grad(lambda q: m.apply({'params': q, 'batch_stats': variables['batch_stats']},
+                                                  x, decode=False)['nll'].mean())(p)
+  g = nll_grad(variables['params'])
+  assert float(sum(jnp.abs(v).sum() for v in jax.tree.leaves(g['encoder']))) == 0.0
+  config.density.stop_gradient = False
+  m2 = model_lib.create_model(config)
+  g2 = jax.grad(lambda q: m2.apply({'params': q, 'batch_stats': variables['batch_stats']}, x,
+                                   decode=False)['nll'].mean())(variables['params'])
+  assert float(sum(jnp.abs(v).sum() for v in jax.tree.leaves(g2['encoder']))) > 0.0
+
+
+def test_bad_input_shape_is_a_clear_error():
+  config = load_config('tiny')
+  m = model_lib.create_model(config)
+  with pytest.raises(ValueError, match='dataset.image_size'):
+    m.init({'params': jax.random.PRNGKey(0)}, jnp.zeros((1, 64, 64, 1)))
+  with pytest.raises(ValueError, match='dataset.channels'):
+    m.init({'params': jax.random.PRNGKey(0)}, jnp.zeros((1, 32, 32, 3)))

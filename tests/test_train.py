@@ -1,0 +1,202 @@
+"""Training: loss decreases, data parallelism is exact, NaN stops, checkpoints resume after SIGKILL."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from vivano_jax import input_pipeline
+from vivano_jax import model as model_lib
+from vivano_jax import train
+
+
+def _env(devices=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
+  if devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def test_loss_decreases_on_tiny_problem(tiny_config):
+  config = tiny_config
+  mesh = train.make_mesh()
+  data = input_pipeline.load(config, ('train',))['train']
+  batches = input_pipeline.train_batches(data, config.dataset, config.train.batch_size, config.seed)
+  state = train.create_train_state(config, model_lib.create_model(config), 80, mesh)
+  step = train.make_train_step(config, mesh)
+  recon = []
+  for _ in range(80):
+    state, m = step(state, train.global_batch(next(batches), mesh))
+    recon.append(float(m.compute()['recon']))
+    assert np.isfinite(float(m.loss.compute()))
+  assert np.mean(recon[-10:]) < 0.5 * np.mean(recon[:5])
+
+
+def test_eight_devices_equal_one_device(tiny_config, tmp_path):
+  # Prepare the data once, here, so the two subprocesses only read it.
+  input_pipeline.load(tiny_config, ('train',))
+  results = {}
+  for n in (1, 8):
+    out = tmp_path / f'dp{n}.npz'
+    subprocess.run([sys.executable, str(REPO / 'tests' / 'data_parallel_run.py'), str(out),
+                    tiny_config.dataset.data_dir], env=_env(n), check=True, timeout=300)
+    results[n] = dict(np.load(out))
+  one, eight = results[1], results[8]
+  assert int(one['num_devices']) == 1 and int(eight['num_devices']) == 8
+  # The global batch of 8 cannot be split over 8 devices when it is 12: a clear error.
+  assert 'train.batch_size=12' in str(eight['errors'][0]) and '(8)' in str(eight['errors'][0])
+  np.testing.assert_allclose(one['losses'], eight['losses'], rtol=1e-5)
+  keys = [k for k in one if k not in ('losses', 'num_devices', 'errors')]
+  assert any(k.startswith('batch_stats') for k in keys)
+  # atol: 1 % of one Adam step (lr 1e-3 after warmup). The attention key bias has an exactly zero
+  # gradient (softmax is shift-invariant), so Adam turns its rounding noise into ~1e-6 updates.
+  for k in keys:
+    np.testing.assert_allclose(one[k], eight[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_config, tmp_path,
+                                                                   monkeypatch):
+  config = tiny_config
+  config.train.checkpoint_every_steps = 5
+  real = train.make_train_step
+
+  def poisoned(cfg, mesh):
+    step_fn = real(cfg, mesh)
+
+    def wrapped(state, batch):
+      bad = int(state.step) + 1 == 7
+      state, m = step_fn(state, batch)
+      if bad:
+        m = m.replace(loss=type(m.loss)(total=m.loss.total * np.nan, count=m.loss.count))
+      return state, m
+    return wrapped
+
+  monkeypatch.setattr(train, 'make_train_step', poisoned)
+  with pytest.raises(FloatingPointError, match='at step 7'):
+    train.train_and_evaluate(config, str(tmp_path))
+  mngr = train.checkpoint_manager(str(tmp_path), config)
+  assert mngr.all_steps() == [5]
+  state = train.create_train_state(config, model_lib.create_model(config), 20, train.make_mesh())
+  restored, meta = train.restore_checkpoint(mngr, state)
+  assert meta['step'] == 5 and int(restored.step) == 5
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
+
+
+def _main(workdir, tfds_dir, *overrides, **kwargs):
+  cmd = [sys.executable, '-m', 'vivano_jax.main', f'--config={REPO / "configs" / "tiny.py"}',
+         f'--workdir={workdir}', f'--config.dataset.data_dir={tfds_dir}', *overrides]
+  return subprocess.Popen(cmd, env=_env(), cwd=str(REPO), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _final_params(workdir, config):
+  mngr = train.checkpoint_manager(str(workdir), config)
+  state = train.create_train_state(config, model_lib.create_model(config),
+                                   config.train.num_steps, train.make_mesh())
+  restored, meta = train.restore_checkpoint(mngr, state)
+  return restored, meta
+
+
+def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path):
+  """A run killed (SIGKILL) after a checkpoint resumes to the same final state as an uninterrupted run.
+
+  The uninterrupted run doubles as the CLI smoke test: summary printed, outputs written, overrides used.
+  """
+  input_pipeline.load(tiny_config, ('train', 'test'))  # Prepare data once for the subprocesses.
+  steps = ['--config.train.num_steps=150', '--config.train.checkpoint_every_steps=10',
+           '--config.train.log_every_steps=10']
+  full = tmp_path / 'full'
+  proc = _main(full, tiny_config.dataset.data_dir, *steps, '--config.model.depth=2')
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'image AUROC' in out and 'images/s' in out and str(full) in out
+  saved = json.loads((full / 'config.json').read_text())
+  assert saved['model']['depth'] == 2 and saved['train']['num_steps'] == 150
+  metrics = json.loads((full / 'metrics.json').read_text())
+  assert 0.0 <= metrics['metrics']['overall']['image_auroc'] <= 1.0
+  assert metrics['metrics']['overall']['pixel_auroc'] is None  # digits have no pixel ground truth
+  assert list(full.glob('events.out.tfevents.*'))
+
+  killed = tmp_path / 'killed'
+  proc = _main(killed, tiny_config.dataset.data_dir, *steps, '--config.model.depth=2')
+  ckpt_dir = killed / 'checkpoints'
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    done = [p for p in ckpt_dir.glob('*') if p.name.isdigit()] if ckpt_dir.exists() else []
+    if done:
+      break
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  config = tiny_config
+  config.model.depth = 2
+  config.train.num_steps = 150
+  _, meta = _final_params(killed, config)
+  assert 0 < meta['step'] < 150, f'the run was not interrupted mid-way (step {meta["step"]})'
+  assert not (killed / 'metrics.json').exists()
+
+  proc = _main(killed, tiny_config.dataset.data_dir, *steps, '--config.model.depth=2')
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  assert f'Resumed from checkpoint step {meta["step"]}' in err
+  a, meta_a = _final_params(full, config)
+  b, meta_b = _final_params(killed, config)
+  assert meta_a['step'] == meta_b['step'] == 150
+  for x, y in zip(jax.tree.leaves((a.params, a.batch_stats, a.opt_state)),
+                  jax.tree.leaves((b.params, b.batch_stats, b.opt_state))):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+def test_config_override_unknown_key_is_a_clear_error(tmp_path, tfds_dir):
+  proc = _main(tmp_path / 'w', tfds_dir, '--config.model.depthh=2')
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode != 0
+  assert 'depthh' in err
+  assert not (tmp_path / 'w' / 'checkpoints').exists()
+
+
+def test_gradient_accumulation_equals_one_big_batch(tiny_config):
+  """Deterministic bottleneck, no BatchNorm: k microbatches give the same step as one batch."""
+  config = tiny_config
+  config.model.variational = False
+  config.model.decoder_norm = 'none'
+  mesh = train.make_mesh()
+  x = np.random.default_rng(0).uniform(-1, 1, size=(8, 32, 32, 1)).astype(np.float32)
+  model = model_lib.create_model(config)
+  finals = {}
+  for k in (1, 4):
+    config.train.grad_accum_steps = k
+    state = train.create_train_state(config, model, 10, mesh)
+    step = train.make_train_step(config, mesh)
+    for _ in range(2):
+      state, m = step(state, train.global_batch({'image': x}, mesh))
+    finals[k] = (state, m.compute())
+  for a, b in zip(jax.tree.leaves(finals[1][0].params), jax.tree.leaves(finals[4][0].params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(finals[1][1]['loss'], finals[4][1]['loss'], rtol=1e-5)
+  config.train.grad_accum_steps = 3
+  with pytest.raises(ValueError, match='grad_accum_steps=3'):
+    train.make_train_step(config, mesh)
+
+
+def test_gradient_accumulation_with_batchnorm_and_sampling_runs(tiny_config):
+  config = tiny_config
+  config.train.grad_accum_steps = 2
+  mesh = train.make_mesh()
+  state = train.create_train_state(config, model_lib.create_model(config), 10, mesh)
+  x = np.random.default_rng(0).uniform(-1, 1, size=(8, 32, 32, 1)).astype(np.float32)
+  before = jax.tree.map(np.asarray, state.batch_stats)
+  state, m = train.make_train_step(config, mesh)(state, train.global_batch({'image': x}, mesh))
+  assert np.isfinite(float(m.loss.compute()))
+  changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before),
+                                                   jax.tree.leaves(state.batch_stats))]
+  assert all(changed)

@@ -1,0 +1,76 @@
+"""Every configuration field, with its meaning. Files in `configs/` start from `base_config()`.
+
+A run is reproducible from its config alone: `main.py` saves it as `config.json` in the workdir.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The small CPU configuration on the embedded `textures/brick` data."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Parameters, latent samples and data order.
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'textures/brick'  # '<builder>/<config>', see vivano_jax/datasets.
+  config.dataset.data_dir = ''  # tfds data dir; '' = tfds default (~/tensorflow_datasets).
+  config.dataset.manual_dir = ''  # Root of local files for builders that read them (mvtec_ad, folder).
+  config.dataset.image_size = 128  # Model input S x S (images resized to it).
+  config.dataset.channels = 1  # Model input channels (images converted: gray <-> RGB).
+  config.dataset.validation_fraction = 0.0  # Held-out normals carved from train (when no val split).
+  config.dataset.validation_seed = 0
+  config.dataset.num_threads = 2  # tf.data decoding threads per process.
+  config.dataset.augment = ml_collections.ConfigDict(dict(hflip=True, vflip=True, rot90=True))
+
+  config.model = ml_collections.ConfigDict()
+  config.model.encoder = 'vit'  # 'vit' (the paper) or 'cnn' (ablation).
+  config.model.patch_size = 16  # P; the decoder needs a power of two.
+  config.model.width = 192  # D.
+  config.model.depth = 4  # L.
+  config.model.num_heads = 4
+  config.model.mlp_dim = 384
+  config.model.cnn_base_features = 32  # Only for encoder='cnn'.
+  config.model.latent_dim = 32  # d_z per patch.
+  config.model.variational = True  # VAE (True) or deterministic autoencoder.
+  config.model.decoder_base_features = 64  # Channels of the first x2 stage, halved per stage...
+  config.model.decoder_min_features = 8  # ...but never below this.
+  config.model.decoder_norm = 'batch'  # 'batch' (paper: BatchNorm + ReLU) | 'none'.
+  config.model.remat = False  # Rematerialise encoder blocks (less memory, more compute).
+
+  config.density = ml_collections.ConfigDict()
+  config.density.num_components = 10  # K Gaussians.
+  config.density.hidden_dim = 128
+  config.density.num_layers = 2
+  config.density.condition = 'position'  # 'position' | 'none' | 'class_token' | 'self' (mixture.py).
+  config.density.target = 'latent'  # 'latent' (VAE mean per patch) | 'token' (encoder token).
+  config.density.stop_gradient = True  # The head does not shape the representation.
+  config.density.min_scale = 1e-3  # Floor of the mixture scales.
+  config.density.position_embed_dim = 64
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.recon_weight = 1.0
+  config.loss.kl_weight = 1e-3  # beta.
+  config.loss.nll_weight = 1.0  # lambda.
+
+  config.score = ml_collections.ConfigDict()
+  config.score.image = 'nll_max'  # 'nll_max' (paper) | 'recon' | 'combined'.
+  config.score.pixel = 'nll'  # 'nll' (paper) | 'recon' | 'combined'.
+  config.score.smoothing_sigma = 4.0  # Gaussian smoothing of pixel maps, pixels; 0 = off.
+  config.score.native_resolution = True  # Pixel metrics at the masks' native size (MVTec protocol).
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 32  # Global batch; must divide by the number of devices.
+  config.train.num_steps = 1500  # > 0: train this many steps; else num_epochs * steps per epoch.
+  config.train.num_epochs = 0
+  config.train.learning_rate = 1e-3  # Peak, after linear warmup; cosine decay to 0 after it.
+  config.train.warmup_steps = 100
+  config.train.weight_decay = 1e-4  # AdamW.
+  config.train.grad_clip_norm = 1.0  # Global norm; 0 = off.
+  config.train.grad_accum_steps = 1  # Microbatches per step (same memory as batch / this).
+  config.train.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (parameters stay float32).
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 500
+  config.train.keep_checkpoints = 3
+  config.train.eval_batch_size = 32  # Global; must divide by the number of devices.
+  config.train.num_tensorboard_images = 8
+  return config
