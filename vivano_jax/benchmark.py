@@ -3,14 +3,14 @@
   python -m vivano_jax.benchmark --config=configs/paper.py [--config.train.batch_size=8]
       [--sizes=128,256,512] [--steps=10] [--output=bench.json] [--profile_dir=DIR]
 
-No dataset is read: the batches are uniform noise in [-1, 1] of the configured shape. For each image size
-in --sizes (patch size fixed by the config, so the patch grid grows with the size), it measures:
+No dataset is read: the batches are uniform noise in [-1, 1] of the configured shape. For each image
+size in --sizes (patch size fixed by the config, so the patch grid grows with the size):
   - compile time of the train step (lowering + XLA compilation), seconds;
   - train step time (median of --steps steps after --warmup, each waited for) and images/s;
-  - score images/s of the scoring step (`train.make_eval_step`): NLL only (decode=False) and with the
-    decoder (decode=True);
-  - model FLOPs per image of the train step (forward, backward and update), from XLA's cost analysis of
-    the lowered, not yet partitioned program: a count for the whole global batch, independent of the
+  - score images/s of the scoring step (`train.make_eval_step`): NLL only (decode=False) and with
+    the decoder (decode=True);
+  - model FLOPs per image of the train step (forward, backward and update), from XLA's cost analysis
+    of the lowered, not yet partitioned program: a count for the whole global batch, whatever the
     device count. Counted with remat off and one microbatch, since XLA counts a loop body once and a
     rematerialised forward twice;
   - achieved train FLOP/s and MFU = achieved / ceiling, where the ceiling is the FLOP/s of a large
@@ -19,8 +19,9 @@ in --sizes (patch size fixed by the config, so the patch grid grows with the siz
     donated), and the peak of the device's allocator where it reports one (GPU, TPU), else the peak
     resident memory of this process (CPU; a maximum over the whole run so far).
 Sizes run in the order given; the batch is sharded over every device (XLA_FLAGS=
---xla_force_host_platform_device_count=8 simulates 8 on a CPU). --profile_dir captures a jax.profiler
-trace (TensorBoard's profile plugin or Perfetto reads it) of a few train and score steps per size.
+--xla_force_host_platform_device_count=8 simulates 8 on a CPU). --profile_dir captures a
+jax.profiler trace (TensorBoard's profile plugin or Perfetto reads it) of a few train and score
+steps per size.
 """
 
 import copy
@@ -54,7 +55,7 @@ PROFILE_STEPS = 3
 
 
 def flops_of(cost: Any) -> float:
-  """FLOPs from `Lowered/Compiled.cost_analysis()`: a dict in jax 0.10, a list of dicts in older jax."""
+  """FLOPs from `Lowered/Compiled.cost_analysis()`: a dict in jax 0.10, a list of dicts before."""
   if cost is None:
     return float('nan')
   if isinstance(cost, dict):
@@ -63,7 +64,7 @@ def flops_of(cost: Any) -> float:
 
 
 def time_calls(fn: Callable[[], Any], steps: int, warmup: int) -> list[float]:
-  """Seconds of each of `steps` calls of `fn` after `warmup` calls; each call's result is waited for."""
+  """Seconds of each of `steps` calls of `fn` after `warmup` calls, each waited for."""
   for _ in range(warmup):
     jax.block_until_ready(fn())
   times = []
@@ -75,7 +76,7 @@ def time_calls(fn: Callable[[], Any], steps: int, warmup: int) -> list[float]:
 
 
 def matmul_ceiling(mesh: Mesh, n: int, dtype: Any = jnp.float32, repeats: int = 5) -> float:
-  """FLOP/s of an [n, n] @ [n, n] matmul on every device at once (sum over devices), median of repeats.
+  """FLOP/s of an [n, n] @ [n, n] matmul on every device at once (summed), median of repeats.
 
   The operands are made on the devices, so no host transfer is timed.
   """
@@ -96,7 +97,7 @@ def default_matmul_size(platform: str, num_devices: int) -> int:
 
 
 def peak_memory() -> tuple[Optional[int], str]:
-  """(bytes, source): the allocator's peak on device 0 where reported, else this process's peak RSS."""
+  """(bytes, source): device 0's allocator peak where reported, else the process's peak RSS."""
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     return int(stats['peak_bytes_in_use']), 'device 0 peak_bytes_in_use'
@@ -125,16 +126,17 @@ def _canonical(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def model_train_flops(config: ml_collections.ConfigDict, mesh: Mesh, lowered: Any,
                       batch: dict[str, jax.Array]) -> float:
-  """Global FLOPs of one train step (forward, backward, update) on config.train.batch_size images."""
+  """Global FLOPs of one train step (forward, backward, update) on train.batch_size images."""
   canonical = _canonical(config)
   if canonical.to_dict() == config.to_dict():
     return flops_of(lowered.cost_analysis())
   model = model_lib.create_model(canonical)
   # Shapes only: nothing is allocated. (The step count shapes the schedule, not the FLOPs.)
   state = jax.eval_shape(lambda: train.create_train_state(canonical, model, 1000, mesh))
-  abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                                batch)
-  return flops_of(train.make_train_step(canonical, mesh).lower(state, abstract_batch).cost_analysis())
+  abstract_batch = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batch)
+  lowered = train.make_train_step(canonical, mesh).lower(state, abstract_batch)
+  return flops_of(lowered.cost_analysis())
 
 
 def _xla_bytes(compiled: Any) -> Optional[int]:
@@ -179,8 +181,8 @@ def benchmark_size(config: ml_collections.ConfigDict, mesh: Mesh, steps: int, wa
     eval_fn = train.make_eval_step(config, mesh, decode)
     eval_lowered = eval_fn.lower(holder['state'], eval_batch)
     eval_compiled = eval_lowered.compile()
-    seconds = statistics.median(time_calls(lambda: eval_compiled(holder['state'], eval_batch), steps,
-                                           warmup))
+    seconds = statistics.median(
+        time_calls(lambda: eval_compiled(holder['state'], eval_batch), steps, warmup))
     score['decode' if decode else 'nll'] = {
         'images_per_sec': eval_batch_size / seconds, 'step_s': seconds,
         'flops_per_image': flops_of(eval_lowered.cost_analysis()) / eval_batch_size}
@@ -217,7 +219,7 @@ def benchmark_size(config: ml_collections.ConfigDict, mesh: Mesh, steps: int, wa
 
 def run(config: ml_collections.ConfigDict, sizes: Sequence[int], steps: int = 10, warmup: int = 2,
         matmul_size: int = 0, profile_dir: Optional[str] = None) -> dict[str, Any]:
-  """Benchmarks `config` at each image size; returns the machine, the ceiling and one record per size."""
+  """Benchmarks `config` at each image size: the machine, the ceiling and one record per size."""
   mesh = train.make_mesh()
   devices = jax.devices()
   platform = devices[0].platform
@@ -265,14 +267,14 @@ def format_report(result: dict[str, Any]) -> str:
       f"{m['mlp_dim']}, patch {m['patch_size']}, latent {m['latent_dim']}, "
       f"{cfg['density']['num_components']} Gaussians, {cfg['dataset']['channels']} channel(s), "
       f"{result['compute_dtype']}, remat {m['remat']}",
-      f"matmul ceiling ({result['compute_dtype']}, {result['matmul_size']}^2 per device, all devices): "
-      f"{_si(result['matmul_ceiling_flops_per_sec'], 'FLOP/s')}",
+      f"matmul ceiling ({result['compute_dtype']}, {result['matmul_size']}^2 per device, all "
+      f"devices): {_si(result['matmul_ceiling_flops_per_sec'], 'FLOP/s')}",
       f"median of {result['steps']} steps after {result['warmup']} warm-up; FLOPs are model FLOPs "
       f"(XLA cost analysis); score = NLL only / with decoder",
       '',
   ]
-  head = ('size', 'grid', 'batch', 'compile', 'step', 'train img/s', 'score img/s', 'train FLOP/img',
-          'achieved', 'MFU', 'XLA mem/dev', 'peak mem', 'x FLOPs', 'x time')
+  head = ('size', 'grid', 'batch', 'compile', 'step', 'train img/s', 'score img/s',
+          'train FLOP/img', 'achieved', 'MFU', 'XLA mem/dev', 'peak mem', 'x FLOPs', 'x time')
   rows = []
   first = result['sizes'][0] if result['sizes'] else None
   for r in result['sizes']:
@@ -290,8 +292,8 @@ def format_report(result: dict[str, Any]) -> str:
   fmt = lambda cells: '  '.join(c.rjust(w) for c, w in zip(cells, widths))
   lines += [fmt(head)] + [fmt(row) for row in rows]
   if rows:
-    lines += ['', f"peak mem: {result['sizes'][-1]['peak_memory_source']}; x FLOPs / x time: per image, "
-              f"relative to size {first['image_size']}"]
+    lines += ['', f"peak mem: {result['sizes'][-1]['peak_memory_source']}; x FLOPs / x time: per "
+              f"image, relative to size {first['image_size']}"]
   return '\n'.join(lines)
 
 

@@ -1,33 +1,36 @@
-"""Hyper-parameter sweeps over `python -m vivano_jax.main`: expand a sweep file, run, gather results.
+"""Hyper-parameter sweeps over `python -m vivano_jax.main`: expand a sweep file, run, gather.
 
 A sweep file is Python with `get_sweep()` returning a dict or an `ml_collections.ConfigDict`:
 
-  base_config      config file the runs start from; relative paths are read from the sweep file's folder
-  grid             {field: [values, ...]}: every combination (Cartesian product, fields in order), or
-  runs             [{field: value, ...}, ...]: an explicit list of runs (give exactly one of the two)
+  base_config      config file the runs start from (relative to the sweep file's folder)
+  grid             {field: [values, ...]}: every combination (Cartesian product, fields in order),
+  runs             or [{field: value, ...}, ...]: an explicit list of runs (exactly one of the two)
   fixed            {field: value} for every run (optional; not part of the run names)
   lr_scaling       None (default), 'linear' or 'sqrt': train.learning_rate is then the rate at
   base_batch_size  B0, and a run with global batch B trains with lr * B / B0 ('linear') or
                    lr * sqrt(B / B0) ('sqrt')
 
 A field is a config path, e.g. 'train.batch_size'. Nested mappings are read as paths too, so a
-ConfigDict sweep may write `sweep.grid.train.batch_size = [16, 32]` (ConfigDict keys cannot hold dots).
+ConfigDict sweep may write `sweep.grid = {'train': {'batch_size': [16, 32]}}` (ConfigDict keys
+cannot hold dots).
 
 Every run gets its own workdir `ROOT/<name>`, the name made from its swept values
-(`batch_size=16,learning_rate=0.001`; `base_lr=` with a scaling rule), and is one `python -m vivano_jax.main` subprocess with
-`--config.<field>=<value>` flags. A run whose workdir holds `metrics.json` is finished and skipped,
-so a stopped sweep restarts where it stopped (an unfinished run resumes from its last checkpoint).
+(`batch_size=16,learning_rate=0.001`; `base_lr=` with a scaling rule), and is one
+`python -m vivano_jax.main` subprocess with `--config.<field>=<value>` flags. A run whose workdir
+holds `metrics.json` is finished and skipped, so a stopped sweep restarts where it stopped (an
+unfinished run resumes from its last checkpoint).
 
   python -m vivano_jax.sweep run --sweep=sweeps/example.py --root=runs/example
       [--dry_run] [--only=K[,K...]] [--print_commands] [--launcher='CMD'] [--config.<field>=<value>]
   python -m vivano_jax.sweep gather --root=runs/example
 
-`run` also writes ROOT/sweep.json (the plan), and per run ROOT/<name>/sweep_run.json (its flags) and
-ROOT/<name>/sweep_run.log (its output). Extra `--config.<field>=<value>` flags go to every run (a
-data_dir that differs per machine, say). `--launcher` replaces `python -m vivano_jax.main`, e.g.
+`run` also writes ROOT/sweep.json (the plan), and per run ROOT/<name>/sweep_run.json (its flags)
+and ROOT/<name>/sweep_run.log (its output). Extra `--config.<field>=<value>` flags go to every run
+(a data_dir that differs per machine, say). `--launcher` replaces `python -m vivano_jax.main`, e.g.
 `--launcher='srun launch/multihost.sh'` inside a multi-node allocation. `gather` writes
-ROOT/results.csv and ROOT/results.md: one row per run with the swept fields as the runs used them (the
-scaled learning rate, not the base one), image AUROC, pixel AUROC, AU-PRO and train/score images/s.
+ROOT/results.csv and ROOT/results.md: one row per run with the swept fields as the runs used them
+(the scaled learning rate, not the base one), image AUROC, pixel AUROC, AU-PRO and train/score
+images/s.
 """
 
 import argparse
@@ -70,7 +73,8 @@ class Run:
 
   index: position in the expanded sweep (what --only selects); name: its workdir under the root;
   overrides: the swept values as the sweep file gives them (the name is made from these);
-  flags: every `--config.<field>` value passed to main: fixed, command line, swept, scaled learning rate.
+  flags: every `--config.<field>` value passed to main: fixed, command line, swept, scaled learning
+    rate.
   """
   index: int
   name: str
@@ -80,7 +84,7 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-  """An expanded sweep: the file, its absolute base config path, the swept fields in order, the runs."""
+  """An expanded sweep: the file, its absolute base config path, the swept fields, the runs."""
   path: str
   base_config: str
   fields: list[str]
@@ -149,9 +153,9 @@ def run_names(overrides: Sequence[Mapping[str, Any]], labels: Optional[Mapping[s
               ) -> list[str]:
   """Readable, unique workdir names: 'batch_size=16,learning_rate=0.001' (no '/', no spaces).
 
-  A field is named by `labels[field]` if given, else by its last part unless two swept fields share it
-  (then by its full path). Names that still collide after cleaning (e.g. 'a/b' vs 'a_b'), or that are
-  too long, get a hash suffix.
+  A field is named by `labels[field]` if given, else by its last part unless two swept fields share
+  it (then by its full path). Names that still collide after cleaning (e.g. 'a/b' vs 'a_b'), or that
+  are too long, get a hash suffix.
   """
   fields = list(dict.fromkeys(f for o in overrides for f in o))
   leaves = [f.rsplit('.', 1)[-1] for f in fields]
@@ -243,7 +247,8 @@ def load_sweep(path: str, extra_flags: Optional[Mapping[str, str]] = None) -> Sw
   if isinstance(spec, ml_collections.ConfigDict):
     spec = {k: spec[k] for k in spec.keys()}
   if not isinstance(spec, Mapping):
-    raise SweepError(f'{path}: get_sweep() must return a dict or ConfigDict, got {type(spec).__name__}')
+    raise SweepError(f'{path}: get_sweep() must return a dict or ConfigDict, got '
+                     f'{type(spec).__name__}')
   unknown = sorted(set(spec) - set(SWEEP_KEYS))
   if unknown:
     raise SweepError(f'{path}: unknown sweep key(s) {unknown}; known: {list(SWEEP_KEYS)}')
@@ -339,7 +344,8 @@ def main_command(sweep: Sweep, run: Run, root: str, launcher: Optional[Sequence[
                  ) -> list[str]:
   """The argv that trains and evaluates `run` in ROOT/<name>."""
   cmd = list(launcher or default_launcher())
-  cmd += [f'--config={sweep.base_config}', f'--workdir={os.path.join(os.path.abspath(root), run.name)}']
+  workdir = os.path.join(os.path.abspath(root), run.name)
+  cmd += [f'--config={sweep.base_config}', f'--workdir={workdir}']
   cmd += [f'--config.{field}={_format_value(value)}' for field, value in run.flags.items()]
   return cmd
 
@@ -454,7 +460,10 @@ def run_sweep(sweep: Sweep, root: str, only: Optional[Iterable[int]] = None,
 
 def print_commands(sweep: Sweep, root: str, only: Optional[Iterable[int]] = None,
                    launcher: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> None:
-  """One shell command per unfinished run (finished ones left out), to submit as separate jobs."""
+  """One shell command per unfinished run (finished ones left out), to submit as separate jobs.
+
+  Writes the plan (ROOT/sweep.json) too, so `gather` lists runs that never started.
+  """
   out = out or sys.stdout
   write_plan(sweep, os.path.abspath(root))
   for run in select(sweep, only):
@@ -476,9 +485,10 @@ def _read_json(path: str) -> Optional[dict[str, Any]]:
 def gather(root: str) -> tuple[list[str], list[dict[str, Any]]]:
   """Reads every run under ROOT: returns (columns, rows), one row per run.
 
-  Runs are those in ROOT/sweep.json (in sweep order), then any other subfolder holding a config.json,
-  metrics.json or sweep_run.json. Swept-field columns are the plan's fields plus any config field whose
-  value differs between runs; values are what each run used (its config.json, else its planned flags).
+  Runs are those in ROOT/sweep.json (in sweep order), then any other subfolder holding a
+  config.json, metrics.json or sweep_run.json. Swept-field columns are the plan's fields plus any
+  config field whose value differs between runs; values are what each run used (its config.json,
+  else its planned flags).
   Status is 'done' (metrics.json present) or 'missing'.
   """
   root = os.path.abspath(root)
@@ -542,7 +552,8 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) ->
   lines += ['| ' + ' | '.join(_md_cell(c, r[c]) for c in columns) + ' |' for r in rows]
   missing = [r['run'] for r in rows if r['status'] != 'done']
   if missing:
-    lines += ['', f'missing ({len(missing)} of {len(rows)}, no metrics.json): ' + ', '.join(missing)]
+    lines += ['', f'missing ({len(missing)} of {len(rows)}, no metrics.json): '
+              + ', '.join(missing)]
   return '\n'.join(lines) + '\n'
 
 
@@ -564,13 +575,15 @@ def write_results(root: str, columns: Sequence[str], rows: Sequence[Mapping[str,
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m vivano_jax.sweep', description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(prog='python -m vivano_jax.sweep',
+                                   description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
   run = sub.add_parser('run', help='run the sweep (one run after another)',
                        epilog='Extra --config.<field>=<value> flags are passed to every run.')
   run.add_argument('--sweep', required=True, help='sweep file (Python with get_sweep())')
   run.add_argument('--root', required=True, help='folder holding one workdir per run')
-  run.add_argument('--dry_run', action='store_true', help='print the runs and commands, run nothing')
+  run.add_argument('--dry_run', action='store_true',
+                   help='print the runs and commands, run nothing')
   run.add_argument('--only', default=None,
                    help='comma-separated run indices (0-based) to run, e.g. $SLURM_ARRAY_TASK_ID')
   run.add_argument('--print_commands', action='store_true',
@@ -615,7 +628,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 130
   failed = [n for n, s in status.items() if s == 'failed']
   counts = {s: list(status.values()).count(s) for s in dict.fromkeys(status.values())}
-  print(f'sweep {os.path.basename(sweep.path)}: ' + ', '.join(f'{n} {s}' for s, n in counts.items()))
+  print(f'sweep {os.path.basename(sweep.path)}: '
+        + ', '.join(f'{n} {s}' for s, n in counts.items()))
   if failed:
     print(f'failed: {", ".join(failed)}', file=sys.stderr)
   return 1 if failed else 0

@@ -1,0 +1,319 @@
+"""Sweeps: expansion, learning-rate scaling, run names, restart, gather, errors, one real sweep."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import REPO
+from vivano_jax import sweep as sweep_lib
+
+TINY = str(REPO / 'configs' / 'tiny.py')
+
+
+def _sweep_file(tmp_path, body: str, name: str = 'sweep.py') -> str:
+  path = tmp_path / name
+  path.write_text('import ml_collections\n\n' + textwrap.dedent(body))
+  return str(path)
+
+
+def _grid_sweep(tmp_path, grid: str, extra: str = '', name: str = 'sweep.py') -> str:
+  return _sweep_file(tmp_path, f"""
+      def get_sweep():
+        return dict(base_config={TINY!r}, grid={grid}{extra})
+      """, name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Expansion and scaling.
+
+
+def test_expand_grid_is_the_cartesian_product_in_order():
+  runs = sweep_lib.expand_grid({'a.x': [1, 2], 'b.y': ['p', 'q', 'r']})
+  assert runs == [{'a.x': 1, 'b.y': 'p'}, {'a.x': 1, 'b.y': 'q'}, {'a.x': 1, 'b.y': 'r'},
+                  {'a.x': 2, 'b.y': 'p'}, {'a.x': 2, 'b.y': 'q'}, {'a.x': 2, 'b.y': 'r'}]
+  with pytest.raises(ValueError, match="'a.x' must be a non-empty list"):
+    sweep_lib.expand_grid({'a.x': 3})
+
+
+def test_load_sweep_grid_nested_configdict_and_explicit_list(tmp_path):
+  nested = _sweep_file(tmp_path, f"""
+      def get_sweep():
+        s = ml_collections.ConfigDict()
+        s.base_config = {TINY!r}
+        s.grid = {{'model': {{'depth': [1, 2]}}, 'train': {{'batch_size': [8, 16, 32]}}}}
+        s.fixed = {{'train': {{'num_steps': 3}}}}
+        return s
+      """, 'nested.py')
+  sweep = sweep_lib.load_sweep(nested)
+  assert sweep.fields == ['model.depth', 'train.batch_size']
+  assert [r.overrides for r in sweep.runs] == [
+      {'model.depth': d, 'train.batch_size': b} for d in (1, 2) for b in (8, 16, 32)]
+  assert all(r.flags['train.num_steps'] == 3 for r in sweep.runs)
+  assert sweep.base_config == TINY and [r.index for r in sweep.runs] == list(range(6))
+
+  listed = _sweep_file(tmp_path, f"""
+      def get_sweep():
+        return dict(base_config={TINY!r}, runs=[
+            {{'model.encoder': 'cnn'}},
+            {{'model.encoder': 'vit', 'model.variational': False}},
+            {{'density': {{'condition': 'none'}}}},
+        ])
+      """, 'listed.py')
+  sweep = sweep_lib.load_sweep(listed)
+  assert [r.overrides for r in sweep.runs] == [
+      {'model.encoder': 'cnn'}, {'model.encoder': 'vit', 'model.variational': False},
+      {'density.condition': 'none'}]
+  assert sweep.fields == ['model.encoder', 'model.variational', 'density.condition']
+
+
+def test_learning_rate_scaling_rules_against_hand_computed_values(tmp_path):
+  # base_lr 1e-3 at B0 = 16.
+  assert sweep_lib.scaled_learning_rate(1e-3, 64, 16, 'linear') == pytest.approx(4e-3, rel=1e-12)
+  assert sweep_lib.scaled_learning_rate(1e-3, 64, 16, 'sqrt') == pytest.approx(2e-3, rel=1e-12)
+  assert sweep_lib.scaled_learning_rate(1e-3, 4, 16, 'sqrt') == pytest.approx(5e-4, rel=1e-12)
+  assert sweep_lib.scaled_learning_rate(1e-3, 4, 16, 'linear') == pytest.approx(2.5e-4, rel=1e-12)
+  assert sweep_lib.scaled_learning_rate(1e-3, 64, 16, None) == 1e-3
+  with pytest.raises(ValueError, match='lr_scaling'):
+    sweep_lib.scaled_learning_rate(1e-3, 64, 16, 'cubic')
+
+  path = _grid_sweep(tmp_path, "{'train.batch_size': [8, 32], 'train.learning_rate': [1e-3, 2e-3]}",
+                     ", lr_scaling='sqrt', base_batch_size=16")
+  lrs = {(r.overrides['train.batch_size'], r.overrides['train.learning_rate']):
+         r.flags['train.learning_rate'] for r in sweep_lib.load_sweep(path).runs}
+  s = math.sqrt(2.0)
+  assert lrs == pytest.approx({(8, 1e-3): 1e-3 / s, (8, 2e-3): 2e-3 / s,
+                               (32, 1e-3): 1e-3 * s, (32, 2e-3): 2e-3 * s}, rel=1e-12)
+  # Learning rate not swept: the base config's rate (tiny: 1e-3) is scaled; batch 8 -> 8 / 16.
+  path = _grid_sweep(tmp_path, "{'train.batch_size': [8, 64]}",
+                     ", lr_scaling='linear', base_batch_size=16", 'lin.py')
+  runs = sweep_lib.load_sweep(path).runs
+  assert [r.flags['train.learning_rate'] for r in runs] == pytest.approx([5e-4, 4e-3], rel=1e-12)
+  assert [r.name for r in runs] == ['batch_size=8', 'batch_size=64']
+
+
+def test_run_names_are_readable_and_unique():
+  names = sweep_lib.run_names([{'train.batch_size': 16, 'train.learning_rate': 0.001},
+                               {'train.batch_size': 16, 'train.learning_rate': 1e-05}])
+  assert names == ['batch_size=16,learning_rate=0.001', 'batch_size=16,learning_rate=1e-05']
+  # Two fields with the same last part are named by their full paths.
+  names = sweep_lib.run_names([{'model.depth': 1, 'density.depth': 2}])
+  assert names == ['model.depth=1,density.depth=2']
+  # Values that clean to the same text ('/' is not allowed in a folder name) get hash suffixes.
+  names = sweep_lib.run_names([{'dataset.name': 'textures/brick'},
+                               {'dataset.name': 'textures_brick'}])
+  assert len(set(names)) == 2 and all(n.startswith('name=textures_brick-') for n in names)
+  assert all('/' not in n and ' ' not in n for n in names)
+  # Over-long names are cut, and stay unique.
+  long = [{f'model.f{i}': 'x' * 30 for i in range(8)} | {'seed': s} for s in range(3)]
+  names = sweep_lib.run_names(long)
+  assert len(set(names)) == 3 and max(map(len, names)) <= sweep_lib.MAX_NAME_LENGTH
+  assert sweep_lib.run_names([{}]) == ['base']
+
+
+# --------------------------------------------------------------------------------------------------
+# Running (with a fake main) and restarting.
+
+# Stands in for `python -m vivano_jax.main`: records its argv and writes metrics.json.
+FAKE_MAIN = textwrap.dedent("""
+    import json, os, sys
+    args = dict(a[2:].split('=', 1) for a in sys.argv[1:])
+    workdir = args['workdir']
+    with open(os.path.join(os.path.dirname(workdir), 'calls.txt'), 'a') as f:
+      f.write(os.path.basename(workdir) + '\\n')
+    if args.get('config.model.depth') == '3':
+      sys.exit('boom')
+    with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+      json.dump({'metrics': {'overall': {'image_auroc': 0.5}}}, f)
+    """)
+
+
+def test_finished_runs_are_skipped_on_restart(tmp_path, capsys):
+  path = _grid_sweep(tmp_path, "{'model.depth': [1, 2, 3]}")
+  sweep = sweep_lib.load_sweep(path)
+  root = tmp_path / 'root'
+  # Run 0 finished earlier.
+  os.makedirs(root / 'depth=1')
+  (root / 'depth=1' / 'metrics.json').write_text('{}')
+  launcher = [sys.executable, '-c', FAKE_MAIN]
+  status = sweep_lib.run_sweep(sweep, str(root), launcher=launcher)
+  assert status == {'depth=1': 'skipped', 'depth=2': 'done', 'depth=3': 'failed'}
+  assert (root / 'calls.txt').read_text().split() == ['depth=2', 'depth=3']
+  out = capsys.readouterr().out
+  assert 'FAILED (exit code 1)' in out and 'boom' in out  # The failed run's log tail.
+  record = json.loads((root / 'depth=2' / 'sweep_run.json').read_text())
+  assert record['flags'] == {'model.depth': 2} and '--config.model.depth=2' in record['command']
+  plan = json.loads((root / 'sweep.json').read_text())
+  assert [r['name'] for r in plan['runs']] == ['depth=1', 'depth=2', 'depth=3']
+
+  # Restart: only the failed run is tried again; --only selects by index.
+  status = sweep_lib.run_sweep(sweep, str(root), launcher=launcher)
+  assert status == {'depth=1': 'skipped', 'depth=2': 'skipped', 'depth=3': 'failed'}
+  status = sweep_lib.run_sweep(sweep, str(root), only=[1], launcher=launcher)
+  assert status == {'depth=2': 'skipped'}
+  assert (root / 'calls.txt').read_text().split() == ['depth=2', 'depth=3', 'depth=3']
+
+  # --print_commands: one line per unfinished run, with the launcher given.
+  capsys.readouterr()
+  sweep_lib.print_commands(sweep, str(root), launcher=['launch/multihost.sh'])
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 1 and lines[0].startswith('launch/multihost.sh --config=')
+  assert lines[0].endswith(f'--workdir={root}/depth=3 --config.model.depth=3')
+
+  # The same root with other settings for an existing workdir is refused, naming the field.
+  other = sweep_lib.load_sweep(path, {'train.num_steps': '5'})
+  with pytest.raises(sweep_lib.SweepError, match=r"other settings .*train.num_steps"):
+    sweep_lib.run_sweep(other, str(root), launcher=launcher, dry_run=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gathering.
+
+
+def _write_run(root, name, config, metrics=None):
+  os.makedirs(root / name)
+  (root / name / 'config.json').write_text(json.dumps(config))
+  if metrics is not None:
+    (root / name / 'metrics.json').write_text(json.dumps(metrics))
+
+
+def test_gather_writes_csv_and_markdown_from_hand_written_runs(tmp_path, capsys):
+  root = tmp_path / 'root'
+  base = {'seed': 0, 'model': {'depth': 2, 'width': 32}, 'train': {'batch_size': 8,
+                                                                  'learning_rate': 0.001}}
+  cfg = lambda b, lr: base | {'train': {'batch_size': b, 'learning_rate': lr}}
+  metrics = lambda i, p, a, t, s: {
+      'metrics': {'overall': {'image_auroc': i, 'pixel_auroc': p, 'au_pro': a, 'num_images': 10},
+                  'defect_a': {'image_auroc': 0.0}},
+      'train_images_per_sec': t, 'score_images_per_sec': s, 'checkpoint_step': 10}
+  _write_run(root, 'run_a', cfg(8, 0.001), metrics(0.9, 0.8, 0.7, 100.0, 1000.0))
+  _write_run(root, 'run_b', cfg(16, 0.002), metrics(0.95, None, None, 150.5, None))
+  _write_run(root, 'run_c', cfg(32, 0.004))  # Started, never finished.
+  (root / 'scratch').mkdir()  # Not a run.
+  (root / 'notes.txt').write_text('x')
+
+  assert sweep_lib.main(['gather', f'--root={root}']) == 0
+  printed = capsys.readouterr().out
+  with open(root / 'results.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == ['run', 'status', 'train.batch_size', 'train.learning_rate',
+                           'image_auroc', 'pixel_auroc', 'au_pro', 'train_images_per_sec',
+                           'score_images_per_sec']
+  assert [r['run'] for r in rows] == ['run_a', 'run_b', 'run_c']
+  assert [r['status'] for r in rows] == ['done', 'done', 'missing']
+  assert [r['train.batch_size'] for r in rows] == ['8', '16', '32']
+  assert [float(r['train.learning_rate']) for r in rows] == [0.001, 0.002, 0.004]
+  assert rows[0]['image_auroc'] == '0.9' and rows[0]['pixel_auroc'] == '0.8'
+  assert rows[0]['au_pro'] == '0.7' and rows[0]['train_images_per_sec'] == '100.0'
+  assert rows[1]['pixel_auroc'] == '' and rows[1]['score_images_per_sec'] == ''
+  assert rows[2]['image_auroc'] == ''
+  md = (root / 'results.md').read_text()
+  assert md == printed
+  assert '| run | status | train.batch_size | train.learning_rate | image AUROC |' in md
+  assert '| run_a | done | 8 | 0.001 | 0.9000 | 0.8000 | 0.7000 | 100.0 | 1000.0 |' in md
+  assert 'missing (1 of 3, no metrics.json): run_c' in md
+
+
+def test_gather_lists_planned_runs_that_never_started(tmp_path, capsys):
+  path = _grid_sweep(tmp_path, "{'model.depth': [1, 2]}")
+  sweep = sweep_lib.load_sweep(path)
+  root = tmp_path / 'root'
+  sweep_lib.write_plan(sweep, str(root))
+  _write_run(root, 'depth=2', {'model': {'depth': 2}},
+             {'metrics': {'overall': {'image_auroc': 0.6}}})
+  columns, rows = sweep_lib.gather(str(root))
+  assert columns[:3] == ['run', 'status', 'model.depth']
+  assert [(r['run'], r['status'], r['model.depth']) for r in rows] == [
+      ('depth=1', 'missing', 1), ('depth=2', 'done', 2)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors.
+
+
+@pytest.mark.parametrize('body, match', [
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{'train.batch_sise': [8]}})\n",
+     r"unknown config field 'train.batch_sise' in grid .*did you mean 'train.batch_size'"),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, runs=[{{'model': 3}}])\n",
+     r"unknown config field 'model' in runs"),
+    ("def get_config():\n  return None\n", r'defines no get_sweep\(\) function'),
+    ("def get_sweep():\n  return dict(base_config={tiny!r})\n", 'exactly one of grid'),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{}}, runs=[])\n", 'exactly one'),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{'seed': [1]}}, "
+     "lr_scaling='sqrt')\n", 'needs base_batch_size'),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{'seed': [1]}}, "
+     "lr_scaling='log', base_batch_size=8)\n", "lr_scaling must be one of"),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, "
+     "grid={{'train.batch_size': ['big']}})\n",
+     r"field 'train.batch_size' cannot take 'big'"),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{'seed': [1]}}, "
+     "fixed={{'seed': 2}})\n", "'seed' is swept and also set in fixed"),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, runs=[{{'seed': 1}}, {{'seed': 1}}])\n",
+     'runs 0 and 1 have the same overrides'),
+    ("def get_sweep():\n  return dict(base_config='nope.py', grid={{'seed': [1]}})\n",
+     r'base config .*nope.py does not exist'),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, grids={{'seed': [1]}})\n",
+     r"unknown sweep key\(s\) \['grids'\]"),
+    ("raise RuntimeError('oops')\n", 'failed to load: RuntimeError: oops'),
+])
+def test_bad_sweep_files_give_one_clear_error(tmp_path, body, match):
+  path = tmp_path / 'bad_sweep.py'
+  path.write_text(body.format(tiny=TINY))
+  with pytest.raises(sweep_lib.SweepError, match=match) as e:
+    sweep_lib.load_sweep(str(path))
+  assert str(path) in str(e.value)
+
+
+def test_cli_errors_exit_2_with_the_file_and_field(tmp_path, capsys):
+  path = _grid_sweep(tmp_path, "{'seed': [1, 2]}")
+  root = str(tmp_path / 'root')
+  assert sweep_lib.main(['run', f'--sweep={path}', f'--root={root}', '--dry_run',
+                         '--config.train.nope=1']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and path in err and "'train.nope'" in err
+  assert sweep_lib.main(['run', f'--sweep={path}', f'--root={root}', '--only=5']) == 2
+  assert '--only=5 is out of range: the sweep has 2 runs' in capsys.readouterr().err
+  assert sweep_lib.main(['run', f'--sweep={path}', f'--root={root}', '--dry_run',
+                         '--config.seed=3']) == 2
+  assert "'seed' is swept and also set in the command line" in capsys.readouterr().err
+  assert sweep_lib.main(['run', f'--sweep={tmp_path / "missing.py"}', f'--root={root}']) == 2
+  assert 'missing.py does not exist' in capsys.readouterr().err
+  assert not os.path.exists(root)  # Nothing written by failed or dry runs.
+
+
+# --------------------------------------------------------------------------------------------------
+# A real sweep.
+
+
+def test_real_sweep_of_two_tiny_runs_then_restart_and_gather(tmp_path, tfds_dir):
+  path = _grid_sweep(tmp_path, "{'train.learning_rate': [1e-3, 3e-3]}")
+  root = tmp_path / 'root'
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
+  cmd = [sys.executable, '-m', 'vivano_jax.sweep', 'run', f'--sweep={path}', f'--root={root}',
+         '--config.train.num_steps=10', f'--config.dataset.data_dir={tfds_dir}']
+  proc = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=400)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert proc.stdout.count(': done in ') == 2, proc.stdout
+  for name, lr in (('learning_rate=0.001', 1e-3), ('learning_rate=0.003', 3e-3)):
+    config = json.loads((root / name / 'config.json').read_text())
+    assert config['train']['learning_rate'] == lr and config['train']['num_steps'] == 10
+    assert (root / name / 'checkpoints' / '10').is_dir()
+
+  again = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=120)
+  assert again.returncode == 0 and again.stdout.count('), skipped') == 2, again.stdout
+
+  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.sweep', 'gather', f'--root={root}'],
+                        env=env, cwd=str(REPO), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  with open(root / 'results.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['run'], r['status']) for r in rows] == [('learning_rate=0.001', 'done'),
+                                                    ('learning_rate=0.003', 'done')]
+  for r in rows:
+    assert 0.0 <= float(r['image_auroc']) <= 1.0 and float(r['train_images_per_sec']) > 0
+  assert '| learning_rate=0.001 | done | 0.001 |' in proc.stdout
