@@ -18,6 +18,8 @@ def get_config():
   config.model.num_heads = 8
   config.model.mlp_dim = 1024
   config.model.decoder_base_features = 256
+  config.score.image = 'nll_max'  # Section 4.3: maximum per-patch log-likelihood loss...
+  config.score.pixel = 'nll'  # ...upsampled bilinearly to a heat map.
   config.train.batch_size = 16
   config.train.eval_batch_size = 16
   config.train.learning_rate = 1e-5

@@ -1,0 +1,43 @@
+"""Wall time of README's first command (after `pip install`), from a cold tfds data dir (not a test).
+
+Runs `python -m vivano_jax.main --config=configs/default.py --workdir=<tmp>` as a user would, with a fresh
+tfds data dir so dataset preparation is included, and prints the wall time and the run's summary.
+
+  python benchmarks/bench_default_run.py [--config=configs/default.py] [-- extra main flags]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--config', default=str(REPO / 'configs' / 'default.py'))
+  args, extra = parser.parse_known_args()
+  with tempfile.TemporaryDirectory() as tmp:
+    workdir = os.path.join(tmp, 'run')
+    cmd = [sys.executable, '-m', 'vivano_jax.main', f'--config={args.config}', f'--workdir={workdir}',
+           f'--config.dataset.data_dir={os.path.join(tmp, "tfds")}', *extra]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+      sys.exit(f'run failed:\n{proc.stderr[-3000:]}')
+    print(proc.stdout.strip())
+    summary = json.loads(pathlib.Path(workdir, 'metrics.json').read_text())
+    overall = summary['metrics']['overall']
+    print(f'\nwall time {wall:.0f} s ({wall / 60:.1f} min) on {os.cpu_count()} CPUs, '
+          f'{summary["checkpoint_step"]} steps, image AUROC {overall["image_auroc"]:.4f}, '
+          f'pixel AUROC {overall["pixel_auroc"]:.4f}, AU-PRO {overall["au_pro"]:.4f}')
+
+
+if __name__ == '__main__':
+  main()
