@@ -89,7 +89,7 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
   """
   if cfg.name != Folder.name:
     raise ValueError(f'Unknown dataset name {cfg.name!r}; expected {Folder.name!r}.')
-  root = image_files.check_root(cfg.get('manual_dir'), 'cfg.manual_dir (the image folder)')
+  root = image_files.check_root(cfg.get('manual_dir'), 'dataset.manual_dir (the image folder)')
   layout = image_files.scan_layout(root, masks_required=False)
   name = config_name(layout)
   # The features (channel count) come from the data: read them from the cache when there is one.

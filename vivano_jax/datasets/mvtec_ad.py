@@ -198,7 +198,7 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
   manual_dir = cfg.get('manual_dir')
   if not manual_dir:
     raise DatasetError(f'mvtec_ad needs cfg.manual_dir.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
-  manual_dir = image_files.check_root(manual_dir, 'cfg.manual_dir (MVTec AD folder)')
+  manual_dir = image_files.check_root(manual_dir, 'dataset.manual_dir (MVTec AD folder)')
   root = manual_dir / category
   if not root.is_dir():
     hint = ''

@@ -463,7 +463,7 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
   config = builder_cls.config_name(token)
   manual_dir = cfg.get('manual_dir') or None
   if manual_dir is not None:
-    manual_dir = image_files.check_root(manual_dir, f'cfg.manual_dir (local {builder_name} copy)')
+    manual_dir = image_files.check_root(manual_dir, f'dataset.manual_dir (local {builder_name} copy)')
   builder = builder_cls(config=config, data_dir=data_dir, manual_dir=manual_dir)
   kind = builder_cls.source_kind(manual_dir)
   if builder.is_prepared():
