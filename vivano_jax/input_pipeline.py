@@ -36,6 +36,7 @@ def _options(threads: int) -> tf.data.Options:
   """tf.data runs in a private pool sized for the host, so it does not compete with XLA's threads."""
   options = tf.data.Options()
   options.threading.private_threadpool_size = threads
+  options.threading.max_intra_op_parallelism = 1
   options.deterministic = True
   return options
 

@@ -1,6 +1,8 @@
 """Command line: `python -m vivano_jax.main --config=configs/default.py --workdir=runs/default`.
 
 Any config field can be overridden, e.g. `--config.model.depth=2`; an unknown field is an error.
+`--mode=export [--step=N]` exports a checkpoint of the run in --workdir, without training (export.py).
+
 Several hosts: pass --coordinator_address, --num_processes and --process_id (or set them in the
 environment that `jax.distributed.initialize` reads) and every process runs the same command.
 """
@@ -16,12 +18,18 @@ from absl import logging  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from vivano_jax import export  # noqa: E402
 from vivano_jax import train  # noqa: E402
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configuration file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and outputs.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'export'],
+                          'train: train and evaluate, then export when config.export.at_end; '
+                          'export: export a checkpoint of the run in --workdir without training.')
+_STEP = flags.DEFINE_integer('step', None, 'With --mode=export: the checkpoint step (default: the '
+                             'latest).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for multi-host runs.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (hosts).')
@@ -58,14 +66,22 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   logging.info('JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
+  config, summary, exported = _CONFIG.value, None, None
   try:
-    summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if _MODE.value == 'train':
+      summary = train.train_and_evaluate(config, _WORKDIR.value)
+      if jax.process_index() == 0:
+        print(format_summary(summary), flush=True)
+      if config.export.at_end:
+        exported = export.export_run(config, _WORKDIR.value, step=summary['checkpoint_step'])
+    else:
+      exported = export.export_run(config, _WORKDIR.value, step=_STEP.value)
   except (ValueError, FloatingPointError) as e:
     # Bad input (config field, dataset file) or a diverged run: one clear line, not a stack trace.
     logging.debug('Stopped', exc_info=True)
     sys.exit(f'error: {e}')
-  if jax.process_index() == 0:
-    print(format_summary(summary), flush=True)
+  if exported is not None and jax.process_index() == 0:
+    print(export.format_export(exported), flush=True)
 
 
 def run():

@@ -1,0 +1,377 @@
+"""Export, offline evaluation, thresholds and report.
+
+One tiny run on a synthetic MVTec-layout folder (images of several sizes, masks, a defect type
+without masks) is trained and exported by the main CLI once per session (`trained_folder_run`,
+shared with test_predict.py); its offline evaluation must equal the in-training metrics.json.
+"""
+
+import csv
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from tests.conftest import REPO
+from vivano_jax import evaluate
+from vivano_jax import thresholds
+
+TINY = str(REPO / 'configs' / 'tiny.py')
+# Test images (H, W) per defect type; 'stain' has no ground-truth folder (has_mask False).
+TEST_SIZES = {'good': [(36, 30), (36, 34), (40, 38), (30, 44)],
+              'scratch': [(34, 38), (36, 35), (38, 32)],
+              'spot': [(34, 38), (36, 35), (38, 32)],
+              'stain': [(34, 38), (36, 35)]}
+NUM_TEST = sum(len(v) for v in TEST_SIZES.values())
+
+
+def _env(devices=None):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
+  if devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def write_folder(root: pathlib.Path) -> pathlib.Path:
+  """Noise images with a bright rectangle on the defective ones; masks for scratch and spot."""
+  rng = np.random.default_rng(0)
+
+  def save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+  def noise(h, w):
+    return rng.normal(100, 20, (h, w)).clip(0, 255).astype(np.uint8)
+
+  for i in range(12):
+    save(root / 'train' / 'good' / f'{i:03d}.png', noise(32 + i % 3 * 6, 40 - i % 4 * 3))
+  for defect, sizes in TEST_SIZES.items():
+    for i, (h, w) in enumerate(sizes):
+      image, mask = noise(h, w), np.zeros((h, w), np.uint8)
+      if defect != 'good':
+        y, x = 5 + 3 * i, 6 + 2 * i
+        image[y:y + 8, x:x + 10], mask[y:y + 8, x:x + 10] = 250, 255
+      save(root / 'test' / defect / f'{i:03d}.png', image)
+      if defect in ('scratch', 'spot'):
+        save(root / 'ground_truth' / defect / f'{i:03d}_mask.png', mask)
+  return root
+
+
+def folder_overrides(folder, tfds_dir):
+  return [f'--config={TINY}', '--config.dataset.name=folder',
+          f'--config.dataset.manual_dir={folder}',
+          f'--config.dataset.data_dir={tfds_dir}', '--config.train.num_steps=10',
+          '--config.train.checkpoint_every_steps=5', '--config.dataset.validation_fraction=0.25']
+
+
+def trained_folder_run(base: pathlib.Path, tfds_dir: str) -> pathlib.Path:
+  """base/folder_run, trained 10 steps (checkpoints 5, 10) and exported by `main`; made once."""
+  workdir = base / 'folder_run'
+  if (workdir / 'report' / 'index.html').exists():
+    return workdir
+  folder = write_folder(base / 'folder')
+  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={workdir}',
+                         *folder_overrides(folder, tfds_dir)],
+                        env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'export/test: {NUM_TEST} images' in proc.stdout and 'threshold: quantile' in proc.stdout
+  return workdir
+
+
+@pytest.fixture
+def folder_run(tmp_path_factory, tfds_dir):
+  return trained_folder_run(tmp_path_factory.getbasetemp() / 'export_runs', tfds_dir)
+
+
+def _assert_metrics_equal(got, want, tol=1e-9):
+  assert list(got) == list(want)
+  for name in want:
+    assert got[name]['num_images'] == want[name]['num_images'], name
+    for k in evaluate.METRIC_NAMES:
+      if want[name][k] is None:
+        assert got[name][k] is None, (name, k)
+      else:
+        assert abs(got[name][k] - want[name][k]) <= tol, (name, k, got[name][k], want[name][k])
+
+
+# --------------------------------------------------------------------------------------------------
+# Thresholds: hand-computed cases.
+
+
+def test_quantile_threshold_hand_cases():
+  # Linear interpolation: position q (n - 1) = 3.6 between the sorted values 4 and 5.
+  scores = np.array([5.0, 1.0, 3.0, 2.0, 4.0])
+  assert thresholds.quantile_threshold(scores, 0.9) == pytest.approx(4.6)
+  assert thresholds.quantile_threshold(np.array([2.0, 7.0]), 0.5) == pytest.approx(4.5)
+  assert thresholds.quantile_threshold(np.array([2.0, 7.0]), 1.0) == 7.0
+  with pytest.raises(ValueError, match='threshold_quantile'):
+    thresholds.quantile_threshold(np.ones(3), 1.5)
+  with pytest.raises(ValueError, match='no held-out'):
+    thresholds.quantile_threshold(np.array([]), 0.9)
+
+
+def test_f1_threshold_hand_cases():
+  # Thresholds 0.1: P 2/4, R 1 -> F1 2/3; 0.35: P 2/3, R 1 -> 0.8; 0.4: P 1/2, R 1/2 -> 1/2;
+  # 0.8: P 1, R 1/2 -> 2/3. Best: 0.35.
+  got = thresholds.f1_threshold(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+  assert got == pytest.approx({'threshold': 0.35, 'f1': 0.8, 'precision': 2 / 3, 'recall': 1.0})
+  # Separable: the lowest anomalous score gives F1 = 1.
+  got = thresholds.f1_threshold(np.array([1.0, 2.0, 5.0, 6.0]), np.array([0, 0, 1, 1]))
+  assert got['threshold'] == 5.0 and got['f1'] == 1.0
+  # Equal F1 at two thresholds: the lower one. Scores [1, 2, 3, 4], labels [1, 0, 1, 0]:
+  # t=1: P 2/4 R 1 -> 2/3; t=2: P 1/3 R 1/2 -> 0.4; t=3: P 1/2 R 1/2 -> 1/2; t=4: P 0 -> 0.
+  got = thresholds.f1_threshold(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 0, 1, 0]))
+  assert got['threshold'] == 1.0 and got['f1'] == pytest.approx(2 / 3)
+  # Tied scores at the best threshold.
+  got = thresholds.f1_threshold(np.array([3.0, 1.0, 2.0, 3.0]), np.array([1, 0, 0, 1]))
+  assert got['threshold'] == 3.0 and got['f1'] == 1.0
+  assert thresholds.f1_threshold(np.array([1.0, 2.0]), np.array([0, 0])) is None
+  assert thresholds.f1_threshold(np.array([1.0, 2.0]), np.array([1, 1])) is None
+
+
+def test_choose_records_both_and_falls_back():
+  normal = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+  rec = thresholds.choose(normal, 'validation', 0.5, 'f1',
+                          val_scores=np.array([1.0, 2.0, 5.0, 6.0]),
+                          val_labels=np.array([0, 0, 1, 1]))
+  assert rec['chosen'] == 'f1' and rec['threshold'] == 5.0
+  assert rec['quantile'] == {'q': 0.5, 'threshold': 3.0} and rec['source'] == 'validation'
+  assert rec['num_normal'] == 5 and rec['rule'] == thresholds.RULE
+  rec = thresholds.choose(normal, 'train', 0.5, 'f1')  # No labelled anomalies: quantile, noted.
+  assert rec['chosen'] == 'quantile' and rec['threshold'] == 3.0 and rec['f1'] is None
+  assert 'note' in rec and rec['requested'] == 'f1'
+  np.testing.assert_array_equal(thresholds.is_anomalous(np.array([2.9, 3.0, 3.1]), 3.0),
+                                [False, True, True])
+  with pytest.raises(ValueError, match='export.threshold'):
+    thresholds.choose(normal, 'train', 0.5, 'median')
+
+
+# --------------------------------------------------------------------------------------------------
+# The exported files.
+
+
+def test_export_writes_complete_split_with_native_maps(folder_run):
+  split = folder_run / 'export' / 'test'
+  folder = folder_run.parent / 'folder'
+  with open(split / evaluate.SCORES_CSV, newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == NUM_TEST
+  assert [int(r['index']) for r in rows] == list(range(NUM_TEST))
+  assert set(rows[0]) >= set(evaluate.SCORE_COLUMNS) | {'nll_max', 'nll_mean', 'recon', 'overlay'}
+  exp = evaluate.read_export(split)
+  for i, name in enumerate(exp.filenames):
+    with Image.open(folder / name) as im:
+      native = (im.height, im.width)
+    assert exp.maps[i].dtype == np.float32 and exp.maps[i].shape == native, name
+    assert exp.masks[i].dtype == bool and exp.masks[i].shape == native, name
+    assert exp.labels[i] == (exp.defect_types[i] != 'good')
+    assert exp.has_mask[i] == (exp.defect_types[i] != 'stain')
+    if exp.defect_types[i] in ('scratch', 'spot'):
+      assert exp.masks[i].sum() == 80  # The 8 x 10 rectangle.
+    with Image.open(split / exp.overlays[i]) as im:  # image | map | mask
+      assert im.size == (3 * native[1] + 8, native[0]) and im.mode == 'RGB'
+  run = exp.run
+  # The final score is the configured component.
+  np.testing.assert_array_equal(exp.scores, exp.components[run['score']['image']])
+  assert run['checkpoint_step'] == 10 and run['split'] == 'test' and run['num_images'] == NUM_TEST
+  assert run['config']['dataset']['name'] == 'folder' and run['maps']['resolution'] == 'native'
+  # No temporary folders left beside the export.
+  assert sorted(p.name for p in (folder_run / 'export').iterdir()) == ['test']
+
+  t = json.loads((folder_run / 'thresholds.json').read_text())
+  assert t['source'] == 'validation' and t['quantile']['q'] == 0.99 and t['chosen'] == 'quantile'
+  assert t['f1'] is None  # The carved validation split holds normals only.
+  assert t['checkpoint_step'] == 10 and t['threshold'] == t['quantile']['threshold']
+  assert t['pixel_display_range'][0] < t['pixel_display_range'][1]
+
+  page = (folder_run / 'report' / 'index.html').read_text()
+  assert 'image AUROC' in page and 'Most anomalous' in page and 'Least anomalous' in page
+  for src in ['roc.png', 'pro.png'] + [p.split('"')[0] for p in page.split('src="')[1:]]:
+    assert (folder_run / 'report' / src).is_file(), src
+
+
+_NO_JAX_SCRIPT = """
+import json, runpy, sys
+sys.argv = ['evaluate'] + sys.argv[1:]
+try:
+  runpy.run_module('vivano_jax.evaluate', run_name='__main__', alter_sys=True)
+  code = 0
+except SystemExit as e:
+  code = e.code or 0
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in
+               ('jax', 'jaxlib', 'flax', 'tensorflow', 'tensorflow_datasets', 'optax', 'orbax'))
+print('RESULT ' + json.dumps({'code': code, 'heavy': heavy}))
+"""
+
+
+def test_offline_evaluation_equals_training_metrics_without_jax(folder_run, tmp_path):
+  split = folder_run / 'export' / 'test'
+  proc = subprocess.run([sys.executable, '-c', _NO_JAX_SCRIPT, f'--predictions={split}',
+                         f'--output={tmp_path}'], env=_env(), capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.split('RESULT ')[-1])
+  assert result == {'code': 0, 'heavy': []}
+  assert 'overall' in proc.stdout and 'AU-PRO' in proc.stdout
+  in_training = json.loads((folder_run / 'metrics.json').read_text())['metrics']
+  offline = evaluate.read_evaluation_csv(tmp_path / evaluate.EVALUATION_CSV)
+  _assert_metrics_equal(offline, in_training)
+  assert in_training['overall']['pixel_auroc'] is not None
+  assert in_training['stain']['au_pro'] is None  # No masks for 'stain'.
+  assert f'| overall | {NUM_TEST} |' in (tmp_path / evaluate.EVALUATION_MD).read_text()
+  _assert_metrics_equal(json.loads((split / evaluate.METRICS_JSON).read_text()), in_training)
+  # Masks from the MVTec-layout folder instead of masks.npz: the same numbers.
+  from_folder = evaluate.evaluate(
+      evaluate.read_export(split, ground_truth=folder_run.parent / 'folder'))
+  _assert_metrics_equal(from_folder, in_training)
+
+
+def _copy_export(folder_run, tmp_path):
+  dst = tmp_path / 'test'
+  shutil.copytree(folder_run / 'export' / 'test', dst)
+  return dst
+
+
+def _rewrite_npz(path, change):
+  with np.load(path) as npz:
+    arrays = {k: npz[k] for k in npz.files}
+  change(arrays)
+  np.savez_compressed(path, **arrays)
+
+
+def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
+  split = _copy_export(folder_run, tmp_path)
+  _rewrite_npz(split / 'maps.npz', lambda a: (a.pop('000003'), a.update({'000099': a['000000']})))
+  _rewrite_npz(split / 'masks.npz', lambda a: a.update({'000005': np.zeros((3, 3), bool)}))
+  with pytest.raises(evaluate.ExportError) as e:
+    evaluate.read_export(split)
+  msg = str(e.value)
+  assert 'maps.npz: no array for 1 image(s)' in msg and '000003' in msg
+  assert 'maps.npz: 1 array(s) for no image' in msg and '000099' in msg
+
+  split = _copy_export(folder_run, tmp_path / 'b')
+  _rewrite_npz(split / 'masks.npz', lambda a: a.update({'000005': np.zeros((3, 3), bool)}))
+  with pytest.raises(evaluate.ExportError, match=r"mask \(3, 3\) but map"):
+    evaluate.read_export(split)
+
+  (split / 'scores.csv').unlink()
+  (split / 'run.json').unlink()
+  with pytest.raises(evaluate.ExportError) as e:
+    evaluate.read_export(split)
+  assert '2 problem(s)' in str(e.value) and 'scores.csv: missing' in str(e.value)
+
+  # Ground truth from a folder: a missing mask, an extra one and a wrong size, all in one error.
+  gt = tmp_path / 'gt'
+  shutil.copytree(folder_run.parent / 'folder' / 'ground_truth', gt / 'ground_truth')
+  (gt / 'ground_truth' / 'scratch' / '001_mask.png').unlink()
+  Image.fromarray(np.zeros((5, 5), np.uint8)).save(gt / 'ground_truth' / 'spot' / '000_mask.png')
+  Image.fromarray(np.zeros((5, 5), np.uint8)).save(gt / 'ground_truth' / 'spot' / '123_mask.png')
+  with pytest.raises(evaluate.ExportError) as e:
+    evaluate.read_export(folder_run / 'export' / 'test', ground_truth=str(gt))
+  msg = str(e.value)
+  assert '3 problem(s)' in msg and 'no mask for test/scratch/001.png' in msg
+  assert '123_mask.png: a mask for no image' in msg and 'mask size (5, 5)' in msg
+
+  # The CLI: one line, no stack trace.
+  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.evaluate',
+                         f'--predictions={tmp_path / "nowhere"}'], env=_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and proc.stderr.strip().startswith('error:')
+  assert 'no such export folder' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_atomic_directory_keeps_previous_content_on_error(tmp_path):
+  target = tmp_path / 'out'
+  with evaluate.atomic_directory(target) as d:
+    (d / 'a.txt').write_text('old')
+  with pytest.raises(RuntimeError):
+    with evaluate.atomic_directory(target) as d:
+      (d / 'a.txt').write_text('new')
+      raise RuntimeError('disk full')
+  assert (target / 'a.txt').read_text() == 'old'
+  with evaluate.atomic_directory(target) as d:
+    (d / 'b.txt').write_text('replaced')
+  assert sorted(p.name for p in target.iterdir()) == ['b.txt']
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['out']  # No temporary siblings left.
+
+
+def test_export_failing_halfway_leaves_no_complete_looking_split(folder_run, tmp_path,
+                                                                  monkeypatch):
+  from vivano_jax import export  # pylint: disable=g-import-not-at-top
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  from vivano_jax import report  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns('export', 'report'))
+  thresholds_before = (run / 'thresholds.json').read_bytes()
+  config = predict.load_run_config(str(run))
+  calls = []
+  real = report.save_overlay
+
+  def failing(*args, **kwargs):  # Scores, maps and masks are written; the 4th overlay fails.
+    calls.append(args[0])
+    if len(calls) == 4:
+      raise OSError('No space left on device')
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(report, 'save_overlay', failing)
+  with pytest.raises(OSError, match='No space'):
+    export.export_run(config, str(run))
+  tmp_dir = pathlib.Path(calls[0]).parent.parent
+  assert tmp_dir.name.startswith('.test.tmp-') and not tmp_dir.exists()
+  assert list((run / 'export').iterdir()) == []
+  assert (run / 'thresholds.json').read_bytes() == thresholds_before
+  assert not (run / 'report').exists()
+
+
+def test_export_mode_of_main_uses_the_given_step(folder_run, tmp_path, tfds_dir):
+  run = tmp_path / 'run'
+  shutil.copytree(folder_run, run)
+  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={run}',
+                         '--mode=export', '--step=5',
+                         *folder_overrides(folder_run.parent / 'folder', tfds_dir)],
+                        env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'checkpoint step 5' in proc.stdout and 'Training' not in proc.stderr
+  assert json.loads((run / 'export' / 'test' / 'run.json').read_text())['checkpoint_step'] == 5
+  assert json.loads((run / 'thresholds.json').read_text())['checkpoint_step'] == 5
+  before = evaluate.read_export(folder_run / 'export' / 'test', load_maps=False).scores
+  after = evaluate.read_export(run / 'export' / 'test', load_maps=False).scores
+  assert not np.array_equal(before, after)  # Step 5's parameters, not step 10's.
+  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={run}',
+                         '--mode=export', '--step=7',
+                         *folder_overrides(folder_run.parent / 'folder', tfds_dir)],
+                        env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
+  assert proc.returncode != 0 and 'no checkpoint for step 7; there are [5, 10]' in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Digits: no pixel ground truth.
+
+
+def test_digits_export_then_evaluate_equals_training(tiny_config, tmp_path):
+  from vivano_jax import export  # pylint: disable=g-import-not-at-top
+  from vivano_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vivano_jax import train  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  config.train.num_steps = 5
+  config.export.max_overlays = 3
+  # 'combined' standardises by training statistics: the export must use the same ones.
+  config.score.image, config.score.pixel = 'combined', 'nll'
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  exported = export.export_run(config, str(tmp_path))
+  assert exported['checkpoint_step'] == 5
+  exp = evaluate.read_export(tmp_path / 'export' / 'test')
+  offline = evaluate.evaluate(exp)
+  _assert_metrics_equal(offline, summary['metrics'])
+  assert offline['overall']['pixel_auroc'] is None and offline['overall']['au_pro'] is None
+  assert sum(bool(o) for o in exp.overlays) == 6  # The 3 most and the 3 least anomalous.
+  t = exported['thresholds']
+  assert t['source'] == 'train' and t['score_stats'] == summary['score_stats']
+  assert t['num_normal'] == len(input_pipeline.load(config, ('train',))['train'])
+  page = (tmp_path / 'report' / 'index.html').read_text()
+  assert 'no PRO curve' in page and (tmp_path / 'report' / 'roc.png').is_file()

@@ -1,0 +1,106 @@
+"""Scoring new images with a trained run: real magnetic tile photos, any size, gray or RGB, on two
+devices with a padded batch; and the clear errors (missing run, empty glob, unreadable image)."""
+
+import csv
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from tests.conftest import REPO
+from tests.test_export import _env
+from tests.test_export import trained_folder_run
+from vivano_jax import evaluate
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+MAGNETIC_TILE = SHARED_DATA / 'magnetic_tile'
+
+
+@pytest.fixture
+def folder_run(tmp_path_factory, tfds_dir):
+  return trained_folder_run(tmp_path_factory.getbasetemp() / 'export_runs', tfds_dir)
+
+
+@pytest.mark.skipif(not MAGNETIC_TILE.is_dir(),
+                    reason=f'real data folder {MAGNETIC_TILE} is absent (only on the project\'s '
+                           'machines); the predict CLI test needs its magnetic tile photos')
+def test_predict_cli_on_magnetic_tile_photos(folder_run, tmp_path):
+  inputs = tmp_path / 'inputs'
+  inputs.mkdir()
+  # Photos of different sizes: the first of three test folders.
+  chosen = [sorted((MAGNETIC_TILE / 'test' / d).iterdir())[0]
+            for d in ('crack', 'good', 'blowhole')]
+  for i, p in enumerate(chosen):
+    shutil.copyfile(p, inputs / f'tile{i}{p.suffix}')
+  # An RGB JPEG of an odd size, and one of the run's own test images (scored at export too).
+  rgb = np.random.default_rng(0).integers(0, 256, (23, 37, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(inputs / 'rgb.jpg')
+  shutil.copyfile(folder_run.parent / 'folder' / 'test' / 'spot' / '001.png', inputs / 'own.png')
+  out = tmp_path / 'out'
+  # Two devices, batch 3 -> 4: two batches, the second padded.
+  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.predict', f'--workdir={folder_run}',
+                         f'--input={inputs}/*', f'--output={out}', '--batch_size=3'],
+                        env=_env(devices=2), cwd=str(REPO), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '2 device(s)' in proc.stdout
+  with open(out / 'predictions.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  names = sorted(p.name for p in inputs.iterdir())
+  assert [pathlib.Path(r['path']).name for r in rows] == names
+  threshold = json.loads((folder_run / 'thresholds.json').read_text())['threshold']
+  for r in rows:
+    with Image.open(r['path']) as im:
+      size = (im.height, im.width)
+    amap = np.load(out / r['map'])
+    assert amap.dtype == np.float32 and amap.shape == size and np.isfinite(amap).all()
+    with Image.open(out / r['overlay']) as im:  # image | map
+      assert im.size == (2 * size[1] + 4, size[0])
+    assert (int(r['height']), int(r['width'])) == size
+    score = float(r['score'])
+    assert r['decision'] == ('anomalous' if score >= threshold else 'normal')
+    line = next(l for l in proc.stdout.splitlines() if l.endswith(r['path']))
+    assert line.split()[0] == ('ANOMALOUS' if score >= threshold else 'normal')
+  # The run's own test image scores as at export (1 device, batch 8 there).
+  exported = evaluate.read_export(folder_run / 'export' / 'test', load_maps=False)
+  own = next(r for r in rows if r['path'].endswith('own.png'))
+  i = list(exported.filenames).index('test/spot/001.png')
+  assert float(own['score']) == pytest.approx(exported.scores[i], rel=1e-5)
+  for name, values in exported.components.items():
+    assert float(own[name]) == pytest.approx(values[i], rel=1e-4, abs=1e-6)
+
+
+def test_predict_errors_are_clear(folder_run, tmp_path):
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='names no image file'):
+    predict.find_images(str(tmp_path / 'nothing' / '*.png'))
+  bad = tmp_path / 'bad'
+  bad.mkdir()
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(bad / 'ok.png')
+  (bad / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not really')
+  (bad / 'notes.png').write_text('hello')
+  paths = predict.find_images(str(bad))
+  assert [p.name for p in paths] == ['broken.png', 'notes.png', 'ok.png']
+  with pytest.raises(ValueError) as e:
+    predict.predict(str(folder_run), paths)
+  msg = str(e.value)
+  assert '2 problem(s)' in msg and 'broken.png' in msg and 'notes.png' in msg
+  with pytest.raises(ValueError, match='not a run folder'):
+    predict.predict(str(tmp_path), paths[2:])
+  no_thresholds = tmp_path / 'run'
+  shutil.copytree(folder_run, no_thresholds, ignore=shutil.ignore_patterns('thresholds.json'))
+  with pytest.raises(ValueError, match='mode=export'):
+    predict.predict(str(no_thresholds), paths[2:])
+  with pytest.raises(ValueError, match=r'no checkpoint for step 3; there are \[5, 10\]'):
+    predict.predict(str(folder_run), paths[2:], step=3)
+  # The CLI: one line, no stack trace.
+  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.predict', f'--workdir={tmp_path / "x"}',
+                         f'--input={bad}', f'--output={tmp_path / "o"}'], env=_env(),
+                        cwd=str(REPO), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and 'error: --workdir=' in proc.stderr
+  assert 'no such run folder' in proc.stderr and 'Traceback' not in proc.stderr

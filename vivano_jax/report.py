@@ -1,0 +1,236 @@
+"""Pictures of a run: heatmap overlays and the HTML report (`WORKDIR/report/index.html`).
+
+An overlay puts side by side, at the image's native size: the image | the anomaly map in colour
+over a grey copy of it | the ground-truth mask (white on black; mid-grey when the image has no
+pixel annotation; left out for new images). The map's colours run from blue at `display_range[0]`
+to red at `display_range[1]`, one scale for every image of a run (export.py takes it from held-out
+normal images), so colours compare across images.
+
+The report reads only the exported files (evaluate.read_export): the metrics table, the image-level
+ROC curve, the PRO curve (which AU-PRO integrates up to an FPR of 0.3) and the overlays of the most
+and least anomalous images. Plots use matplotlib's Agg canvas (no display, no pyplot state); no JAX.
+
+  python -m vivano_jax.report --workdir=RUN [--split=test]   # rebuild from RUN/export/<split>
+"""
+
+import html
+import os
+import pathlib
+import shutil
+import sys
+from typing import Any, Optional
+
+from absl import app
+from absl import flags
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+from PIL import Image
+import sklearn.metrics
+
+from vivano_jax import evaluate
+from vivano_jax import metrics as metrics_lib
+
+REPORT_DIR = 'report'
+_GAP = 4  # White pixels between panels.
+_MASK_UNKNOWN = 128  # Grey mask panel: no pixel ground truth for this image.
+_MAX_CURVE_POINTS = 4096  # Curves are thinned to this many points for plotting.
+_COLORS = (matplotlib.colormaps['jet'](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.float32)
+
+
+def _resize(x: np.ndarray, shape: tuple[int, int], resample) -> np.ndarray:
+  """[h, w] float32 or bool -> shape [H, W], for display only."""
+  if x.shape == tuple(shape):
+    return x
+  if x.dtype == bool:
+    return np.asarray(Image.fromarray(x.astype(np.uint8) * 255).resize(
+        (shape[1], shape[0]), Image.NEAREST)) > 0
+  return np.asarray(Image.fromarray(x.astype(np.float32), mode='F').resize(
+      (shape[1], shape[0]), resample))
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, mask: Optional[np.ndarray],
+            display_range: tuple[float, float], has_mask: bool = True) -> np.ndarray:
+  """The side-by-side picture, uint8 [H, 2 W + gap or 3 W + 2 gaps, 3].
+
+  Args:
+    image: uint8 [H, W], [H, W, 1] or [H, W, 3] at native size.
+    amap: float [h, w] anomaly map (resized bilinearly to [H, W] if needed).
+    mask: bool [h, w] ground truth, or None for no mask panel.
+    display_range: (lo, hi) map values drawn blue and red.
+    has_mask: False draws the mask panel grey (no pixel ground truth).
+  """
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
+  h, w = rgb.shape[:2]
+  lo, hi = float(display_range[0]), float(display_range[1])
+  level = np.clip((_resize(np.asarray(amap, np.float32), (h, w), Image.BILINEAR) - lo)
+                  / max(hi - lo, 1e-12), 0.0, 1.0)
+  heat = _COLORS[np.round(level * 255).astype(np.int32)]
+  gray = rgb.astype(np.float32).mean(axis=-1, keepdims=True)
+  panels = [rgb.astype(np.uint8), np.round(0.5 * gray + 0.5 * heat).astype(np.uint8)]
+  if mask is not None:
+    if has_mask:
+      m = _resize(np.asarray(mask, bool), (h, w), Image.NEAREST).astype(np.uint8) * 255
+    else:
+      m = np.full((h, w), _MASK_UNKNOWN, np.uint8)
+    panels.append(np.repeat(m[..., None], 3, axis=-1))
+  gap = np.full((h, _GAP, 3), 255, np.uint8)
+  out = [panels[0]]
+  for p in panels[1:]:
+    out += [gap, p]
+  return np.concatenate(out, axis=1)
+
+
+def save_overlay(path: str | os.PathLike, *args, **kwargs) -> None:
+  """`overlay(*args, **kwargs)` as a PNG."""
+  Image.fromarray(overlay(*args, **kwargs)).save(path, format='png', compress_level=1)
+
+
+def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  if x.size <= _MAX_CURVE_POINTS:
+    return x, y
+  idx = np.unique(np.linspace(0, x.size - 1, _MAX_CURVE_POINTS).round().astype(np.int64))
+  return x[idx], y[idx]
+
+
+def _plot(path: pathlib.Path, x: np.ndarray, y: np.ndarray, title: str, xlabel: str, ylabel: str,
+          xlim: float = 1.0, vline: Optional[float] = None) -> None:
+  fig = Figure(figsize=(4.2, 4.0), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  x, y = _thin(np.asarray(x), np.asarray(y))
+  ax.plot(x, y, lw=1.5)
+  if vline is not None:
+    ax.axvline(vline, color='grey', ls='--', lw=1)
+  ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, xlim), ylim=(0, 1.01))
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def _metrics_table(per_type: dict[str, dict[str, Any]]) -> str:
+  rows = ''.join(
+      f'<tr><td>{html.escape(name)}</td><td>{m.get("num_images", "")}</td>'
+      + ''.join(f'<td>{evaluate.format_metric(m[k])}</td>' for k in evaluate.METRIC_NAMES) + '</tr>'
+      for name, m in per_type.items())
+  return ('<table><tr><th>defect type</th><th>images</th><th>image AUROC</th>'
+          f'<th>pixel AUROC</th><th>AU-PRO</th></tr>{rows}</table>')
+
+
+def _image_cards(export: evaluate.Export, idx: np.ndarray, out: pathlib.Path) -> str:
+  cards = []
+  for i in idx:
+    src = export.directory / export.overlays[i]
+    dst = f'images/{src.name}'
+    shutil.copyfile(src, out / dst)
+    cards.append(f'<figure><img src="{html.escape(dst)}"><figcaption>'
+                 f'{html.escape(str(export.filenames[i]))}<br>{html.escape(export.defect_types[i])}'
+                 f' | score {export.scores[i]:.5g}</figcaption></figure>')
+  return '<div class="cards">' + ''.join(cards) + '</div>'
+
+
+def write_report(workdir: str | os.PathLike, split_dir: str | os.PathLike, num_images: int
+                 ) -> pathlib.Path:
+  """Writes WORKDIR/report/ (index.html, roc.png, pro.png, images/) from an exported split.
+
+  Args:
+    workdir: the run.
+    split_dir: the exported split to report on (WORKDIR/export/test).
+    num_images: how many of the most and of the least anomalous images to show.
+  Returns:
+    The path of index.html.
+  """
+  export = evaluate.read_export(split_dir)
+  run = export.run
+  per_type = export.metrics or {}
+  final = pathlib.Path(workdir) / REPORT_DIR
+  with evaluate.atomic_directory(final) as out:
+    (out / 'images').mkdir()
+    parts = [f'<h1>ViV-Ano run {html.escape(str(run.get("workdir", workdir)))}</h1>',
+             f'<p>split <b>{html.escape(str(run.get("split", "")))}</b>, {len(export)} images, '
+             f'checkpoint step {run.get("checkpoint_step")}, image score '
+             f'<code>{html.escape(str(run.get("score", {}).get("image")))}</code>, pixel map '
+             f'<code>{html.escape(str(run.get("score", {}).get("pixel")))}</code></p>']
+    if per_type:
+      parts += ['<h2>Metrics</h2>', _metrics_table(per_type)]
+    parts.append(_threshold_html(run.get('thresholds'), export))
+    plots = []
+    if np.unique(export.labels).size == 2:
+      fpr, tpr, _ = sklearn.metrics.roc_curve(export.labels, export.scores)
+      auroc = per_type.get('overall', {}).get('image_auroc')
+      _plot(out / 'roc.png', fpr, tpr, f'image ROC (AUROC {evaluate.format_metric(auroc)})',
+            'false positive rate', 'true positive rate')
+      plots.append('<img src="roc.png" alt="ROC curve">')
+    sel = [i for i in range(len(export)) if export.has_mask[i]]
+    au_pro = per_type.get('overall', {}).get('au_pro')
+    if au_pro is not None:
+      fprs, pros = metrics_lib.pro_curve([export.maps[i] for i in sel],
+                                         [export.masks[i] for i in sel])
+      _plot(out / 'pro.png', fprs, pros, f'PRO curve (AU-PRO@0.3 {au_pro:.4f})',
+            'false positive rate (pixels)', 'per-region overlap', vline=0.3)
+      plots.append('<img src="pro.png" alt="PRO curve">')
+    else:
+      plots.append('<p>No pixel ground truth: no PRO curve.</p>')
+    parts += ['<h2>Curves</h2>', '<div class="cards">' + ''.join(plots) + '</div>']
+    with_overlay = np.array([i for i in range(len(export)) if export.overlays[i]], np.int64)
+    if with_overlay.size:
+      order = with_overlay[np.argsort(-export.scores[with_overlay], kind='stable')]
+      k = min(num_images, order.size)
+      parts += ['<h2>Most anomalous</h2>', '<p>image | anomaly map | ground truth</p>',
+                _image_cards(export, order[:k], out),
+                '<h2>Least anomalous</h2>', _image_cards(export, order[::-1][:k], out)]
+    page = ('<!doctype html><html><head><meta charset="utf-8"><title>ViV-Ano report</title>'
+            '<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}'
+            'td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}'
+            '.cards{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}'
+            'figure img{height:160px;image-rendering:pixelated}figcaption{font-size:80%}'
+            '</style></head><body>' + '\n'.join(parts) + '</body></html>\n')
+    (out / 'index.html').write_text(page)
+  return final / 'index.html'
+
+
+def _threshold_html(record: Optional[dict[str, Any]], export: evaluate.Export) -> str:
+  if not record:
+    return ''
+  t = record['threshold']
+  flagged = export.scores >= t
+  normal, anomalous = export.labels == 0, export.labels == 1
+  lines = [f'<h2>Threshold</h2><p>{html.escape(record["chosen"])} threshold {t:.6g} '
+           f'({html.escape(record["rule"])}; from {record["num_normal"]} '
+           f'{html.escape(record["source"])} normals, quantile {record["quantile"]["q"]}).']
+  if record.get('f1'):
+    f1 = record['f1']
+    lines.append(f' F1-optimal on validation: {f1["threshold"]:.6g} (F1 {f1["f1"]:.3f}).')
+  lines.append(f' On this split: {int(flagged[anomalous].sum())} of {int(anomalous.sum())} '
+               f'anomalous and {int(flagged[normal].sum())} of {int(normal.sum())} normal images '
+               'flagged.</p>')
+  return ''.join(lines)
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module defines no flags."""
+  flags.DEFINE_string('workdir', None, 'The run folder.')
+  flags.DEFINE_string('split', 'test', 'The exported split to report on.')
+  flags.DEFINE_integer('num_images', 4, 'Most / least anomalous images to show.')
+  flags.mark_flag_as_required('workdir')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
+  try:
+    path = write_report(args.workdir, os.path.join(args.workdir, 'export', args.split),
+                        args.num_images)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  print(path)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,102 @@
+"""Decision thresholds on image anomaly scores, chosen on held-out data when a run is exported.
+
+Both kinds are recorded in WORKDIR/thresholds.json; `config.export.threshold` picks the one used:
+
+  quantile  the `export.threshold_quantile` quantile (numpy's default, linear interpolation) of the
+            image scores of held-out normal images: the validation split's normals when the dataset
+            has a validation split or `dataset.validation_fraction` > 0 carves one, else the
+            training normals (source 'train': the model has seen those, so expect more than 1 - q
+            of new normal images above it).
+  f1        the threshold maximising F1 on labelled validation data that contains anomalies
+            (`sklearn.metrics.precision_recall_curve`; among equal F1, the lowest threshold). None
+            when there is no such data; asking for 'f1' then falls back to 'quantile' (recorded).
+
+An image is anomalous when score >= threshold (sklearn's convention for the F1 thresholds). Only
+numpy and scikit-learn are imported.
+"""
+
+import json
+import os
+from typing import Any, Optional
+
+import numpy as np
+import sklearn.metrics
+
+KINDS = ('quantile', 'f1')
+FILENAME = 'thresholds.json'
+RULE = 'anomalous if score >= threshold'
+
+
+def quantile_threshold(normal_scores: np.ndarray, q: float) -> float:
+  """The q-quantile of normal image scores [n] (linear interpolation between order statistics)."""
+  scores = np.asarray(normal_scores, np.float64).reshape(-1)
+  if not 0.0 <= q <= 1.0:
+    raise ValueError(f'export.threshold_quantile must be in [0, 1], got {q}')
+  if scores.size == 0:
+    raise ValueError('no held-out normal image scores to take a quantile of')
+  return float(np.quantile(scores, q))
+
+
+def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Optional[dict[str, float]]:
+  """The F1-optimal threshold on labelled scores [n] (labels 1 = anomalous), or None without both
+  classes. Returns {'threshold', 'f1', 'precision', 'recall'} at that threshold."""
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  labels = np.asarray(labels).reshape(-1).astype(int)
+  if scores.shape != labels.shape:
+    raise ValueError(f'{scores.size} scores but {labels.size} labels')
+  if np.unique(labels).size != 2:
+    return None
+  precision, recall, thresholds = sklearn.metrics.precision_recall_curve(labels, scores)
+  # The last point (precision 1, recall 0) has no threshold.
+  p, r = precision[:-1], recall[:-1]
+  f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
+  i = int(np.argmax(f1))  # Thresholds increase: the first maximum is the lowest threshold.
+  return {'threshold': float(thresholds[i]), 'f1': float(f1[i]), 'precision': float(p[i]),
+          'recall': float(r[i])}
+
+
+def choose(normal_scores: np.ndarray, source: str, q: float, kind: str,
+           val_scores: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None
+           ) -> dict[str, Any]:
+  """Both thresholds and the one of `kind` ('quantile' | 'f1'), as saved in thresholds.json.
+
+  Args:
+    normal_scores: [n] image scores of held-out normal images.
+    source: where they come from ('validation' or 'train').
+    q: the quantile.
+    kind: the threshold to use; 'f1' without labelled anomalies falls back to 'quantile'.
+    val_scores, val_labels: [m] labelled validation scores for the F1 threshold, if any.
+  """
+  if kind not in KINDS:
+    raise ValueError(f'export.threshold must be one of {KINDS}, got {kind!r}')
+  normal = np.asarray(normal_scores, np.float64).reshape(-1)
+  f1 = None if val_scores is None else f1_threshold(val_scores, val_labels)
+  chosen = kind if kind == 'quantile' or f1 is not None else 'quantile'
+  record = {
+      'rule': RULE,
+      'source': source,
+      'num_normal': int(normal.size),
+      'quantile': {'q': float(q), 'threshold': quantile_threshold(normal, q)},
+      'f1': f1,
+      'requested': kind,
+      'chosen': chosen,
+  }
+  if chosen != kind:
+    record['note'] = 'no labelled validation anomalies for an F1 threshold; using the quantile'
+  record['threshold'] = record[chosen]['threshold']
+  return record
+
+
+def is_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
+  """[n] bool decisions for image scores [n]."""
+  return np.asarray(scores) >= threshold
+
+
+def load(workdir: str) -> dict[str, Any]:
+  """The thresholds saved with a run (WORKDIR/thresholds.json)."""
+  path = os.path.join(workdir, FILENAME)
+  if not os.path.isfile(path):
+    raise ValueError(f'{path} does not exist: the run has no thresholds yet; export it first '
+                     f'(python -m vivano_jax.main --mode=export --config=... --workdir={workdir})')
+  with open(path) as f:
+    return json.load(f)
