@@ -124,8 +124,10 @@ def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path):
   assert 0.0 <= metrics['metrics']['overall']['image_auroc'] <= 1.0
   assert metrics['metrics']['overall']['pixel_auroc'] is None  # digits have no pixel ground truth
   assert list(full.glob('events.out.tfevents.*'))
+  assert (full / 'export' / 'test' / 'scores.csv').exists() and (full / 'report' / 'index.html').exists()
 
   killed = tmp_path / 'killed'
+  steps.append('--config.export.at_end=False')  # The full run above already covered export.
   proc = _main(killed, tiny_config.dataset.data_dir, *steps, '--config.model.depth=2')
   ckpt_dir = killed / 'checkpoints'
   deadline = time.time() + 300

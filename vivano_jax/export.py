@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from vivano_jax import atomic_files
 from vivano_jax import datasets
 from vivano_jax import evaluate
 from vivano_jax import input_pipeline
@@ -46,9 +47,6 @@ EXPORT_DIR = 'export'
 FORMAT_VERSION = 1
 
 # train's atomic, numpy-aware JSON writer and its multi-process row gathering, reused as they are.
-_write_json = train._write_json  # pylint: disable=protected-access
-_gather_rows = train._gather_rows  # pylint: disable=protected-access
-_gather_scored = train._gather_scored  # pylint: disable=protected-access
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, step: Optional[int], mesh: Mesh
@@ -99,7 +97,7 @@ def _whole_split(config, split: str, local: input_pipeline.SplitData) -> input_p
 def _gather_image(scored: dict[str, Any]) -> dict[str, np.ndarray]:
   if jax.process_count() == 1:
     return scored['image']
-  return {k: _gather_rows(v) for k, v in scored['image'].items()}
+  return {k: train.gather_rows(v) for k, v in scored['image'].items()}
 
 
 def image_scores(components: dict[str, np.ndarray], config: ml_collections.ConfigDict,
@@ -146,23 +144,12 @@ def choose_thresholds(state, data: dict[str, input_pipeline.SplitData], heldout:
   keep = np.flatnonzero(np.isin(local.filenames, shown_names))
   shown = train.score_split(state, local.subset(keep), config, mesh, decode=True)
   if jax.process_count() > 1:
-    shown = _gather_scored(shown)
+    shown = train.gather_scored(shown)
   _, pix = scoring.final_scores(shown['image'], shown['pixel'], config.score.image,
                                 config.score.pixel, stats)
   lo, hi = np.quantile(np.asarray(pix, np.float64), [0.01, 0.999])
   record['pixel_display_range'] = [float(lo), float(max(hi, lo + 1e-6))]
   return record
-
-
-def evaluated_maps(pix: np.ndarray, scored: dict[str, Any], data: input_pipeline.SplitData,
-                   config: ml_collections.ConfigDict) -> tuple[list[np.ndarray], list[np.ndarray]]:
-  """The maps and masks the metrics are computed on, as in train.evaluate_scores: float32 / bool
-  [H_i, W_i] at the masks' native size, or [S, S] without score.native_resolution."""
-  if config.score.native_resolution:
-    masks = input_pipeline.native_masks(data)
-    maps = [train.resize_map(pix[i], m.shape).astype(np.float32) for i, m in enumerate(masks)]
-    return maps, masks
-  return list(pix.astype(np.float32)), list(scored['mask'])
 
 
 def write_split(directory: pathlib.Path, data: input_pipeline.SplitData, scores: np.ndarray,
@@ -210,8 +197,8 @@ def write_split(directory: pathlib.Path, data: input_pipeline.SplitData, scores:
       report.save_overlay(tmp / overlay_names[i], image, maps[i], masks[i], display_range,
                           has_mask=bool(data.has_mask[i]))
     if metrics is not None:
-      _write_json(str(tmp / evaluate.METRICS_JSON), metrics)
-    _write_json(str(tmp / evaluate.RUN_JSON), run)
+      atomic_files.write_json(str(tmp / evaluate.METRICS_JSON), metrics)
+    atomic_files.write_json(str(tmp / evaluate.RUN_JSON), run)
 
 
 def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None
@@ -249,15 +236,15 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
   for split in config.export.splits:
     scored = train.score_split(state, data[split], config, mesh, decode=True)
     if jax.process_count() > 1:
-      scored = _gather_scored(scored)
+      scored = train.gather_scored(scored)
     whole = _whole_split(config, split, data[split])
     if np.unique(whole.labels).size == 2:
-      scores, pix, metrics = train.evaluate_scores(scored, whole, config, stats)
+      scores, _, maps, masks, metrics = train.evaluate_scores(scored, whole, config, stats)
     else:  # e.g. the training normals: scores and maps, but no metrics.
       scores, pix = map(np.asarray, scoring.final_scores(
           scored['image'], scored['pixel'], config.score.image, config.score.pixel, stats))
+      maps, masks = train.evaluation_maps(pix, scored['mask'], whole, config)
       metrics = None
-    maps, masks = evaluated_maps(pix, scored, whole, config)
     directory = pathlib.Path(workdir) / EXPORT_DIR / split
     run = {
         'format_version': FORMAT_VERSION,
@@ -282,7 +269,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
                                 'metrics': metrics}
   if is_chief:
     # Last: a failed export leaves the previous thresholds with the previous export.
-    _write_json(os.path.join(workdir, thresholds_lib.FILENAME), record)
+    atomic_files.write_json(os.path.join(workdir, thresholds_lib.FILENAME), record)
     reported = [s for s, v in summary['splits'].items() if v['metrics'] is not None]
     if reported:
       split = 'test' if 'test' in reported else reported[0]

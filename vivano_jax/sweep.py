@@ -54,6 +54,8 @@ from typing import Any, Optional, TextIO
 
 import ml_collections
 
+from vivano_jax import atomic_files
+
 LR_FIELD = 'train.learning_rate'
 BATCH_FIELD = 'train.batch_size'
 LR_RULES = ('linear', 'sqrt')
@@ -354,13 +356,6 @@ def is_finished(workdir: str) -> bool:
   return os.path.isfile(os.path.join(workdir, 'metrics.json'))
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'  # Array jobs may write the plan at the same time.
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, default=repr)
-  os.replace(tmp, path)
-
-
 def _run_record(sweep: Sweep, run: Run) -> dict[str, Any]:
   return {'sweep': sweep.path, 'base_config': sweep.base_config, 'index': run.index,
           'name': run.name, 'overrides': run.overrides, 'flags': run.flags}
@@ -369,7 +364,7 @@ def _run_record(sweep: Sweep, run: Run) -> dict[str, Any]:
 def write_plan(sweep: Sweep, root: str) -> None:
   """ROOT/sweep.json: every run of the sweep, so `gather` can list those that never ran."""
   os.makedirs(root, exist_ok=True)
-  _write_json(os.path.join(root, 'sweep.json'), {
+  atomic_files.write_json(os.path.join(root, 'sweep.json'), {
       'sweep': sweep.path, 'base_config': sweep.base_config, 'fields': sweep.fields,
       'runs': [_run_record(sweep, r) for r in sweep.runs]})
 
@@ -433,7 +428,7 @@ def run_sweep(sweep: Sweep, root: str, only: Optional[Iterable[int]] = None,
       print(f'{head}\n  {shlex.join(cmd)}', file=out, flush=True)
       continue
     os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, 'sweep_run.json'), _run_record(sweep, run) | {'command': cmd})
+    atomic_files.write_json(os.path.join(workdir, 'sweep_run.json'), _run_record(sweep, run) | {'command': cmd})
     log_path = os.path.join(workdir, 'sweep_run.log')
     print(f'{head}: running (log {log_path})', file=out, flush=True)
     start = time.perf_counter()

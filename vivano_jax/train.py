@@ -6,7 +6,6 @@ global batch, so the result does not depend on the number of devices.
 """
 
 import functools
-import json
 import os
 import time
 from typing import Any, Optional
@@ -27,6 +26,7 @@ import optax
 import orbax.checkpoint as ocp
 from PIL import Image
 
+from vivano_jax import atomic_files
 from vivano_jax import input_pipeline
 from vivano_jax import losses
 from vivano_jax import metrics as metrics_lib
@@ -268,25 +268,29 @@ def resize_map(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
       (shape[1], shape[0]), Image.BILINEAR))
 
 
+def evaluation_maps(pix: np.ndarray, scored_masks: np.ndarray, data: input_pipeline.SplitData,
+                    config: ml_collections.ConfigDict) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """The maps and masks pixel metrics are computed on: float32 / bool [H_i, W_i] at each mask's native
+  size with `score.native_resolution` (as the official MVTec AD evaluation), else [S, S]."""
+  if config.score.native_resolution:
+    masks = input_pipeline.native_masks(data)
+    return [resize_map(pix[i], m.shape).astype(np.float32) for i, m in enumerate(masks)], masks
+  return list(pix.astype(np.float32)), list(scored_masks)
+
+
 def evaluate_scores(scored: dict[str, Any], data: input_pipeline.SplitData,
                     config: ml_collections.ConfigDict, stats: Optional[scoring.ScoreStats]
-                    ) -> tuple[np.ndarray, np.ndarray, dict[str, dict]]:
-  """Final image scores [n], pixel maps [n, S, S] and metrics per defect type and overall.
-
-  With `score.native_resolution` the maps are resized to each ground-truth mask's native size and the
-  pixel metrics are computed there, as the official MVTec AD evaluation does.
-  """
+                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray],
+                               dict[str, dict]]:
+  """Final image scores [n], pixel maps [n, S, S], the maps and masks the metrics use
+  (`evaluation_maps`), and the metrics per defect type and overall."""
   img, pix = scoring.final_scores(scored['image'], scored['pixel'], config.score.image,
                                   config.score.pixel, stats)
   img, pix = np.asarray(img), np.asarray(pix)
-  if config.score.native_resolution:
-    masks = input_pipeline.native_masks(data)
-    maps = [resize_map(pix[i], masks[i].shape) for i in range(len(masks))]
-  else:
-    masks, maps = scored['mask'], pix
+  maps, masks = evaluation_maps(pix, scored['mask'], data, config)
   per_type = metrics_lib.per_defect_type(img, data.labels, data.defect_types, maps=maps,
                                          masks=masks, has_mask=data.has_mask)
-  return img, pix, per_type
+  return img, pix, maps, masks, per_type
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -443,7 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   summary['checkpoint_step'] = total_steps
   summary['workdir'] = os.path.abspath(workdir)
   if is_chief:
-    _write_json(os.path.join(workdir, 'metrics.json'), summary)
+    atomic_files.write_json(os.path.join(workdir, 'metrics.json'), summary)
   writer.flush()
   mngr.close()
   return summary
@@ -460,12 +464,12 @@ def evaluate_run(state: TrainState, data: dict[str, input_pipeline.SplitData],
   # Reconstructions are always shown in TensorBoard, so decode the test split.
   scored = score_split(state, data['test'], config, mesh, decode=True, keep_recon=n_tb)
   if jax.process_count() > 1:
-    scored = _gather_scored(scored)
+    scored = gather_scored(scored)
     # Shards are contiguous slices in process order, so the gathered rows follow the whole split.
     data_all = input_pipeline.load(config, ('test',), process_index=0, process_count=1)['test']
   else:
     data_all = data['test']
-  _, pix, per_type = evaluate_scores(scored, data_all, config, stats)
+  _, pix, _, _, per_type = evaluate_scores(scored, data_all, config, stats)
   overall = per_type['overall']
   scalars = {f'test/{k}': v for k, v in overall.items() if v is not None}
   writer.write_scalars(step, scalars)
@@ -474,9 +478,9 @@ def evaluate_run(state: TrainState, data: dict[str, input_pipeline.SplitData],
           'score_stats': stats, 'num_test_images': int(len(data_all))}
 
 
-def _gather_scored(scored: dict[str, Any]) -> dict[str, Any]:
+def gather_scored(scored: dict[str, Any]) -> dict[str, Any]:
   """Every process's scores, concatenated in process order (for metrics over the whole split)."""
-  gather = _gather_rows
+  gather = gather_rows
   out = dict(scored)
   out['image'] = {k: gather(v) for k, v in scored['image'].items()}
   out['pixel'] = {k: gather(v) for k, v in scored['pixel'].items()}
@@ -484,15 +488,8 @@ def _gather_scored(scored: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _gather_rows(x: np.ndarray) -> np.ndarray:
+def gather_rows(x: np.ndarray) -> np.ndarray:
   n = multihost_utils.process_allgather(np.array(len(x)))
   pad = int(n.max()) - len(x)
   allx = multihost_utils.process_allgather(np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]))
   return np.concatenate([allx[i, :int(n[i])] for i in range(len(n))])
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, default=lambda o: o.item() if hasattr(o, 'item') else str(o))
-  os.replace(tmp, path)
