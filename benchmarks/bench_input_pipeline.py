@@ -1,8 +1,10 @@
 """Input-pipeline throughput for MVTec-size images (not a test).
 
 Writes N synthetic 1024 x 1024 RGB PNGs (smooth noise, so PNG decoding costs what a photo costs) in the
-MVTec layout into a temporary folder, prepares the `folder` dataset, and times `train_batches` (decode,
-antialiased resize, flips/rotations, normalisation) at each image size. Compare with the train step's
+MVTec layout into a temporary folder, prepares the `folder` dataset, and times `train_batches` at each
+image size, in both modes: in memory (every image decoded and resized once; the default when they fit in
+`dataset.cache_max_mib`) and streaming (PNG decode + antialiased resize per sample), each followed by
+flips/rotations and batching. Compare with the train step's
 images/s from `python -m vivano_jax.benchmark` on the same machine.
 
   python benchmarks/bench_input_pipeline.py [--n 64] [--sizes 256,512] [--batches 30]
@@ -56,18 +58,23 @@ def main():
     t = time.perf_counter()
     train = input_pipeline.load(config, ('train',))['train']
     print(f'prepared {len(train)} images of {args.native} px in {time.perf_counter() - t:.1f} s')
-    print(f'{"size":>6} {"images/s":>10}  (batch {args.batch}, {args.batches} batches, '
-          f'{config.dataset.num_threads} tf.data threads, flips + rot90)')
+    print(f'batch {args.batch}, {args.batches} batches, {config.dataset.num_threads} tf.data '
+          f'threads, flips + rot90')
+    print(f'{"size":>6} {"mode":>10} {"first batch s":>14} {"images/s":>10}')
     for size in [int(s) for s in args.sizes.split(',')]:
-      cfg = ml_collections.ConfigDict(config.dataset.to_dict())
-      cfg.image_size = size
-      it = input_pipeline.train_batches(train, cfg, args.batch, seed=0)
-      next(it)  # warm-up: graph building and the prefetch buffer
-      t = time.perf_counter()
-      for _ in range(args.batches):
-        next(it)
-      ips = args.batches * args.batch / (time.perf_counter() - t)
-      print(f'{size:>6} {ips:>10.1f}')
+      for mode, cache_mib in (('in-memory', 2048), ('streaming', 0)):
+        cfg = ml_collections.ConfigDict(config.dataset.to_dict())
+        cfg.image_size = size
+        cfg.cache_max_mib = cache_mib
+        t = time.perf_counter()
+        it = input_pipeline.train_batches(train, cfg, args.batch, seed=0)
+        next(it)  # graph building, the prefetch buffer and, in memory, decoding every image once
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(args.batches):
+          next(it)
+        ips = args.batches * args.batch / (time.perf_counter() - t)
+        print(f'{size:>6} {mode:>10} {first:>14.1f} {ips:>10.1f}')
 
 
 if __name__ == '__main__':

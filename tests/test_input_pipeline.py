@@ -104,3 +104,12 @@ def test_missing_split_is_a_clear_error(tiny_config):
   builder = datasets.get_builder(tiny_config.dataset)
   with pytest.raises(ValueError, match='validation_fraction'):
     input_pipeline.load_split(builder, 'validation', tiny_config.dataset, 0, 1)
+
+
+def test_in_memory_cache_gives_the_same_batches_as_streaming(digits):
+  config, data = digits
+  cached = _take(input_pipeline.train_batches(data['train'], config.dataset, 8, seed=1), 20)
+  config.dataset.cache_max_mib = 0
+  streamed = _take(input_pipeline.train_batches(data['train'], config.dataset, 8, seed=1), 20)
+  for a, b in zip(cached, streamed):
+    np.testing.assert_array_equal(a, b)

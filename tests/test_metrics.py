@@ -344,6 +344,7 @@ def test_compute_all_and_per_defect_type():
 
   per = metrics.per_defect_type(scores, labels, types, maps, masks, has_mask)
   assert list(per) == ['scratch', 'hole', 'overall']
+  assert per['overall'].pop('num_images') == len(labels)
   assert per['overall'] == res
   for t in ['scratch', 'hole']:
     idx = [i for i in range(n) if types[i] in ('good', t)]

@@ -202,3 +202,28 @@ def test_gradient_accumulation_with_batchnorm_and_sampling_runs(tiny_config):
   changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before),
                                                    jax.tree.leaves(state.batch_stats))]
   assert all(changed)
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tiny_config):
+  config = tiny_config
+  config.train.compute_dtype = 'bfloat16'
+  mesh = train.make_mesh()
+  state = train.create_train_state(config, model_lib.create_model(config), 10, mesh)
+  x = np.random.default_rng(0).uniform(-1, 1, size=(8, 32, 32, 1)).astype(np.float32)
+  state, m = train.make_train_step(config, mesh)(state, train.global_batch({'image': x}, mesh))
+  assert np.isfinite(float(m.loss.compute()))
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(state.params))
+
+
+def test_remat_gives_the_same_step(tiny_config):
+  config = tiny_config
+  mesh = train.make_mesh()
+  x = np.random.default_rng(0).uniform(-1, 1, size=(8, 32, 32, 1)).astype(np.float32)
+  finals = []
+  for remat in (False, True):
+    config.model.remat = remat
+    state = train.create_train_state(config, model_lib.create_model(config), 10, mesh)
+    state, _ = train.make_train_step(config, mesh)(state, train.global_batch({'image': x}, mesh))
+    finals.append(state.params)
+  for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

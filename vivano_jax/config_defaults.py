@@ -20,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.validation_fraction = 0.0  # Held-out normals carved from train (when no val split).
   config.dataset.validation_seed = 0
   config.dataset.num_threads = 2  # tf.data decoding threads per process.
+  # Training images are decoded and resized once and kept in memory when they fit in this many MiB
+  # (float32 at the model size); else they are decoded per sample.
+  config.dataset.cache_max_mib = 2048
   config.dataset.augment = ml_collections.ConfigDict(dict(hflip=True, vflip=True, rot90=True))
 
   config.model = ml_collections.ConfigDict()
