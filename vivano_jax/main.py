@@ -34,6 +34,9 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for multi-host runs.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (hosts).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
+                                 'Call jax.distributed.initialize() with what the platform provides '
+                                 '(Cloud TPU VMs, SLURM, Open MPI), without the three flags above.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -61,7 +64,7 @@ def format_summary(summary: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _COORDINATOR.value or _NUM_PROCESSES.value:
+  if _COORDINATOR.value or _NUM_PROCESSES.value or _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   logging.info('JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(),
