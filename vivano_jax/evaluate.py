@@ -45,6 +45,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from vivano_jax import image_io
 from vivano_jax import metrics as metrics_lib
 
 SCORES_CSV = 'scores.csv'
@@ -59,8 +60,6 @@ OVERLAY_COLUMN = 'overlay'
 EVALUATION_CSV = 'evaluation.csv'
 EVALUATION_MD = 'evaluation.md'
 METRIC_NAMES = ('image_auroc', 'pixel_auroc', 'au_pro')
-_IMAGE_EXTENSIONS = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'})
-_MAX_LISTED = 20
 
 
 class ExportError(ValueError):
@@ -70,10 +69,7 @@ class ExportError(ValueError):
 def _raise_problems(problems: list[str], where: Any) -> None:
   if not problems:
     return
-  shown = [f'  - {p}' for p in problems[:_MAX_LISTED]]
-  if len(problems) > _MAX_LISTED:
-    shown.append(f'  ... and {len(problems) - _MAX_LISTED} more')
-  raise ExportError(f'{len(problems)} problem(s) in {where}:\n' + '\n'.join(shown))
+  raise ExportError(image_io.format_problems(problems, where))
 
 
 def array_key(index: int) -> str:
@@ -195,21 +191,10 @@ def _few(items: list[str], k: int = 10) -> str:
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-  """A mask file as bool [H, W]: True where any non-alpha channel is > 0.
-
-  The rule of the folder / mvtec_ad builders (datasets/image_files.py, which imports TensorFlow, so
-  it is restated here): palette images by their colours, alpha is transparency, not a defect.
-  """
+  """A mask file as bool [H, W]: True where any non-alpha channel is > 0 (the builders' rule)."""
   with Image.open(path) as image:
     image.load()
-    if image.mode in ('P', 'PA'):
-      image = image.convert('RGBA' if image.mode == 'PA' else 'RGB')
-    values = np.asarray(image)
-    if image.mode in ('LA', 'La', 'RGBA', 'RGBa'):
-      values = values[..., :-1]
-  if values.ndim == 3:
-    values = values.max(axis=-1)
-  return values > 0
+    return image_io.mask_values(image)
 
 
 def masks_from_folder(root: str | os.PathLike, filenames: np.ndarray, defect_types: np.ndarray,
@@ -233,7 +218,7 @@ def masks_from_folder(root: str | os.PathLike, filenames: np.ndarray, defect_typ
       if f.name.startswith('.') or not f.is_file():
         continue
       stem, ext = os.path.splitext(f.name)
-      if ext.lower() not in _IMAGE_EXTENSIONS or not stem.endswith('_mask'):
+      if ext.lower() not in image_io.IMAGE_EXTENSIONS or not stem.endswith('_mask'):
         problems.append(f'{f}: not a <stem>_mask.<image extension> file')
         continue
       available[(d.name, stem[:-len('_mask')])] = f

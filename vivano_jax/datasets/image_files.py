@@ -32,7 +32,9 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-IMAGE_EXTENSIONS = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'})
+from vivano_jax import image_io
+
+IMAGE_EXTENSIONS = image_io.IMAGE_EXTENSIONS
 IGNORED_NAMES = frozenset({'thumbs.db', 'desktop.ini'})
 GOOD = 'good'
 MASK_SUFFIX = '_mask'
@@ -40,7 +42,6 @@ TRAIN, TEST, GROUND_TRUTH = 'train', 'test', 'ground_truth'
 
 # Modes PIL opens single-channel images in; 'P'/'PA' (palette) are decided by their palette.
 _GRAY_MODES = frozenset({'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N', 'F'})
-_MAX_LISTED_PROBLEMS = 20
 
 
 class DatasetError(ValueError):
@@ -51,10 +52,7 @@ def raise_problems(problems: Sequence[str], where: str | os.PathLike) -> None:
   """Raises one DatasetError listing `problems` ('<path>: <what is wrong>' lines), if any."""
   if not problems:
     return
-  shown = [f'  - {p}' for p in problems[:_MAX_LISTED_PROBLEMS]]
-  if len(problems) > _MAX_LISTED_PROBLEMS:
-    shown.append(f'  ... and {len(problems) - _MAX_LISTED_PROBLEMS} more')
-  raise DatasetError(f'{len(problems)} problem(s) in {where}:\n' + '\n'.join(shown))
+  raise DatasetError(image_io.format_problems(problems, where))
 
 
 def is_ignored(name: str) -> bool:
@@ -62,8 +60,7 @@ def is_ignored(name: str) -> bool:
   return name.startswith('.') or name.lower() in IGNORED_NAMES
 
 
-def is_image_name(name: str) -> bool:
-  return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+is_image_name = image_io.is_image_name
 
 
 def check_root(path: str | os.PathLike | None, what: str = 'dataset folder') -> pathlib.Path:
@@ -283,14 +280,7 @@ def read_image(path: str | os.PathLike, channels: int) -> np.ndarray:
 
 def _mask_values(image: Image.Image) -> np.ndarray:
   """The decoded PIL mask as uint8 [H, W, 1]: 1 where any (non-alpha) channel is > 0, else 0."""
-  if image.mode in ('P', 'PA'):  # Palette index 0 need not be black: look at the colors.
-    image = image.convert('RGBA' if image.mode == 'PA' else 'RGB')
-  values = np.asarray(image)
-  if image.mode in ('LA', 'La', 'RGBA', 'RGBa'):
-    values = values[..., :-1]  # Alpha is transparency, not a defect marker.
-  if values.ndim == 3:
-    values = values.max(axis=-1)
-  return (values > 0).astype(np.uint8)[..., None]
+  return image_io.mask_values(image).astype(np.uint8)[..., None]
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
