@@ -1,0 +1,34 @@
+"""Ablations on textures/brick with the reduced Magnetic Tile model (configs/magnetic_tile.py: 128 px,
+patch 16, width 128, depth 3, 600 steps), one seed each.
+
+The reference run (ViT, VAE, K = 10, position-conditioned, recon scores) is configs/magnetic_tile.py
+with the dataset switched: the 'base' run. Architecture runs (encoder, VAE vs AE, the l2-CAE baseline = CNN encoder +
+deterministic AE + reconstruction scores) score by the reconstruction error; mixture runs (K,
+condition) score by the paper's NLL (image: max patch NLL, pixels: NLL map), since with
+density.stop_gradient=True the head cannot change the reconstruction scores.
+
+  nice -n 5 python -m vivano_jax.sweep run --sweep=sweeps/ablations_brick.py \\
+      --root=runs/ablations_brick --config.dataset.data_dir=/tmp/tfds
+  python -m vivano_jax.sweep gather --root=runs/ablations_brick
+"""
+
+NLL = {'score.image': 'nll_max', 'score.pixel': 'nll'}
+
+
+def get_sweep():
+  runs = [  # In order of importance: a stopped sweep has the most useful runs.
+      {},  # Reference.
+      {'model.encoder': 'cnn', 'model.variational': False},  # l2-CAE.
+      {'model.encoder': 'cnn'},
+      {'model.variational': False},
+      dict(NLL),  # Reference with the paper's scores.
+      dict(NLL, **{'density.num_components': 1}),
+      dict(NLL, **{'density.condition': 'none'}),
+      dict(NLL, **{'density.num_components': 32}),
+      dict(NLL, **{'density.condition': 'self'}),
+      dict(NLL, **{'density.condition': 'class_token'}),
+      dict(NLL, **{'density.num_components': 4}),
+      dict(NLL, **{'density.num_components': 150}),
+  ]
+  return {'base_config': '../configs/magnetic_tile.py', 'runs': runs,
+          'fixed': {'dataset.name': 'textures/brick', 'dataset.manual_dir': ''}}
