@@ -10,8 +10,8 @@ detects 'using only the reconstruction loss'). Augmentation: horizontal flips on
 (natural photos; an upside-down scene is not a normal example). Hours per class on a GPU, not for a
 CPU: `configs/cifar10.py` is the reduced variant.
 
-Data: `dataset.manual_dir` empty = the tfds catalog `cifar10`; on this machine pass
-`--config.dataset.manual_dir=/work/shared/data/cifar10` (local copies, data README).
+Data: `dataset.manual_dir` empty = the tfds catalog `cifar10`;
+for the local copies next to the repository pass `--config.dataset.manual_dir=../shared/data/cifar10` (local copies, data README).
 """
 
 from vivano_jax import config_defaults

@@ -1,6 +1,6 @@
 """Magnetic Tile Surface Defects, reduced for a 2-core CPU (about 3-4 minutes a run).
 
-Data: `dataset.name='folder'` at `dataset.manual_dir` (default /work/shared/data/magnetic_tile; MVTec
+Data: `dataset.name='folder'` at `dataset.manual_dir` (default ../shared/data/magnetic_tile; MVTec
 layout: 761 good train images, 191 good + 392 defective test images of 5 defect types with masks).
 The config argument is unused (one category); it is accepted so that `configs/magnetic_tile.py:x`
 works like the other dataset configs.
@@ -18,7 +18,7 @@ Flips and 90-degree rotations are kept: tile surfaces have no preferred orientat
 
 from vivano_jax import config_defaults
 
-MANUAL_DIR = '/work/shared/data/magnetic_tile'
+MANUAL_DIR = '../shared/data/magnetic_tile'
 
 
 def get_config(arg=None):

@@ -2,7 +2,7 @@
 ViT width 512, depth 6, 8 heads, MLP 1024, batch 16, learning rate 1e-5, 200 epochs; scores by the
 mixture NLL (image: maximum patch NLL; pixels: the NLL map upsampled, Section 4.3).
 
-Data: `dataset.name='folder'` at `dataset.manual_dir` (default /work/shared/data/magnetic_tile). The
+Data: `dataset.name='folder'` at `dataset.manual_dir` (default ../shared/data/magnetic_tile). The
 grayscale photos are replicated to 3 channels, as the paper's input is RGB. Far too slow for a CPU
 (hours a run); `configs/magnetic_tile.py` is the reduced variant. The config argument is unused.
 The paper gives no latent size, mixture size, warmup or loss weights: those keep the defaults.
@@ -10,7 +10,7 @@ The paper gives no latent size, mixture size, warmup or loss weights: those keep
 
 from vivano_jax import config_defaults
 
-MANUAL_DIR = '/work/shared/data/magnetic_tile'
+MANUAL_DIR = '../shared/data/magnetic_tile'
 
 
 def get_config(arg=None):

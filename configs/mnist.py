@@ -13,8 +13,8 @@ Differs from `configs/mnist_paper.py` (the paper's recipe), to fit 2 CPU cores:
   * same image score as the paper variant: reconstruction error (Section 4.4).
 No augmentation (a flipped or rotated digit can be another digit).
 
-Data: `dataset.manual_dir` empty = the tfds catalog `mnist`; on this machine pass
-`--config.dataset.manual_dir=/work/shared/data/mnist` (whose training images are an approximate copy).
+Data: `dataset.manual_dir` empty = the tfds catalog `mnist`;
+for the local copies next to the repository pass `--config.dataset.manual_dir=../shared/data/mnist` (whose training images are an approximate copy).
 """
 
 from vivano_jax import config_defaults

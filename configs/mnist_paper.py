@@ -9,8 +9,8 @@ the paper detects 'using only the reconstruction loss'). No augmentation (a flip
 rotated digit can be another digit). Hours per digit on a GPU, not for a CPU: `configs/mnist.py` is
 the reduced variant.
 
-Data: `dataset.manual_dir` empty = the tfds catalog `mnist` (downloaded and prepared by tfds); on this
-machine pass `--config.dataset.manual_dir=/work/shared/data/mnist` (local copies, data README).
+Data: `dataset.manual_dir` empty = the tfds catalog `mnist` (downloaded and prepared by tfds);
+for the local copies next to the repository pass `--config.dataset.manual_dir=../shared/data/mnist` (local copies, data README).
 """
 
 from vivano_jax import config_defaults

@@ -1,7 +1,7 @@
 """MNIST one-class (paper Table 1), all 10 digits, reduced config (configs/mnist.py: 32 px, patch 8,
 width 64, depth 2, 300 steps, reconstruction score). The digit is chosen by dataset.name (the sweep
 runner passes no config argument; the same as `--config=configs/mnist.py:<digit>`). Reads the local
-copy in /work/shared/data/mnist (approximate training images, see its README); elsewhere drop the
+copy in ../shared/data/mnist (approximate training images, see its README); elsewhere drop the
 manual_dir to use the tfds catalog.
 
   nice -n 5 python -m vivano_jax.sweep run --sweep=sweeps/mnist.py --root=runs/mnist \\
@@ -13,4 +13,4 @@ manual_dir to use the tfds catalog.
 def get_sweep():
   return {'base_config': '../configs/mnist.py',
           'grid': {'dataset.name': [f'mnist_one_class/{d}' for d in range(10)]},
-          'fixed': {'dataset.manual_dir': '/work/shared/data/mnist'}}
+          'fixed': {'dataset.manual_dir': '../shared/data/mnist'}}
