@@ -31,27 +31,13 @@ def class_name(arg) -> str:
 
 
 def get_config(arg=None):
-  config = config_defaults.base_config()
+  config = config_defaults.paper_config()
   config.dataset.name = f'cifar10_one_class/{class_name(arg)}'
-  config.dataset.image_size = 512
-  config.dataset.channels = 3
   config.dataset.augment.hflip = True
   config.dataset.augment.vflip = False
   config.dataset.augment.rot90 = False
-  config.model.patch_size = 64
-  config.model.width = 512
-  config.model.depth = 6
-  config.model.num_heads = 8
-  config.model.mlp_dim = 1024
-  config.model.decoder_base_features = 256
   # Section 4.4: on MNIST and CIFAR-10 'anomaly detection was performed using only the
   # reconstruction loss, without determining the anomaly location' (the NLL is for MVTec AD).
   config.score.image = 'recon'
   config.score.pixel = 'recon'
-  config.train.batch_size = 16
-  config.train.eval_batch_size = 16
-  config.train.learning_rate = 1e-5
-  config.train.num_steps = 0
-  config.train.num_epochs = 200
-  config.train.checkpoint_every_steps = 2000
   return config

@@ -14,38 +14,12 @@ Differs from `configs/mvtec_ad_paper.py` (the paper's Section 4.1 recipe), to fi
   * scores: reconstruction error (the package default) instead of the paper's mixture NLL (on the
     data we could measure, the NLL scores were far weaker: RESULTS.md); `--config.score.image=nll_max
     --config.score.pixel=nll` gives the paper's.
-Augmentation per category: AUGMENT below, shared with the paper variant.
+Augmentation per category: `AUGMENT` in vivano_jax/datasets/mvtec_ad.py, shared with the paper
+variant.
 """
 
 from vivano_jax import config_defaults
-
-CATEGORIES = ('carpet', 'grid', 'leather', 'tile', 'wood', 'bottle', 'cable', 'capsule', 'hazelnut',
-              'metal_nut', 'pill', 'screw', 'toothbrush', 'transistor', 'zipper')
-ALL, NONE = dict(hflip=True, vflip=True, rot90=True), dict(hflip=False, vflip=False, rot90=False)
-# Only transforms that map a good part onto another good part.
-AUGMENT = {
-    # Textures: no preferred orientation.
-    'carpet': ALL, 'grid': ALL, 'leather': ALL, 'tile': ALL, 'wood': ALL,
-    'bottle': ALL,  # Seen from above, round.
-    'hazelnut': ALL,  # Seen from above, lies in any orientation.
-    'cable': NONE,  # The three wires' colour order is fixed ('cable_swap' is a defect).
-    'capsule': NONE,  # Printed '500': mirrored or turned print is a 'faulty_imprint'.
-    'pill': NONE,  # Printed 'FF' and a fixed pose.
-    'transistor': NONE,  # Pose defines the part: 'misplaced' is a defect.
-    'metal_nut': dict(hflip=False, vflip=False, rot90=True),  # Mirror = the 'flip' defect; good
-                                                              # nuts are rotated arbitrarily.
-    'screw': dict(hflip=False, vflip=False, rot90=True),  # Any pose, but mirroring inverts the thread.
-    'toothbrush': dict(hflip=True, vflip=False, rot90=False),  # Upright, left-right symmetric.
-    'zipper': dict(hflip=True, vflip=True, rot90=False),  # Vertical, symmetric both ways.
-}
-
-
-def category(arg) -> str:
-  name = arg if arg not in (None, '') else 'bottle'
-  if name not in CATEGORIES:
-    raise ValueError(f'MVTec AD category must be one of {CATEGORIES}, got {arg!r}')
-  return name
-
+from vivano_jax.datasets.mvtec_ad import AUGMENT, category
 
 def get_config(arg=None):
   name = category(arg)

@@ -78,10 +78,38 @@ OFFICIAL_COUNTS = {
 }
 CATEGORIES = tuple(OFFICIAL_COUNTS)
 
+_ALL, _NONE = dict(hflip=True, vflip=True, rot90=True), dict(hflip=False, vflip=False, rot90=False)
+# Training augmentation per category, for the configs: only transforms that map a good part onto
+# another good part.
+AUGMENT = {
+    # Textures: no preferred orientation.
+    'carpet': _ALL, 'grid': _ALL, 'leather': _ALL, 'tile': _ALL, 'wood': _ALL,
+    'bottle': _ALL,  # Seen from above, round.
+    'hazelnut': _ALL,  # Seen from above, lies in any orientation.
+    'cable': _NONE,  # The three wires' colour order is fixed ('cable_swap' is a defect).
+    'capsule': _NONE,  # Printed '500': mirrored or turned print is a 'faulty_imprint'.
+    'pill': _NONE,  # Printed 'FF' and a fixed pose.
+    'transistor': _NONE,  # Pose defines the part: 'misplaced' is a defect.
+    'metal_nut': dict(hflip=False, vflip=False, rot90=True),  # Mirror = the 'flip' defect; good
+                                                              # nuts are rotated arbitrarily.
+    'screw': dict(hflip=False, vflip=False, rot90=True),  # Any pose, but mirroring inverts the thread.
+    'toothbrush': dict(hflip=True, vflip=False, rot90=False),  # Upright, left-right symmetric.
+    'zipper': dict(hflip=True, vflip=True, rot90=False),  # Vertical, symmetric both ways.
+}
+
+
+def category(arg) -> str:
+  """The category named by a config argument ('' or None: 'bottle')."""
+  name = arg if arg not in (None, '') else 'bottle'
+  if name not in CATEGORIES:
+    raise ValueError(f'MVTec AD category must be one of {CATEGORIES}, got {arg!r}')
+  return name
+
+
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 MVTec AD cannot be downloaded automatically: accept its licence (CC BY-NC-SA 4.0) at
 {HOMEPAGE} and download mvtec_anomaly_detection.tar.xz (or single categories).
-Extract it and set cfg.manual_dir to the folder that holds the category folders, e.g.
+Extract it and set dataset.manual_dir to the folder that holds the category folders, e.g.
   <manual_dir>/bottle/train/good/000.png
   <manual_dir>/bottle/test/broken_large/000.png
   <manual_dir>/bottle/ground_truth/broken_large/000_mask.png
