@@ -20,44 +20,11 @@ for the local copies next to the repository pass `--config.dataset.manual_dir=..
 """
 
 from vivano_jax import config_defaults
-
-CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-
-
-def class_name(arg) -> str:
-  """'3' or 'cat' -> 'cat'; None -> 'airplane'."""
-  if arg in (None, ''):
-    return CLASSES[0]
-  if str(arg).isdigit() and int(arg) < len(CLASSES):
-    return CLASSES[int(arg)]
-  if arg in CLASSES:
-    return arg
-  raise ValueError(f'CIFAR-10 class must be 0-9 or one of {CLASSES}, got {arg!r}')
-
+from vivano_jax.datasets.one_class import cifar10_class
 
 def get_config(arg=None):
-  config = config_defaults.base_config()
-  config.dataset.name = f'cifar10_one_class/{class_name(arg)}'
-  config.dataset.image_size = 32
+  config = config_defaults.small_32px_config()
+  config.dataset.name = f'cifar10_one_class/{cifar10_class(arg)}'
   config.dataset.channels = 3
   config.dataset.augment.hflip = True
-  config.dataset.augment.vflip = False
-  config.dataset.augment.rot90 = False
-  config.model.patch_size = 8
-  config.model.width = 64
-  config.model.depth = 2
-  config.model.num_heads = 4
-  config.model.mlp_dim = 128
-  config.model.latent_dim = 16
-  config.model.decoder_base_features = 32
-  config.density.hidden_dim = 64
-  config.density.position_embed_dim = 16
-  config.score.smoothing_sigma = 1.0  # 4 px would blur a 32 px image away.
-  config.train.batch_size = 32
-  config.train.eval_batch_size = 250
-  config.train.num_steps = 300
-  config.train.warmup_steps = 30
-  config.train.checkpoint_every_steps = 300
-  config.train.num_tensorboard_images = 4
-  config.export.at_end = False  # Metrics only; `main --mode=export` writes maps on demand.
   return config

@@ -15,24 +15,11 @@ for the local copies next to the repository pass `--config.dataset.manual_dir=..
 """
 
 from vivano_jax import config_defaults
-
-CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-
-
-def class_name(arg) -> str:
-  """'3' or 'cat' -> 'cat'; None -> 'airplane'."""
-  if arg in (None, ''):
-    return CLASSES[0]
-  if str(arg).isdigit() and int(arg) < len(CLASSES):
-    return CLASSES[int(arg)]
-  if arg in CLASSES:
-    return arg
-  raise ValueError(f'CIFAR-10 class must be 0-9 or one of {CLASSES}, got {arg!r}')
-
+from vivano_jax.datasets.one_class import cifar10_class
 
 def get_config(arg=None):
   config = config_defaults.paper_config()
-  config.dataset.name = f'cifar10_one_class/{class_name(arg)}'
+  config.dataset.name = f'cifar10_one_class/{cifar10_class(arg)}'
   config.dataset.augment.hflip = True
   config.dataset.augment.vflip = False
   config.dataset.augment.rot90 = False

@@ -18,34 +18,11 @@ for the local copies next to the repository pass `--config.dataset.manual_dir=..
 """
 
 from vivano_jax import config_defaults
+from vivano_jax.datasets.one_class import mnist_digit
 
 
 def get_config(arg=None):
-  digit = '0' if arg in (None, '') else str(arg)
-  if digit not in tuple('0123456789'):
-    raise ValueError(f'MNIST digit must be 0-9, got {arg!r}')
-  config = config_defaults.base_config()
-  config.dataset.name = f'mnist_one_class/{digit}'
-  config.dataset.image_size = 32
+  config = config_defaults.small_32px_config()
+  config.dataset.name = f'mnist_one_class/{mnist_digit(arg)}'
   config.dataset.channels = 1
-  config.dataset.augment.hflip = False
-  config.dataset.augment.vflip = False
-  config.dataset.augment.rot90 = False
-  config.model.patch_size = 8
-  config.model.width = 64
-  config.model.depth = 2
-  config.model.num_heads = 4
-  config.model.mlp_dim = 128
-  config.model.latent_dim = 16
-  config.model.decoder_base_features = 32
-  config.density.hidden_dim = 64
-  config.density.position_embed_dim = 16
-  config.score.smoothing_sigma = 1.0  # 4 px would blur a 32 px digit away.
-  config.train.batch_size = 32
-  config.train.eval_batch_size = 250
-  config.train.num_steps = 300
-  config.train.warmup_steps = 30
-  config.train.checkpoint_every_steps = 300
-  config.train.num_tensorboard_images = 4
-  config.export.at_end = False  # Metrics only; `main --mode=export` writes maps on demand.
   return config

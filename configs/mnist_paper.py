@@ -14,14 +14,12 @@ for the local copies next to the repository pass `--config.dataset.manual_dir=..
 """
 
 from vivano_jax import config_defaults
+from vivano_jax.datasets.one_class import mnist_digit
 
 
 def get_config(arg=None):
-  digit = '0' if arg in (None, '') else str(arg)
-  if digit not in tuple('0123456789'):
-    raise ValueError(f'MNIST digit must be 0-9, got {arg!r}')
   config = config_defaults.paper_config()
-  config.dataset.name = f'mnist_one_class/{digit}'
+  config.dataset.name = f'mnist_one_class/{mnist_digit(arg)}'
   config.dataset.augment.hflip = False
   config.dataset.augment.vflip = False
   config.dataset.augment.rot90 = False

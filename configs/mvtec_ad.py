@@ -23,21 +23,8 @@ from vivano_jax.datasets.mvtec_ad import AUGMENT, category
 
 def get_config(arg=None):
   name = category(arg)
-  config = config_defaults.base_config()
+  config = config_defaults.small_128px_config()
   config.dataset.name = f'mvtec_ad/{name}'
-  config.dataset.image_size = 128
   config.dataset.channels = 3
   config.dataset.augment.update(AUGMENT[name])
-  config.model.patch_size = 16
-  config.model.width = 128
-  config.model.depth = 3
-  config.model.num_heads = 4
-  config.model.mlp_dim = 256
-  config.model.latent_dim = 32
-  config.model.decoder_base_features = 64
-  config.train.batch_size = 16
-  config.train.eval_batch_size = 32
-  config.train.num_steps = 600
-  config.train.warmup_steps = 50
-  config.train.checkpoint_every_steps = 300
   return config
