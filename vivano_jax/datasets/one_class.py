@@ -58,21 +58,19 @@ CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog
 
 def mnist_digit(arg) -> str:
   """A config argument as an MNIST class: '0'..'9'; None or '' -> '0'."""
-  digit = '0' if arg in (None, '') else str(arg)
-  if digit not in MNIST_CLASSES:
-    raise ValueError(f'MNIST digit must be 0-9, got {arg!r}')
-  return digit
+  try:
+    return MnistOneClass.config_name('0' if arg in (None, '') else str(arg))
+  except ValueError:
+    raise ValueError(f'MNIST digit must be 0-9, got {arg!r}') from None
 
 
 def cifar10_class(arg) -> str:
   """A config argument as a CIFAR-10 class name: '3' or 'cat' -> 'cat'; None or '' -> 'airplane'."""
-  if arg in (None, ''):
-    return CIFAR10_CLASSES[0]
-  if str(arg).isdigit() and int(arg) < len(CIFAR10_CLASSES):
-    return CIFAR10_CLASSES[int(arg)]
-  if arg in CIFAR10_CLASSES:
-    return arg
-  raise ValueError(f'CIFAR-10 class must be 0-9 or one of {CIFAR10_CLASSES}, got {arg!r}')
+  try:
+    return Cifar10OneClass.config_name('0' if arg in (None, '') else str(arg))
+  except ValueError:
+    raise ValueError(
+        f'CIFAR-10 class must be 0-9 or one of {CIFAR10_CLASSES}, got {arg!r}') from None
 
 
 MNIST_FILES = {
