@@ -1,4 +1,4 @@
-"""Ablations on Magnetic Tile (configs/magnetic_tile.py, 128 px, 600 steps), one seed each.
+"""Ablations on Magnetic Tile (configs/magnetic_tile.py, 128 px, 600 steps), each at seeds 0, 1 and 2.
 
 The reference run (ViT, VAE, K = 10, position-conditioned, recon scores) is configs/magnetic_tile.py
 itself: the 'base' run. Architecture runs (encoder, VAE vs AE, the l2-CAE baseline = CNN encoder +
@@ -12,10 +12,12 @@ density.stop_gradient=True the head cannot change the reconstruction scores.
 """
 
 NLL = {'score.image': 'nll_max', 'score.pixel': 'nll'}
+SEEDS = (0, 1, 2)
+PER_SEED = 12  # Runs per seed: run index = seed position * PER_SEED + position in the list.
 
 
 def get_sweep():
-  runs = [  # In order of importance: a stopped sweep has the most useful runs.
+  runs = [  # In order of importance within a seed.
       {},  # Reference.
       {'model.encoder': 'cnn', 'model.variational': False},  # l2-CAE.
       {'model.encoder': 'cnn'},
@@ -29,4 +31,6 @@ def get_sweep():
       dict(NLL, **{'density.num_components': 4}),
       dict(NLL, **{'density.num_components': 150}),
   ]
+  assert len(runs) == PER_SEED
+  runs = [dict(r, seed=seed) for seed in SEEDS for r in runs]  # Seed 0 first, then 1, 2.
   return {'base_config': '../configs/magnetic_tile.py', 'runs': runs}
