@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -230,6 +231,55 @@ def test_gather_lists_planned_runs_that_never_started(tmp_path, capsys):
   assert columns[:3] == ['run', 'status', 'model.depth']
   assert [(r['run'], r['status'], r['model.depth']) for r in rows] == [
       ('depth=1', 'missing', 1), ('depth=2', 'done', 2)]
+
+
+def test_gather_over_seed_pools_mean_and_sample_std(tmp_path, capsys):
+  root = tmp_path / 'root'
+  values = {('vit', 0): (0.90, 0.80, 0.70), ('vit', 1): (0.94, 0.86, 0.60),
+            ('vit', 2): (0.95, 0.83, 0.65), ('cnn', 0): (0.99, 0.97, 0.91),
+            ('cnn', 1): (0.97, 0.95, 0.90)}
+  for encoder in ('vit', 'cnn'):
+    for seed in (0, 1, 2):
+      name = f'encoder={encoder},seed={seed}'
+      cfg = {'seed': seed, 'model': {'encoder': encoder}}
+      if (encoder, seed) in values:
+        i, p, a = values[encoder, seed]
+        _write_run(root, name, cfg, {
+            'metrics': {'overall': {'image_auroc': i, 'pixel_auroc': p, 'au_pro': a}},
+            'train_images_per_sec': 10.0 * (seed + 1)})
+      else:
+        _write_run(root, name, cfg)  # Never finished: not pooled.
+
+  assert sweep_lib.main(['gather', f'--root={root}', '--over=seed']) == 0
+  printed = capsys.readouterr().out
+  with open(root / 'results_over_seed.csv', newline='') as f:
+    rows = {r['group']: r for r in csv.DictReader(f)}
+  assert list(rows) == ['encoder=cnn', 'encoder=vit']  # Order of first run (sorted folders).
+  for encoder, seeds in (('vit', (0, 1, 2)), ('cnn', (0, 1))):
+    row = rows[f'encoder={encoder}']
+    assert row['model.encoder'] == encoder and row['n'] == str(len(seeds))
+    assert row['seed'] == ','.join(map(str, seeds))
+    for k, metric in enumerate(('image_auroc', 'pixel_auroc', 'au_pro')):
+      sample = [values[encoder, s][k] for s in seeds]
+      assert float(row[f'{metric}_mean']) == pytest.approx(statistics.mean(sample), abs=1e-12)
+      assert float(row[f'{metric}_std']) == pytest.approx(statistics.stdev(sample), abs=1e-12)
+    assert float(row['train_images_per_sec_mean']) == pytest.approx(
+        statistics.mean(10.0 * (s + 1) for s in seeds))
+  md = (root / 'results_over_seed.md').read_text()
+  assert md in printed
+  # vit image AUROC: mean 0.93, stdev of (0.90, 0.94, 0.95) = 0.02646 (hand-computed).
+  assert '| encoder=vit | vit | 3 | 0,1,2 | 0.930 ± 0.026 |' in md
+
+  # One finished run: no spread; a field that does not vary: one clear error.
+  assert sweep_lib.summarize(*sweep_lib.gather(str(root)), over='seed')[1][0]['n'] == 2
+  single = tmp_path / 'single'
+  _write_run(single, 'seed=0', {'seed': 0}, {'metrics': {'overall': {'image_auroc': 0.5}}})
+  _write_run(single, 'seed=1', {'seed': 1})
+  _, (row,) = sweep_lib.summarize(*sweep_lib.gather(str(single)), over='seed')
+  assert (row['group'], row['n'], row['image_auroc_mean'], row['image_auroc_std']) == (
+      'base', 1, 0.5, None)
+  with pytest.raises(sweep_lib.SweepError, match=r'--over=model.depth: not a field .*seed'):
+    sweep_lib.summarize(*sweep_lib.gather(str(single)), over='model.depth')
 
 
 # --------------------------------------------------------------------------------------------------

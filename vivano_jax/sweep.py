@@ -22,7 +22,7 @@ unfinished run resumes from its last checkpoint).
 
   python -m vivano_jax.sweep run --sweep=sweeps/example.py --root=runs/example
       [--dry_run] [--only=K[,K...]] [--print_commands] [--launcher='CMD'] [--config.<field>=<value>]
-  python -m vivano_jax.sweep gather --root=runs/example
+  python -m vivano_jax.sweep gather --root=runs/example [--over=seed]
 
 `run` also writes ROOT/sweep.json (the plan), and per run ROOT/<name>/sweep_run.json (its flags)
 and ROOT/<name>/sweep_run.log (its output). Extra `--config.<field>=<value>` flags go to every run
@@ -30,7 +30,8 @@ and ROOT/<name>/sweep_run.log (its output). Extra `--config.<field>=<value>` fla
 `--launcher='srun launch/multihost.sh'` inside a multi-node allocation. `gather` writes
 ROOT/results.csv and ROOT/results.md: one row per run with the swept fields as the runs used them
 (the scaled learning rate, not the base one), image AUROC, pixel AUROC, AU-PRO and train/score
-images/s.
+images/s. `gather --over=seed` also pools the runs that differ only in the seed into one row each:
+n, mean and sample standard deviation (ROOT/results_over_seed.{csv,md}).
 """
 
 import argparse
@@ -565,6 +566,84 @@ def write_results(root: str, columns: Sequence[str], rows: Sequence[Mapping[str,
   return md
 
 
+SPREAD_METRICS = ('image_auroc', 'pixel_auroc', 'au_pro')
+
+
+def summarize(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], over: str = 'seed'
+              ) -> tuple[list[str], list[dict[str, Any]]]:
+  """Pools runs that differ only in the field `over` (e.g. 'seed'): one row per group.
+
+  Takes `gather`'s (columns, rows). A group's row has its name (the run name without the `over`
+  part; 'base' if nothing is left), the other swept fields, n (finished runs), `over`'s values of
+  those runs, and for image AUROC, pixel AUROC and AU-PRO the mean and sample standard deviation
+  (ddof = 1; None when n < 2), plus the mean train images/s. Groups keep the order of their first
+  run; a group with no finished run is kept with n = 0.
+  """
+  metric_start = columns.index(METRIC_COLUMNS[0])
+  fields = list(columns[2:metric_start])
+  if over not in fields:
+    raise SweepError(f'--over={over}: not a field that differs between the runs (fields: '
+                     f'{", ".join(fields) or "none"})')
+  others = [f for f in fields if f != over]
+  label = over.rsplit('.', 1)[-1]
+  groups: dict[str, list[Mapping[str, Any]]] = {}
+  for row in rows:
+    key = json.dumps([row[f] for f in others], sort_keys=True, default=repr)
+    groups.setdefault(key, []).append(row)
+  out_columns = ['group'] + others + ['n', over]
+  for m in SPREAD_METRICS:
+    out_columns += [f'{m}_mean', f'{m}_std']
+  out_columns += ['train_images_per_sec_mean']
+  out_rows = []
+  for members in groups.values():
+    parts = [p for p in members[0]['run'].split(',')
+             if not p.startswith(f'{label}=') and not p.startswith(f'{over}=')]
+    done = [r for r in members if r['status'] == 'done']
+    row = {'group': ','.join(parts) or 'base', **{f: members[0][f] for f in others},
+           'n': len(done), over: ','.join(str(r[over]) for r in done)}
+    for m in SPREAD_METRICS + ('train_images_per_sec',):
+      values = [float(r[m]) for r in done if r[m] is not None]
+      mean = math.fsum(values) / len(values) if values else None
+      row[f'{m}_mean'] = mean
+      if m in SPREAD_METRICS:
+        row[f'{m}_std'] = (math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                           if len(values) > 1 else None)
+    out_rows.append(row)
+  return out_columns, out_rows
+
+
+def spread_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+  """Markdown for `summarize`'s rows: mean +- std per metric."""
+  fields = columns[1:columns.index('n') + 2]
+  header = ['group'] + fields + ['image AUROC', 'pixel AUROC', 'AU-PRO', 'train img/s']
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
+  for r in rows:
+    cells = [r['group']] + [_md_cell(f, r[f]) for f in fields]
+    for m in SPREAD_METRICS:
+      mean, std = r[f'{m}_mean'], r[f'{m}_std']
+      cells.append('-' if mean is None else f'{mean:.3f}' if std is None
+                   else f'{mean:.3f} ± {std:.3f}')
+    speed = r['train_images_per_sec_mean']
+    cells.append('-' if speed is None else f'{speed:.1f}')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_summary(root: str, over: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
+                  ) -> str:
+  """Writes ROOT/results_over_<over>.csv and .md; returns the Markdown."""
+  stem = os.path.join(root, f'results_over_{_name_part(over)}')
+  with open(stem + '.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(columns))
+    writer.writeheader()
+    for r in rows:
+      writer.writerow({c: '' if r[c] is None else r[c] for c in columns})
+  md = spread_table(columns, rows)
+  with open(stem + '.md', 'w') as f:
+    f.write(md)
+  return md
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line.
 
@@ -587,6 +666,9 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="command replacing 'python -m vivano_jax.main', e.g. 'launch/multihost.sh'")
   gather_parser = sub.add_parser('gather', help='collect results into ROOT/results.{csv,md}')
   gather_parser.add_argument('--root', required=True)
+  gather_parser.add_argument('--over', default=None,
+                             help='also pool runs differing only in this field (e.g. seed) into '
+                                  'mean +- std: ROOT/results_over_<field>.{csv,md}')
   args, unknown = parser.parse_known_args(argv)
   args.extra = {}
   for arg in unknown:
@@ -603,6 +685,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == 'gather':
       columns, rows = gather(args.root)
       print(write_results(os.path.abspath(args.root), columns, rows), end='')
+      if args.over:
+        summary_columns, summary_rows = summarize(columns, rows, args.over)
+        print(f'\nover {args.over} (mean ± sample std):\n'
+              + write_summary(os.path.abspath(args.root), args.over, summary_columns,
+                              summary_rows), end='')
       return 0
     sweep = load_sweep(args.sweep, args.extra)
     only = None
