@@ -1,19 +1,26 @@
-"""Ablations on Magnetic Tile (configs/magnetic_tile.py, 128 px, 600 steps), each at seeds 0, 1 and 2.
+"""Ablations on Magnetic Tile (configs/magnetic_tile.py, 128 px, 600 steps), each at seeds 0, 1, 2.
 
 The reference run (ViT, VAE, K = 10, position-conditioned, recon scores) is configs/magnetic_tile.py
-itself: the 'base' run. Architecture runs (encoder, VAE vs AE, the l2-CAE baseline = CNN encoder +
-deterministic AE + reconstruction scores) score by the reconstruction error; mixture runs (K,
-condition) score by the paper's NLL (image: max patch NLL, pixels: NLL map), since with
-density.stop_gradient=True the head cannot change the reconstruction scores.
+itself: the runs named 'seed=S'. Architecture runs (encoder, VAE vs AE, the l2-CAE baseline = CNN
+encoder + deterministic AE + reconstruction scores) score by the reconstruction error; mixture runs
+(K, condition) score by the paper's NLL (image: max patch NLL, pixels: NLL map), since with
+density.stop_gradient=True the head's gradients reach the autoencoder only through the shared
+global-norm gradient clip (which Adam's per-parameter scaling nearly cancels).
+
+Runs that differ from the reference only in score.* (NLL, combined, smoothing off) train exactly
+as the reference does; to only rescore, copy the reference's checkpoints/ into the run's workdir
+before running it (main then skips training and evaluates):
+
+  mkdir -p "ROOT/image=nll_max,pixel=nll,seed=0" && cp -r ROOT/seed=0/checkpoints "$_"
 
   nice -n 5 python -m vivano_jax.sweep run --sweep=sweeps/ablations_magnetic_tile.py \\
       --root=runs/ablations_magnetic_tile --config.dataset.data_dir=/tmp/tfds
-  python -m vivano_jax.sweep gather --root=runs/ablations_magnetic_tile
+  python -m vivano_jax.sweep gather --root=runs/ablations_magnetic_tile --over=seed
 """
 
 NLL = {'score.image': 'nll_max', 'score.pixel': 'nll'}
 SEEDS = (0, 1, 2)
-PER_SEED = 12  # Runs per seed: run index = seed position * PER_SEED + position in the list.
+PER_SEED = 15  # Runs per seed: run index = seed position * PER_SEED + position in the list.
 
 
 def get_sweep():
@@ -30,6 +37,10 @@ def get_sweep():
       dict(NLL, **{'density.condition': 'class_token'}),
       dict(NLL, **{'density.num_components': 4}),
       dict(NLL, **{'density.num_components': 150}),
+      # Scores only (same training as the reference): see the docstring.
+      {'score.image': 'combined', 'score.pixel': 'combined'},
+      {'score.smoothing_sigma': 0.0},
+      dict(NLL, **{'score.smoothing_sigma': 0.0}),
   ]
   assert len(runs) == PER_SEED
   runs = [dict(r, seed=seed) for seed in SEEDS for r in runs]  # Seed 0 first, then 1, 2.
