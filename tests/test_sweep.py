@@ -247,8 +247,11 @@ def test_gather_over_seed_pools_mean_and_sample_std(tmp_path, capsys):
         _write_run(root, name, cfg, {
             'metrics': {'overall': {'image_auroc': i, 'pixel_auroc': p, 'au_pro': a}},
             'train_images_per_sec': 10.0 * (seed + 1)})
-      else:
-        _write_run(root, name, cfg)  # Never finished: not pooled.
+      else:  # Planned, never started: no config.json, only the planned flags; not pooled.
+        os.makedirs(root / name)
+        (root / name / 'sweep_run.json').write_text(json.dumps(
+            {'flags': {'model.encoder': encoder, 'seed': seed},
+             'overrides': {'model.encoder': encoder, 'seed': seed}}))
 
   assert sweep_lib.main(['gather', f'--root={root}', '--over=seed']) == 0
   printed = capsys.readouterr().out
@@ -280,6 +283,10 @@ def test_gather_over_seed_pools_mean_and_sample_std(tmp_path, capsys):
       'base', 1, 0.5, None)
   with pytest.raises(sweep_lib.SweepError, match=r'--over=model.depth: not a field .*seed'):
     sweep_lib.summarize(*sweep_lib.gather(str(single)), over='model.depth')
+  _write_run(single, 'seed=2', {'seed': 2, 'model': {'depth': 3}},
+             {'metrics': {'overall': {'image_auroc': 0.7}}})
+  with pytest.raises(sweep_lib.SweepError, match=r"share the group 'base' but differ"):
+    sweep_lib.summarize(*sweep_lib.gather(str(single)), over='seed')
 
 
 # --------------------------------------------------------------------------------------------------

@@ -573,9 +573,10 @@ def summarize(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], over: s
               ) -> tuple[list[str], list[dict[str, Any]]]:
   """Pools runs that differ only in the field `over` (e.g. 'seed'): one row per group.
 
-  Takes `gather`'s (columns, rows). A group's row has its name (the run name without the `over`
-  part; 'base' if nothing is left), the other swept fields, n (finished runs), `over`'s values of
-  those runs, and for image AUROC, pixel AUROC and AU-PRO the mean and sample standard deviation
+  Takes `gather`'s (columns, rows). Runs are grouped by their name without the `<over>=` part
+  ('base' if nothing is left); finished runs of one group must agree on every other field. A
+  group's row has that name, the other swept fields, n (finished runs), `over`'s values of those
+  runs, and for image AUROC, pixel AUROC and AU-PRO the mean and sample standard deviation
   (ddof = 1; None when n < 2), plus the mean train images/s. Groups keep the order of their first
   run; a group with no finished run is kept with n = 0.
   """
@@ -586,20 +587,29 @@ def summarize(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], over: s
                      f'{", ".join(fields) or "none"})')
   others = [f for f in fields if f != over]
   label = over.rsplit('.', 1)[-1]
+  # Pooled by name: sweep run names are made from the swept values, so runs that differ only in
+  # `over` share their name without it, whether or not they have run (an unstarted run has no
+  # config.json to compare).
   groups: dict[str, list[Mapping[str, Any]]] = {}
   for row in rows:
-    key = json.dumps([row[f] for f in others], sort_keys=True, default=repr)
-    groups.setdefault(key, []).append(row)
+    parts = [p for p in row['run'].split(',')
+             if not p.startswith(f'{label}=') and not p.startswith(f'{over}=')]
+    groups.setdefault(','.join(parts) or 'base', []).append(row)
+  for group, members in groups.items():
+    done = [r for r in members if r['status'] == 'done']
+    settings = {json.dumps([r[f] for f in others], sort_keys=True, default=repr): r['run']
+                for r in done}
+    if len(settings) > 1:
+      raise SweepError(f'--over={over}: runs {", ".join(settings.values())} share the group '
+                       f'{group!r} but differ in other fields than {over}')
   out_columns = ['group'] + others + ['n', over]
   for m in SPREAD_METRICS:
     out_columns += [f'{m}_mean', f'{m}_std']
   out_columns += ['train_images_per_sec_mean']
   out_rows = []
-  for members in groups.values():
-    parts = [p for p in members[0]['run'].split(',')
-             if not p.startswith(f'{label}=') and not p.startswith(f'{over}=')]
+  for group, members in groups.items():
     done = [r for r in members if r['status'] == 'done']
-    row = {'group': ','.join(parts) or 'base', **{f: members[0][f] for f in others},
+    row = {'group': group, **{f: (done or members)[0][f] for f in others},
            'n': len(done), over: ','.join(str(r[over]) for r in done)}
     for m in SPREAD_METRICS + ('train_images_per_sec',):
       values = [float(r[m]) for r in done if r[m] is not None]
