@@ -553,13 +553,17 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) ->
   return '\n'.join(lines) + '\n'
 
 
-def write_results(root: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
-  """Writes ROOT/results.csv and ROOT/results.md; returns the Markdown."""
-  with open(os.path.join(root, 'results.csv'), 'w', newline='') as f:
+def _write_csv(path: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+  with open(path, 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(columns))
     writer.writeheader()
     for r in rows:
       writer.writerow({c: '' if r[c] is None else r[c] for c in columns})
+
+
+def write_results(root: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+  """Writes ROOT/results.csv and ROOT/results.md; returns the Markdown."""
+  _write_csv(os.path.join(root, 'results.csv'), columns, rows)
   md = markdown_table(columns, rows)
   with open(os.path.join(root, 'results.md'), 'w') as f:
     f.write(md)
@@ -595,13 +599,6 @@ def summarize(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], over: s
     parts = [p for p in row['run'].split(',')
              if not p.startswith(f'{label}=') and not p.startswith(f'{over}=')]
     groups.setdefault(','.join(parts) or 'base', []).append(row)
-  for group, members in groups.items():
-    done = [r for r in members if r['status'] == 'done']
-    settings = {json.dumps([r[f] for f in others], sort_keys=True, default=repr): r['run']
-                for r in done}
-    if len(settings) > 1:
-      raise SweepError(f'--over={over}: runs {", ".join(settings.values())} share the group '
-                       f'{group!r} but differ in other fields than {over}')
   out_columns = ['group'] + others + ['n', over]
   for m in SPREAD_METRICS:
     out_columns += [f'{m}_mean', f'{m}_std']
@@ -609,6 +606,11 @@ def summarize(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], over: s
   out_rows = []
   for group, members in groups.items():
     done = [r for r in members if r['status'] == 'done']
+    settings = {json.dumps([r[f] for f in others], sort_keys=True, default=repr): r['run']
+                for r in done}
+    if len(settings) > 1:
+      raise SweepError(f'--over={over}: runs {", ".join(settings.values())} share the group '
+                       f'{group!r} but differ in other fields than {over}')
     row = {'group': group, **{f: (done or members)[0][f] for f in others},
            'n': len(done), over: ','.join(str(r[over]) for r in done)}
     for m in SPREAD_METRICS + ('train_images_per_sec',):
@@ -643,11 +645,7 @@ def write_summary(root: str, over: str, columns: Sequence[str], rows: Sequence[M
                   ) -> str:
   """Writes ROOT/results_over_<over>.csv and .md; returns the Markdown."""
   stem = os.path.join(root, f'results_over_{_name_part(over)}')
-  with open(stem + '.csv', 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(columns))
-    writer.writeheader()
-    for r in rows:
-      writer.writerow({c: '' if r[c] is None else r[c] for c in columns})
+  _write_csv(stem + '.csv', columns, rows)
   md = spread_table(columns, rows)
   with open(stem + '.md', 'w') as f:
     f.write(md)
