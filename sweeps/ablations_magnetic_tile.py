@@ -20,7 +20,6 @@ before running it (main then skips training and evaluates):
 
 NLL = {'score.image': 'nll_max', 'score.pixel': 'nll'}
 SEEDS = (0, 1, 2)
-PER_SEED = 15  # Runs per seed: run index = seed position * PER_SEED + position in the list.
 
 
 def get_sweep():
@@ -42,6 +41,6 @@ def get_sweep():
       {'score.smoothing_sigma': 0.0},
       dict(NLL, **{'score.smoothing_sigma': 0.0}),
   ]
-  assert len(runs) == PER_SEED
-  runs = [dict(r, seed=seed) for seed in SEEDS for r in runs]  # Seed 0 first, then 1, 2.
+  # Seed 0 first, then 1, 2: run index = seed position * len(runs) + position in the list.
+  runs = [dict(r, seed=seed) for seed in SEEDS for r in runs]
   return {'base_config': '../configs/magnetic_tile.py', 'runs': runs}
