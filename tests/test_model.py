@@ -43,7 +43,11 @@ def test_attention_matches_reference_formula():
   msa = encoder.MultiHeadSelfAttention(num_heads=2)
   variables, out = _init_apply(msa, z)
   p = jax.tree.map(np.asarray, variables['params'])
-  qkv = np.asarray(z)[0] @ p['qkv']['kernel'] + p['qkv']['bias']
+  assert 'bias' not in p['qkv']  # No key bias (the softmax is invariant to it).
+  p['q_bias'] = rng.normal(size=8).astype(np.float32)  # Non-zero biases, so they are checked.
+  p['v_bias'] = rng.normal(size=8).astype(np.float32)
+  out = msa.apply({'params': p}, z)
+  qkv = np.asarray(z)[0] @ p['qkv']['kernel'] + np.concatenate([p['q_bias'], np.zeros(8), p['v_bias']])
   q, k, v = np.split(qkv.reshape(5, 3, 2, 4), 3, axis=1)
   heads = []
   for h in range(2):
@@ -194,6 +198,7 @@ def test_stop_gradient_blocks_nll_gradient_into_encoder():
                                                   x, decode=False)['nll'].mean())(p)
   g = nll_grad(variables['params'])
   assert float(sum(jnp.abs(v).sum() for v in jax.tree.leaves(g['encoder']))) == 0.0
+  assert float(sum(jnp.abs(v).sum() for v in jax.tree.leaves(g['bottleneck']))) == 0.0
   config.density.stop_gradient = False
   m2 = model_lib.create_model(config)
   g2 = jax.grad(lambda q: m2.apply({'params': q, 'batch_stats': variables['batch_stats']}, x,
@@ -208,3 +213,20 @@ def test_bad_input_shape_is_a_clear_error():
     m.init({'params': jax.random.PRNGKey(0)}, jnp.zeros((1, 64, 64, 1)))
   with pytest.raises(ValueError, match='dataset.channels'):
     m.init({'params': jax.random.PRNGKey(0)}, jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize('condition', ['position', 'class_token'])
+def test_density_position_embedding_learns_under_stop_gradient(condition):
+  # The stop-gradient cuts the encoder and VAE off from the NLL, not the head's own parameters: its
+  # position embedding must get an NLL gradient, or position conditioning stays a frozen random code.
+  config = load_config('tiny')
+  config.density.condition = condition
+  m = model_lib.create_model(config)
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(2, 32, 32, 1)), jnp.float32)
+  variables = m.init({'params': jax.random.PRNGKey(0), 'latent': jax.random.PRNGKey(1)}, x)
+  g = jax.grad(lambda q: m.apply({'params': q, 'batch_stats': variables['batch_stats']}, x,
+                                 decode=False)['nll'].mean())(variables['params'])
+  emb = g['density_position_embedding']
+  assert emb.shape == (4, 4, config.density.position_embed_dim)
+  # Every position's embedding is used by its own patch only: each gets a gradient.
+  assert bool(jnp.all(jnp.abs(emb).sum(axis=-1) > 0))

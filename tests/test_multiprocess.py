@@ -87,7 +87,9 @@ def test_two_processes_train_like_one_process_on_the_same_global_batch(tiny_conf
   input_pipeline.load(config, ('train', 'test'))  # Prepare the data once, before the subprocesses.
   flags = [f'--config={TINY}', f'--config.dataset.data_dir={config.dataset.data_dir}',
            '--config.train.num_steps=4', '--config.train.checkpoint_every_steps=4',
-           '--config.train.log_every_steps=2']
+           '--config.train.log_every_steps=2',
+           # The combined score standardises by statistics of the training normals of all processes.
+           '--config.score.image=combined', '--config.score.pixel=combined']
   script = str(REPO / 'tests' / 'multiprocess_main.py')
   port = _free_port()
   runs = {'two': (tmp_path / 'two', 2), 'one': (tmp_path / 'one', 4)}
@@ -135,6 +137,10 @@ def test_two_processes_train_like_one_process_on_the_same_global_batch(tiny_conf
   assert m_two['num_test_images'] == m_one['num_test_images'] > 0
   assert m_two['metrics']['overall']['image_auroc'] == pytest.approx(
       m_one['metrics']['overall']['image_auroc'], abs=1e-3)
+  # The score statistics are over the whole training split, not process 0's shard.
+  assert sorted(m_two['score_stats']) == sorted(m_one['score_stats'])
+  for k, (mean, std) in m_one['score_stats'].items():
+    assert m_two['score_stats'][k] == pytest.approx([mean, std], rel=1e-3), k
 
 
 # --------------------------------------------------------------------------------------------------

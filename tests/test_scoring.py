@@ -45,19 +45,106 @@ def test_components_max_patch_nll_and_reconstruction_error():
   assert 'recon' not in image_nll_only and 'recon' not in pixel_nll_only
 
 
+def _score(**kw):
+  from vivano_jax import config_defaults  # pylint: disable=g-import-not-at-top
+  score = config_defaults.base_config().score
+  score.update(kw)
+  return score
+
+
 def test_combined_score_standardises_components():
   comps = {'nll_max': jnp.asarray([10.0, 14.0]), 'recon': jnp.asarray([0.1, 0.2])}
   pix = {'nll': jnp.zeros((2, 2, 2)), 'recon': jnp.ones((2, 2, 2))}
   stats = {'nll_max': (10.0, 2.0), 'recon': (0.1, 0.05), 'pixel_nll': (0.0, 1.0),
            'pixel_recon': (1.0, 1.0)}
-  img, px = scoring.final_scores(comps, pix, 'combined', 'combined', stats)
+  img, px = scoring.final_scores(comps, pix, _score(image='combined', pixel='combined'), stats)
   np.testing.assert_allclose(np.asarray(img), [0.0, 2.0 + 2.0], rtol=1e-6)
   np.testing.assert_allclose(np.asarray(px), 0.0)
-  img, _ = scoring.final_scores(comps, pix, 'nll_max', 'nll')
+  img, _ = scoring.final_scores(comps, pix, _score(image='nll_max', pixel='nll'))
   np.testing.assert_allclose(np.asarray(img), [10.0, 14.0])
   with pytest.raises(ValueError, match='statistics'):
-    scoring.final_scores(comps, pix, 'combined', 'nll')
+    scoring.final_scores(comps, pix, _score(image='combined', pixel='nll'))
   with pytest.raises(ValueError, match='score.image'):
-    scoring.final_scores(comps, pix, 'mean', 'nll')
-  assert scoring.needs_decoder('nll_max', 'nll') is False
-  assert scoring.needs_decoder('nll_max', 'recon') is True
+    scoring.final_scores(comps, pix, _score(image='mean', pixel='nll'))
+  with pytest.raises(ValueError, match='score.combine'):
+    scoring.final_scores(comps, pix, _score(combine=('recon', 'edges')), stats)
+  with pytest.raises(ValueError, match='score.normalize'):
+    scoring.final_scores(comps, pix, _score(normalize='robust'), stats)
+  assert scoring.needs_decoder(_score(image='nll_max', pixel='nll')) is False
+  assert scoring.needs_decoder(_score(image='nll_max', pixel='recon')) is True
+  assert scoring.needs_decoder(_score(image='map_max', pixel='nll')) is False
+  assert scoring.needs_decoder(_score(image='combined', pixel='nll', combine=('nll', 'ssim')))
+  assert not scoring.needs_stats(_score(image='recon', pixel='recon'))
+  assert scoring.needs_stats(_score(image='map_max', pixel='recon', normalize='pixel'))
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_ssim_map_matches_skimage(channels):
+  from skimage.metrics import structural_similarity  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, size=(2, 24, 20, channels)).astype(np.float32)
+  y = np.clip(x + rng.normal(scale=0.3, size=x.shape), -1, 1).astype(np.float32)
+  got = np.asarray(scoring.ssim_map(jnp.asarray(x), jnp.asarray(y)))
+  assert got.shape == (2, 24, 20)
+  for i in range(2):
+    per_channel = [structural_similarity(x[i, ..., c], y[i, ..., c], data_range=2.0,
+                                         gaussian_weights=True, sigma=1.5,
+                                         use_sample_covariance=False, full=True)[1]
+                   for c in range(channels)]
+    np.testing.assert_allclose(got[i], np.mean(per_channel, axis=0), rtol=1e-4, atol=1e-4)
+  # Identical images: SSIM 1 everywhere.
+  np.testing.assert_allclose(np.asarray(scoring.ssim_map(jnp.asarray(x), jnp.asarray(x))), 1.0,
+                             atol=1e-5)
+
+
+def test_map_scores_against_numpy():
+  maps = np.random.default_rng(0).normal(size=(3, 10, 10)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(scoring.map_score(maps, 'map_max', 0.01)),
+                             maps.reshape(3, -1).max(1))
+  # 5 % of 100 pixels: the mean of the 5 highest.
+  ref = np.sort(maps.reshape(3, -1), axis=1)[:, -5:].mean(1)
+  np.testing.assert_allclose(np.asarray(scoring.map_score(maps, 'map_topk', 0.05)), ref, rtol=1e-6)
+  # A fraction below one pixel still takes one: the maximum.
+  np.testing.assert_allclose(np.asarray(scoring.map_score(maps, 'map_topk', 1e-6)),
+                             maps.reshape(3, -1).max(1))
+  img, px = scoring.final_scores({'recon': jnp.zeros(3)}, {'recon': jnp.asarray(maps)},
+                                 _score(image='map_topk', pixel='recon', topk_fraction=0.05))
+  np.testing.assert_allclose(np.asarray(img), ref, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(px), maps)
+
+
+def test_per_pixel_statistics_and_normalisation():
+  rng = np.random.default_rng(1)
+  normal = rng.normal(size=(50, 6, 6)) * np.linspace(0.5, 3.0, 36).reshape(6, 6) + 2.0
+  image = {'recon': normal.mean(axis=(1, 2))}
+  moments = {'recon': (normal.sum(0), np.square(normal).sum(0), len(normal))}
+  stats = scoring.stats_from_moments(image, moments)
+  np.testing.assert_allclose(stats['recon'], (image['recon'].mean(), image['recon'].std()))
+  np.testing.assert_allclose(stats['pixel_recon'], (normal.mean(), normal.std()), rtol=1e-9)
+  np.testing.assert_allclose(stats['map_recon'][0], normal.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(stats['map_recon'][1], normal.std(0), rtol=1e-4)
+  test = rng.normal(size=(2, 6, 6)).astype(np.float32)
+  _, px = scoring.final_scores({'recon': jnp.zeros(2)}, {'recon': jnp.asarray(test)},
+                               _score(pixel='recon', normalize='pixel'), stats)
+  np.testing.assert_allclose(np.asarray(px), (test - normal.mean(0)) / normal.std(0), rtol=1e-4,
+                             atol=1e-5)
+  # Combined with per-pixel normalisation: the sum of the per-pixel z-scores.
+  moments['nll'] = (2 * normal.sum(0), 4 * np.square(normal).sum(0), len(normal))
+  stats = scoring.stats_from_moments(image, moments)
+  _, px = scoring.final_scores({'recon': jnp.zeros(2)},
+                               {'recon': jnp.asarray(test), 'nll': jnp.asarray(2 * test)},
+                               _score(pixel='combined', normalize='pixel', image='recon'), stats)
+  np.testing.assert_allclose(np.asarray(px), 2 * (test - normal.mean(0)) / normal.std(0),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_stats_file_round_trip(tmp_path):
+  stats = {'recon': (0.5, 0.1), 'pixel_recon': (0.2, 0.3),
+           'map_recon': (np.full((4, 4), 0.2, np.float32), np.full((4, 4), 0.3, np.float32))}
+  path = str(tmp_path / 'score_stats.npz')
+  scoring.save_stats(path, stats)
+  back = scoring.load_stats(path)
+  assert sorted(back) == sorted(stats)
+  assert back['recon'] == (0.5, 0.1)
+  np.testing.assert_array_equal(back['map_recon'][1], stats['map_recon'][1])
+  assert scoring.scalar_stats(stats) == {'recon': (0.5, 0.1), 'pixel_recon': (0.2, 0.3)}

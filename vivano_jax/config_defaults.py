@@ -52,14 +52,22 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict()
   config.loss.recon_weight = 1.0
-  config.loss.kl_weight = 1e-3  # beta.
+  # beta, per input value: the KL of a patch is divided by the P * P * C values it covers (losses.py),
+  # so the weight means the same at every patch size. 0.25 at patch 16, gray, is 1e-3 nats per patch.
+  config.loss.kl_weight = 0.25
   config.loss.nll_weight = 1.0  # lambda.
+  config.loss.ssim_weight = 0.0  # Weight of mean(1 - SSIM(x, x_hat)) beside the MSE (VT-ADL's loss).
 
   config.score = ml_collections.ConfigDict()
   # The paper scores by the mixture NLL ('nll_max' / 'nll'). On the default data the reconstruction
   # error detects and localises far better (README, RESULTS.md), so it is the default here.
-  config.score.image = 'recon'  # 'nll_max' (paper) | 'recon' | 'combined'.
-  config.score.pixel = 'recon'  # 'nll' (paper) | 'recon' | 'combined'.
+  # Every kind is described in vivano_jax/scoring.py.
+  config.score.image = 'recon'  # 'nll_max' (paper) | 'nll_mean' | 'recon' | 'ssim' | 'combined'
+  #                               | 'map_max' | 'map_topk' (from the final pixel map).
+  config.score.pixel = 'recon'  # 'nll' (paper) | 'recon' | 'ssim' | 'combined'.
+  config.score.combine = ('nll', 'recon')  # Components summed by 'combined' (each standardised).
+  config.score.normalize = 'global'  # 'global' | 'pixel' (per-position standardisation of maps).
+  config.score.topk_fraction = 0.01  # 'map_topk': the mean of this fraction of highest pixels.
   config.score.smoothing_sigma = 4.0  # Gaussian smoothing of pixel maps, pixels; 0 = off.
   config.score.native_resolution = True  # Pixel metrics at the masks' native size (MVTec protocol).
 
@@ -68,9 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.num_steps = 800  # > 0: train this many steps; else num_epochs * steps per epoch.
   config.train.num_epochs = 0
   config.train.learning_rate = 1e-3  # Peak, after linear warmup; cosine decay to 0 after it.
-  config.train.warmup_steps = 100
-  config.train.weight_decay = 1e-4  # AdamW.
-  config.train.grad_clip_norm = 1.0  # Global norm; 0 = off.
+  config.train.schedule = 'warmup_cosine'  # 'warmup_cosine' | 'constant' (learning_rate throughout).
+  config.train.warmup_steps = 100  # Only for 'warmup_cosine'.
+  config.train.weight_decay = 1e-4  # AdamW, on weight matrices and kernels only.
+  config.train.grad_clip_norm = 1.0  # Global norm of each part (autoencoder, density head); 0 = off.
   config.train.grad_accum_steps = 1  # Microbatches per step (same memory as batch / this).
   config.train.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (parameters stay float32).
   config.train.log_every_steps = 50
@@ -156,6 +165,7 @@ def small_32px_config() -> ml_collections.ConfigDict:
   config.density.hidden_dim = 64
   config.density.position_embed_dim = 16
   config.score.smoothing_sigma = 1.0
+  config.loss.kl_weight = 0.064  # 1e-3 nats per 8 x 8 gray patch, the weight these were measured at.
   config.train.batch_size = 32
   config.train.eval_batch_size = 250
   config.train.num_steps = 300

@@ -30,10 +30,16 @@ class MultiHeadSelfAttention(nn.Module):
     if d % self.num_heads:
       raise ValueError(f'model.width={d} is not divisible by model.num_heads={self.num_heads}')
     dh = d // self.num_heads
-    # [q, k, v] = z U_qkv (eq. 4), all heads at once.
-    qkv = nn.Dense(3 * d, dtype=self.dtype, name='qkv')(z)
+    # [q, k, v] = z U_qkv (eq. 4), all heads at once. Queries and values have a bias, keys none: the
+    # softmax is invariant to a key bias, so its gradient is zero up to rounding, which Adam would
+    # turn into steps of random sign.
+    qkv = nn.Dense(3 * d, use_bias=False, dtype=self.dtype, name='qkv')(z)
     qkv = qkv.reshape(b, n, 3, self.num_heads, dh)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, D_h]
+    q_bias = self.param('q_bias', nn.initializers.zeros, (d,)).astype(self.dtype)
+    v_bias = self.param('v_bias', nn.initializers.zeros, (d,)).astype(self.dtype)
+    q = qkv[:, :, 0] + q_bias.reshape(self.num_heads, dh)  # [B, N, heads, D_h]
+    k = qkv[:, :, 1]
+    v = qkv[:, :, 2] + v_bias.reshape(self.num_heads, dh)
     # A = softmax(q k^T / sqrt(D_h)) (eq. 5); softmax in float32 for stability under bf16.
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(dh).astype(self.dtype)
     attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)

@@ -72,14 +72,6 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, step: Optiona
   return state, int(meta['step'])
 
 
-def heldout_split(config: ml_collections.ConfigDict) -> str:
-  """'validation' when the dataset has one (its own or carved), else 'train'."""
-  if config.dataset.validation_fraction > 0:
-    return 'validation'
-  builder = datasets.get_builder(config.dataset)
-  return 'validation' if 'validation' in builder.info.splits else 'train'
-
-
 def safe_stem(filename: str) -> str:
   """A file-name-safe form of a dataset file name without its extension ('test/a b.png' ->
   'test_a_b')."""
@@ -100,15 +92,9 @@ def _gather_image(scored: dict[str, Any]) -> dict[str, np.ndarray]:
   return {k: train.gather_rows(v) for k, v in scored['image'].items()}
 
 
-def image_scores(components: dict[str, np.ndarray], config: ml_collections.ConfigDict,
-                 stats: Optional[scoring.ScoreStats]) -> np.ndarray:
-  """Final image scores [n] from image components (no pixel maps needed)."""
-  return np.asarray(scoring.combine(components, config.score.image, stats, ('nll_max', 'recon')))
-
-
 def choose_thresholds(state, data: dict[str, input_pipeline.SplitData], heldout: str,
-                      scored_train: Optional[dict[str, Any]], config: ml_collections.ConfigDict,
-                      mesh: Mesh, stats: Optional[scoring.ScoreStats]) -> dict[str, Any]:
+                      config: ml_collections.ConfigDict, mesh: Mesh,
+                      stats: Optional[scoring.ScoreStats]) -> dict[str, Any]:
   """thresholds.choose on the held-out split, plus the heatmaps' display range (pixel scores).
 
   The display range is the (1 %, 99.9 %) quantiles of the pixel scores of the first
@@ -120,12 +106,16 @@ def choose_thresholds(state, data: dict[str, input_pipeline.SplitData], heldout:
     note = 'the validation split has no normal image; thresholds from the training normals'
     logging.warning('%s', note)
     heldout = 'train'
-  if heldout == 'train' and scored_train is not None:
-    scored = scored_train
-  else:
-    scored = train.score_split(state, data[heldout], config, mesh, decode=True, keep_maps=False)
+  from_maps = config.score.image in scoring.MAP_SCORES
+  scored = train.score_split(state, data[heldout], config, mesh, decode=True, keep_maps=from_maps)
   whole = _whole_split(config, heldout, data[heldout])
-  scores = image_scores(_gather_image(scored), config, stats)
+  if from_maps:
+    if jax.process_count() > 1:
+      scored = train.gather_scored(scored)
+    scores = np.asarray(scoring.final_scores(scored['image'], scored['pixel'], config.score,
+                                             stats)[0])
+  else:
+    scores = np.asarray(scoring.image_scores(_gather_image(scored), config.score, stats))
   normal = whole.labels == 0
   if not normal.any():
     raise ValueError(f'the {heldout} split has no normal image to choose a threshold on')
@@ -145,8 +135,7 @@ def choose_thresholds(state, data: dict[str, input_pipeline.SplitData], heldout:
   shown = train.score_split(state, local.subset(keep), config, mesh, decode=True)
   if jax.process_count() > 1:
     shown = train.gather_scored(shown)
-  _, pix = scoring.final_scores(shown['image'], shown['pixel'], config.score.image,
-                                config.score.pixel, stats)
+  _, pix = scoring.final_scores(shown['image'], shown['pixel'], config.score, stats)
   lo, hi = np.quantile(np.asarray(pix, np.float64), [0.01, 0.999])
   record['pixel_display_range'] = [float(lo), float(max(hi, lo + 1e-6))]
   return record
@@ -214,20 +203,17 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
   mesh = train.make_mesh()
   train.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
   state, step = restore_state(config, workdir, step, mesh)
-  heldout = heldout_split(config)
+  heldout = input_pipeline.heldout_split(config)
   data = input_pipeline.load(config, tuple(dict.fromkeys(('train', heldout,
                                                           *config.export.splits))))
   is_chief = jax.process_index() == 0
-  needs_stats = scoring.needs_decoder(config.score.image, config.score.pixel)
-  scored_train = None
-  if needs_stats or heldout == 'train':
-    scored_train = train.score_split(state, data['train'], config, mesh, decode=True,
-                                     keep_maps=False)
-  # As train.evaluate_run: statistics of this process's training images, only where needed.
-  stats = train.score_stats(scored_train) if needs_stats else None
-  record = choose_thresholds(state, data, heldout, scored_train, config, mesh, stats)
+  stats = None
+  if scoring.needs_stats(config.score):  # As train.evaluate_run.
+    stats = train.score_stats(train.score_split(state, train.heldout_normals(data, config), config,
+                                                mesh, decode=True, keep_maps=False))
+  record = choose_thresholds(state, data, heldout, config, mesh, stats)
   record['checkpoint_step'] = step
-  record['score_stats'] = stats
+  record['score_stats'] = scoring.scalar_stats(stats)
   logging.info('Thresholds (%s normals, step %d): %s %.6g', heldout, step, record['chosen'],
                record['threshold'])
 
@@ -242,7 +228,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
       scores, _, maps, masks, metrics = train.evaluate_scores(scored, whole, config, stats)
     else:  # e.g. the training normals: scores and maps, but no metrics.
       scores, pix = map(np.asarray, scoring.final_scores(
-          scored['image'], scored['pixel'], config.score.image, config.score.pixel, stats))
+          scored['image'], scored['pixel'], config.score, stats))
       maps, masks = train.evaluation_maps(pix, scored['mask'], whole, config)
       metrics = None
     directory = pathlib.Path(workdir) / EXPORT_DIR / split
@@ -256,7 +242,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
                   'components': sorted(scored['image'])},
         'maps': {'resolution': 'native' if config.score.native_resolution else 'model',
                  'dtype': 'float32'},
-        'score_stats': stats,
+        'score_stats': scoring.scalar_stats(stats),
         'thresholds': record,
         'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
         'config': json.loads(config.to_json_best_effort()),
@@ -268,7 +254,13 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
     summary['splits'][split] = {'directory': str(directory), 'num_images': len(whole),
                                 'metrics': metrics}
   if is_chief:
-    # Last: a failed export leaves the previous thresholds with the previous export.
+    # Last: a failed export leaves the previous thresholds with the previous export. The per-pixel
+    # statistics go first, so thresholds.json never points at statistics of another export.
+    stats_path = os.path.join(workdir, scoring.STATS_FILENAME)
+    if stats:
+      scoring.save_stats(stats_path, stats)
+    elif os.path.exists(stats_path):
+      os.remove(stats_path)
     atomic_files.write_json(os.path.join(workdir, thresholds_lib.FILENAME), record)
     reported = [s for s, v in summary['splits'].items() if v['metrics'] is not None]
     if reported:

@@ -258,6 +258,15 @@ def native_masks(data: SplitData) -> list[np.ndarray]:
   return [decode(m) for m in data.masks]
 
 
+def heldout_split(config: ml_collections.ConfigDict) -> str:
+  """Where held-out normal images come from (score statistics, thresholds): 'validation' when the
+  dataset has one (its own or carved by `dataset.validation_fraction`), else 'train'."""
+  if config.dataset.validation_fraction > 0:
+    return 'validation'
+  builder = datasets.get_builder(config.dataset)
+  return 'validation' if 'validation' in builder.info.splits else 'train'
+
+
 def load(config: ml_collections.ConfigDict, splits: tuple[str, ...],
          process_index: Optional[int] = None, process_count: Optional[int] = None
          ) -> dict[str, SplitData]:

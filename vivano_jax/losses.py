@@ -1,28 +1,36 @@
-"""The training objective: reconstruction MSE + beta * KL + lambda * mixture NLL."""
+"""The training objective: reconstruction MSE (+ SSIM) + beta * KL + lambda * mixture NLL."""
 
 import jax
 import jax.numpy as jnp
 
+from vivano_jax import scoring
+
 Array = jax.Array
 
 
-def squared_error_map(images: Array, recon: Array) -> Array:
-  """Per-pixel squared error averaged over channels: [B, H, W, C] x2 -> [B, H, W]."""
-  return jnp.mean(jnp.square(images.astype(jnp.float32) - recon.astype(jnp.float32)), axis=-1)
-
-
 def vivano_loss(outputs: dict[str, Array], images: Array, recon_weight: float, kl_weight: float,
-                nll_weight: float) -> tuple[Array, dict[str, Array]]:
+                nll_weight: float, ssim_weight: float = 0.0) -> tuple[Array, dict[str, Array]]:
   """The weighted loss and each term, all scalars.
 
   recon: mean squared error per pixel and channel, images in [-1, 1].
-  kl: KL(q(z|x) || N(0, I)) in nats per patch (summed over the d_z latent dims), averaged over patches.
+  kl: KL(q(z|x) || N(0, I)) in nats per input value: each patch's KL (summed over its d_z latent
+    dims) divided by the P * P * C values the patch covers, averaged over patches. In the same unit
+    as the MSE, so a `loss.kl_weight` means the same at every patch size and channel count.
   nll: mixture NLL in nats per patch, averaged over patches.
+  ssim: mean of 1 - SSIM(x, x_hat) per pixel (only computed when ssim_weight > 0).
   """
+  b, h, w, c = images.shape
+  grid_h, grid_w = outputs['kl'].shape[1:3]
+  values_per_patch = (h // grid_h) * (w // grid_w) * c
   terms = {
-      'recon': jnp.mean(squared_error_map(images, outputs['recon'])),
-      'kl': jnp.mean(outputs['kl']),
+      'recon': jnp.mean(scoring.squared_error_map(images, outputs['recon'])),
+      'kl': jnp.mean(outputs['kl']) / values_per_patch,
       'nll': jnp.mean(outputs['nll']),
   }
   loss = recon_weight * terms['recon'] + kl_weight * terms['kl'] + nll_weight * terms['nll']
+  if ssim_weight > 0:
+    terms['ssim'] = jnp.mean(1.0 - scoring.ssim_map(images, outputs['recon']))
+    loss = loss + ssim_weight * terms['ssim']
+  else:
+    terms['ssim'] = jnp.zeros((), jnp.float32)
   return loss, dict(terms, loss=loss)

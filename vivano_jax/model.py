@@ -93,11 +93,14 @@ class ViVAno(nn.Module):
 
   def patch_nll(self, tokens: Array, class_token: Array, latent_mean: Array) -> Array:
     """Mixture NLL of every patch's code: [B, h, w]."""
-    pos = self.density_position_embedding
-    target = latent_mean if self.density_target == 'latent' else tokens
-    cond = mixture.density_condition(self.density_condition, tokens, class_token, pos)
     if self.density_stop_gradient:
-      target, cond = jax.lax.stop_gradient(target), jax.lax.stop_gradient(cond)
+      # Only what comes from the encoder and the VAE is cut off; the head's own position embedding
+      # is part of the density model and learns with it.
+      tokens, class_token, latent_mean = jax.tree.map(jax.lax.stop_gradient,
+                                                      (tokens, class_token, latent_mean))
+    target = latent_mean if self.density_target == 'latent' else tokens
+    cond = mixture.density_condition(self.density_condition, tokens, class_token,
+                                     self.density_position_embedding)
     log_w, means, scales = self.density(cond)
     return mixture.mixture_nll(target, log_w, means, scales)
 

@@ -119,7 +119,13 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   if step != record.get('checkpoint_step'):
     print(f'warning: thresholds.json was chosen at step {record.get("checkpoint_step")}, the '
           f'checkpoint used is step {step}', file=sys.stderr)
-  stats = record.get('score_stats')
+  stats = None
+  if scoring.needs_stats(config.score):
+    stats_path = os.path.join(workdir, scoring.STATS_FILENAME)
+    if not os.path.exists(stats_path):
+      raise ValueError(f'{stats_path}: missing; the configured score needs the statistics the '
+                       f'export writes (run main --mode=export)')
+    stats = scoring.load_stats(stats_path)
   n = len(paths)
   scores, maps = np.zeros(n, np.float64), [None] * n
   components = {}
@@ -134,8 +140,7 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
         filenames=np.array([str(paths[i]) for i in rows], dtype=object),
         has_mask=np.zeros(len(rows), bool), channels=channels)
     scored = train.score_split(state, data, config, mesh, decode=True)
-    img, pix = scoring.final_scores(scored['image'], scored['pixel'], config.score.image,
-                                    config.score.pixel, stats)
+    img, pix = scoring.final_scores(scored['image'], scored['pixel'], config.score, stats)
     img, pix = np.asarray(img), np.asarray(pix)
     scores[rows] = img
     for name, v in scored['image'].items():

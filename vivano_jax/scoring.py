@@ -1,26 +1,42 @@
-"""Anomaly scores from model outputs (paper Section 4.3), pure jnp.
+"""Anomaly scores from model outputs (paper Section 4.3), pure jnp / numpy.
 
-Pixel map: the per-patch mixture NLL [B, h, w] upsampled bilinearly to the image size [B, H, W]
-(half-pixel centres, as PyTorch's interpolate with align_corners=False), optionally smoothed with a
-Gaussian. Image score: the maximum per-patch NLL (the paper), the mean squared reconstruction error, or
-their combination.
+Components, computed per batch in the jitted eval step (`score_components`):
+  pixel maps [B, H, W]: 'nll' (the per-patch mixture NLL [B, h, w] upsampled bilinearly to the image
+    size, half-pixel centres as PyTorch's interpolate with align_corners=False), 'recon' (squared
+    reconstruction error), 'ssim' (1 - SSIM between input and reconstruction); each optionally smoothed
+    with a Gaussian (`score.smoothing_sigma`);
+  image scores [B]: 'nll_max' (the paper: the maximum per-patch NLL), 'nll_mean', 'recon' (mean squared
+    error), 'ssim' (mean of 1 - SSIM).
 
-Each score kind is a 'component'; 'combined' adds the standardised components, using the mean and standard
-deviation of each component over normal training images (`ScoreStats`), so neither dominates by its units.
+Final scores (`final_scores`, from `config.score`):
+  score.pixel: one component, or 'combined': the sum of the components in `score.combine`, each
+    standardised by its statistics on held-out normal images (`ScoreStats`), so none dominates by its
+    units;
+  score.normalize='pixel': every pixel map is first standardised per pixel position by the mean and
+    standard deviation maps of the held-out normals (what is normal at the image border or on a
+    product's edge is then discounted there only); 'global' uses one mean and std per component;
+  score.image: one image component, 'combined' (the standardised sum of the image components of
+    `score.combine`), or a statistic of the final pixel map: 'map_max' or 'map_topk' (the mean of its
+    highest `score.topk_fraction` of pixels).
 """
 
-from typing import Optional
+import os
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-
-from vivano_jax import losses
+import ml_collections
+import numpy as np
 
 Array = jax.Array
 
-IMAGE_SCORES = ('nll_max', 'recon', 'combined')
-PIXEL_MAPS = ('nll', 'recon', 'combined')
-
+COMPONENTS = ('nll', 'recon', 'ssim')  # Pixel components; `score.combine` takes these names.
+IMAGE_COMPONENT = {'nll': 'nll_max', 'recon': 'recon', 'ssim': 'ssim'}  # Their image counterparts.
+MAP_SCORES = ('map_max', 'map_topk')
+IMAGE_SCORES = ('nll_max', 'nll_mean', 'recon', 'ssim', 'combined') + MAP_SCORES
+PIXEL_MAPS = COMPONENTS + ('combined',)
+NORMALIZE = ('global', 'pixel')
+STATS_FILENAME = 'score_stats.npz'  # In the workdir, written by the export beside thresholds.json.
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> Array:
   """The normalised 1-D Gaussian of scipy.ndimage.gaussian_filter: radius int(truncate * sigma + 0.5)."""
@@ -30,11 +46,11 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> Array:
   return k / jnp.sum(k)
 
 
-def gaussian_blur(maps: Array, sigma: float) -> Array:
+def gaussian_blur(maps: Array, sigma: float, truncate: float = 4.0) -> Array:
   """Separable Gaussian smoothing of [B, H, W] maps with symmetric (scipy 'reflect') borders."""
   if sigma <= 0:
     return maps
-  k = gaussian_kernel1d(sigma)
+  k = gaussian_kernel1d(sigma, truncate)
   r = (k.shape[0] - 1) // 2
   h, w = maps.shape[1], maps.shape[2]
 
@@ -50,6 +66,32 @@ def gaussian_blur(maps: Array, sigma: float) -> Array:
     return jnp.einsum('bhnk,k->bhn', win, k)
 
   return blur_axis(blur_axis(maps.astype(jnp.float32), 1, h), 2, w)
+
+
+def ssim_map(x: Array, y: Array, data_range: float = 2.0, sigma: float = 1.5, k1: float = 0.01,
+             k2: float = 0.03) -> Array:
+  """Structural similarity per pixel, averaged over channels: [B, H, W, C] x2 -> [B, H, W].
+
+  Wang et al. 2004 with Gaussian windows (sigma 1.5, truncated at 3.5 sigma) and population
+  (co)variances, as skimage.metrics.structural_similarity(gaussian_weights=True,
+  use_sample_covariance=False, full=True); borders reflected. Images in [-1, 1]: data_range 2.
+  """
+  b, h, w, c = x.shape
+  planes = lambda a: jnp.moveaxis(a.astype(jnp.float32), -1, 1).reshape(b * c, h, w)
+  blur = lambda a: gaussian_blur(a, sigma, truncate=3.5)
+  x, y = planes(x), planes(y)
+  mx, my = blur(x), blur(y)
+  vx = blur(x * x) - mx * mx
+  vy = blur(y * y) - my * my
+  cxy = blur(x * y) - mx * my
+  c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+  s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+  return jnp.mean(s.reshape(b, c, h, w), axis=1)
+
+
+def squared_error_map(images: Array, recon: Array) -> Array:
+  """Per-pixel squared error averaged over channels: [B, H, W, C] x2 -> [B, H, W]."""
+  return jnp.mean(jnp.square(images.astype(jnp.float32) - recon.astype(jnp.float32)), axis=-1)
 
 
 def upsample(patch_maps: Array, height: int, width: int) -> Array:
@@ -74,46 +116,162 @@ def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: 
   image = {'nll_max': jnp.max(nll, axis=(1, 2)), 'nll_mean': jnp.mean(nll, axis=(1, 2))}
   pixel = {'nll': gaussian_blur(upsample(nll, height, width), smoothing_sigma)}
   if 'recon' in outputs:
-    err = losses.squared_error_map(images, outputs['recon'])
+    err = squared_error_map(images, outputs['recon'])
     image['recon'] = jnp.mean(err, axis=(1, 2))
     pixel['recon'] = gaussian_blur(err, smoothing_sigma)
+    dissim = 1.0 - ssim_map(images, outputs['recon'])
+    image['ssim'] = jnp.mean(dissim, axis=(1, 2))
+    pixel['ssim'] = gaussian_blur(dissim, smoothing_sigma)
   return image, pixel
 
 
-ScoreStats = dict[str, tuple[float, float]]  # component -> (mean, std) over normal training images
+# Statistics of the score components over held-out normal images:
+#   '<image component>' -> (mean, std) of the image scores;
+#   'pixel_<component>' -> (mean, std) over all pixels of all maps;
+#   'map_<component>' -> (mean map [S, S], std map [S, S]) per pixel position (`score.normalize='pixel'`).
+ScoreStats = dict[str, tuple[Any, Any]]
 
 
-def combine(components: dict[str, Array], kind: str, stats: Optional[ScoreStats],
-            names: tuple[str, str]) -> Array:
-  """Selects score `kind`; 'combined' sums the two standardised components named in `names`."""
-  if kind != 'combined':
-    if kind not in components:
-      raise ValueError(f'score {kind!r} needs outputs that were not computed (have {sorted(components)})')
-    return components[kind]
-  if not stats:
-    raise ValueError("the 'combined' score needs score statistics from the training images")
-  total = 0.0
+def check_config(score: ml_collections.ConfigDict) -> None:
+  """One clear error for a bad `config.score` field."""
+  if score.image not in IMAGE_SCORES:
+    raise ValueError(f'score.image must be one of {IMAGE_SCORES}, got {score.image!r}')
+  if score.pixel not in PIXEL_MAPS:
+    raise ValueError(f'score.pixel must be one of {PIXEL_MAPS}, got {score.pixel!r}')
+  if score.normalize not in NORMALIZE:
+    raise ValueError(f'score.normalize must be one of {NORMALIZE}, got {score.normalize!r}')
+  combine = tuple(score.combine)
+  if not combine or any(c not in COMPONENTS for c in combine) or len(set(combine)) != len(combine):
+    raise ValueError(f'score.combine must name distinct components of {COMPONENTS}, got {combine!r}')
+  if not 0.0 < score.topk_fraction <= 1.0:
+    raise ValueError(f'score.topk_fraction must be in (0, 1], got {score.topk_fraction}')
+
+
+def _standardise(x, stat) -> Any:
+  mean, std = stat
+  return (x - mean) / np.maximum(std, 1e-12)
+
+
+def _pixel_maps(pixel_components: dict[str, Array], score: ml_collections.ConfigDict,
+                stats: Optional[ScoreStats]) -> Array:
+  """The final pixel maps [B, H, W]."""
+  if score.pixel == 'combined':
+    names = tuple(score.combine)
+  else:
+    names = (score.pixel,)
   for name in names:
-    mean, std = stats[name]
-    total = total + (components[name] - mean) / max(std, 1e-12)
-  return total
+    if name not in pixel_components:
+      raise ValueError(f'score.pixel={score.pixel!r} needs the {name!r} map, which was not computed '
+                       f'(have {sorted(pixel_components)})')
+  if score.normalize == 'pixel':
+    return sum(_standardise(pixel_components[n], stats[f'map_{n}']) for n in names)
+  if len(names) == 1:
+    return pixel_components[names[0]]
+  return sum(_standardise(pixel_components[n], stats[f'pixel_{n}']) for n in names)
+
+
+def map_score(maps: Array, kind: str, topk_fraction: float) -> Array:
+  """An image score [B] from final pixel maps [B, H, W]: their maximum, or the mean of their highest
+  ceil(topk_fraction * H * W) pixels."""
+  flat = jnp.reshape(jnp.asarray(maps), (maps.shape[0], -1))
+  if kind == 'map_max':
+    return jnp.max(flat, axis=1)
+  k = max(1, int(np.ceil(topk_fraction * flat.shape[1])))
+  return jnp.mean(jax.lax.top_k(flat, k)[0], axis=1)
 
 
 def final_scores(image_components: dict[str, Array], pixel_components: dict[str, Array],
-                 image_kind: str, pixel_kind: str, stats: Optional[ScoreStats] = None
+                 score: ml_collections.ConfigDict, stats: Optional[ScoreStats] = None
                  ) -> tuple[Array, Array]:
-  """(image scores [B], pixel maps [B, H, W]) for the configured kinds."""
-  if image_kind not in IMAGE_SCORES:
-    raise ValueError(f'score.image must be one of {IMAGE_SCORES}, got {image_kind!r}')
-  if pixel_kind not in PIXEL_MAPS:
-    raise ValueError(f'score.pixel must be one of {PIXEL_MAPS}, got {pixel_kind!r}')
-  pixel_stats = None if stats is None else {
-      'nll': stats.get('pixel_nll'), 'recon': stats.get('pixel_recon')}
-  image = combine(image_components, image_kind, stats, ('nll_max', 'recon'))
-  pixel = combine(pixel_components, pixel_kind, pixel_stats, ('nll', 'recon'))
-  return image, pixel
+  """(image scores [B], pixel maps [B, H, W]) for `config.score` (see the module doc)."""
+  _check_stats(score, stats)
+  pixel = _pixel_maps(pixel_components, score, stats)
+  return image_scores(image_components, score, stats, pixel), pixel
 
 
-def needs_decoder(image_kind: str, pixel_kind: str) -> bool:
+def image_scores(image_components: dict[str, Array], score: ml_collections.ConfigDict,
+                 stats: Optional[ScoreStats] = None, pixel_maps: Optional[Array] = None) -> Array:
+  """Final image scores [B] for `config.score`; the final pixel maps are needed for 'map_*' only."""
+  _check_stats(score, stats)
+  if score.image in MAP_SCORES:
+    if pixel_maps is None:
+      raise ValueError(f'score.image={score.image!r} needs the final pixel maps')
+    return map_score(pixel_maps, score.image, score.topk_fraction)
+  if score.image == 'combined':
+    names = [IMAGE_COMPONENT[c] for c in score.combine]
+    missing = [n for n in names if n not in image_components]
+    if missing:
+      raise ValueError(f'score.image=combined needs {missing}, which were not computed')
+    return sum(_standardise(image_components[n], stats[n]) for n in names)
+  if score.image not in image_components:
+    raise ValueError(f'score.image={score.image!r} needs outputs that were not computed (have '
+                     f'{sorted(image_components)})')
+  return image_components[score.image]
+
+
+def _check_stats(score: ml_collections.ConfigDict, stats: Optional[ScoreStats]) -> None:
+  check_config(score)
+  if needs_stats(score) and not stats:
+    raise ValueError(f'score.image={score.image!r} / score.pixel={score.pixel!r} / score.normalize='
+                     f'{score.normalize!r} need score statistics of held-out normal images')
+
+
+def needs_stats(score: ml_collections.ConfigDict) -> bool:
+  """Whether the configured scores standardise by statistics of held-out normal images."""
+  combined_pixel = score.pixel == 'combined' and len(tuple(score.combine)) > 1
+  return (score.image == 'combined' or combined_pixel or score.normalize == 'pixel')
+
+
+def needs_decoder(score: ml_collections.ConfigDict) -> bool:
   """Whether the configured scores need the reconstruction (else the decoder pass is skipped)."""
-  return image_kind in ('recon', 'combined') or pixel_kind in ('recon', 'combined')
+  used = set(score.combine) if 'combined' in (score.image, score.pixel) else set()
+  used.add(score.pixel)
+  if score.image not in MAP_SCORES:
+    used.add(score.image)
+  return bool(used & {'recon', 'ssim'})
+
+
+def stats_from_moments(image: dict[str, np.ndarray], moments: dict[str, tuple]) -> ScoreStats:
+  """ScoreStats from the image components {name: [n]} and per-pixel moments {component: (sum [S, S],
+  sum of squares [S, S], number of maps)} of held-out normal images."""
+  stats = {name: (float(np.mean(v)), float(np.std(v))) for name, v in image.items()}
+  for name, (s, s2, n) in moments.items():
+    s, s2 = np.asarray(s, np.float64), np.asarray(s2, np.float64)
+    mean = s.sum() / (n * s.size)
+    stats[f'pixel_{name}'] = (float(mean), float(np.sqrt(max(s2.sum() / (n * s.size) - mean**2, 0.0))))
+    mean_map = s / n
+    std_map = np.sqrt(np.maximum(s2 / n - mean_map**2, 0.0))
+    # A floor, so a position that never varies (a constant border) cannot blow up.
+    std_map = np.maximum(std_map, 1e-3 * stats[f'pixel_{name}'][1] + 1e-12)
+    stats[f'map_{name}'] = (mean_map.astype(np.float32), std_map.astype(np.float32))
+  return stats
+
+
+def scalar_stats(stats: Optional[ScoreStats]) -> Optional[dict[str, tuple[float, float]]]:
+  """The scalar entries of `stats` (for JSON records); the per-pixel maps are saved apart."""
+  if stats is None:
+    return None
+  return {k: v for k, v in stats.items() if not k.startswith('map_')}
+
+
+def save_stats(path: str, stats: ScoreStats) -> None:
+  """All of `stats` as a .npz of float arrays ('<key>/mean', '<key>/std'); no pickle."""
+  arrays = {}
+  for k, (mean, std) in stats.items():
+    arrays[f'{k}/mean'] = np.asarray(mean, np.float64)
+    arrays[f'{k}/std'] = np.asarray(std, np.float64)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def load_stats(path: str) -> ScoreStats:
+  """The inverse of `save_stats`."""
+  with np.load(path, allow_pickle=False) as z:
+    keys = sorted({k.rsplit('/', 1)[0] for k in z.files})
+    out = {}
+    for k in keys:
+      mean, std = z[f'{k}/mean'], z[f'{k}/std']
+      out[k] = (float(mean), float(std)) if mean.ndim == 0 else (mean.astype(np.float32),
+                                                                 std.astype(np.float32))
+  return out

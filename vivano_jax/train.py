@@ -33,7 +33,7 @@ from vivano_jax import metrics as metrics_lib
 from vivano_jax import model as model_lib
 from vivano_jax import scoring
 
-LOSS_TERMS = ('loss', 'recon', 'kl', 'nll', 'grad_norm')
+LOSS_TERMS = ('loss', 'recon', 'kl', 'nll', 'ssim', 'grad_norm')
 
 
 class TrainState(train_state.TrainState):
@@ -48,6 +48,7 @@ class TrainMetrics(clu_metrics.Collection):
   recon: clu_metrics.Average.from_output('recon')
   kl: clu_metrics.Average.from_output('kl')
   nll: clu_metrics.Average.from_output('nll')
+  ssim: clu_metrics.Average.from_output('ssim')
   grad_norm: clu_metrics.Average.from_output('grad_norm')
 
 
@@ -62,18 +63,60 @@ def check_batch_size(batch_size: int, field: str, mesh: Mesh) -> None:
     raise ValueError(f'{field}={batch_size} must be a positive multiple of the number of devices ({n})')
 
 
-def create_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warmup, cosine decay to 0 and global-norm gradient clipping."""
+SCHEDULES = ('warmup_cosine', 'constant')
+
+
+def weight_decay_mask(params) -> Any:
+  """True for the leaves weight decay applies to: the weight matrices and convolution kernels, by name
+  ('kernel'). Biases, norm scales and offsets, the class token and the position embeddings (the
+  encoder's and the density head's) are exempt."""
+  def decays(path, _):
+    return getattr(path[-1], 'key', None) == 'kernel'
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def _part(params) -> Any:
+  """'density' for the mixture density head's parameters, 'autoencoder' for the rest."""
+  return {k: jax.tree.map(lambda _, k=k: 'density' if k.startswith('density') else 'autoencoder', v)
+          for k, v in params.items()}
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """`train.schedule`: 'warmup_cosine' (linear warmup over `train.warmup_steps`, cosine decay to 0)
+  or 'constant' (`train.learning_rate` throughout, as the paper states it)."""
   t = config.train
+  if t.schedule == 'constant':
+    return optax.constant_schedule(t.learning_rate)
+  if t.schedule != 'warmup_cosine':
+    raise ValueError(f'train.schedule must be one of {SCHEDULES}, got {t.schedule!r}')
   warmup = min(t.warmup_steps, max(total_steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
+  return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=t.learning_rate, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=0.0)
-  # Decay kernels only: biases, norms, tokens and embeddings stay free.
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  parts = [optax.clip_by_global_norm(t.grad_clip_norm)] if t.grad_clip_norm > 0 else []
-  parts.append(optax.adamw(schedule, weight_decay=t.weight_decay, mask=decay_mask))
-  return optax.chain(*parts)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """AdamW (`weight_decay_mask`) on the `train.schedule`, after gradient clipping.
+
+  Clipping (`train.grad_clip_norm`) is by the global norm of each part separately: the autoencoder
+  (encoder, VAE, decoder) and the density head. The head's NLL gradients are large early in training
+  and would otherwise set the clipping factor of the autoencoder's step too, although, under
+  `density.stop_gradient`, the NLL does not train the autoencoder.
+  """
+  t = config.train
+  return optax.chain(
+      gradient_clipping(t.grad_clip_norm),
+      optax.adamw(learning_rate_schedule(config, total_steps), weight_decay=t.weight_decay,
+                  mask=weight_decay_mask))
+
+
+def gradient_clipping(max_norm: float) -> optax.GradientTransformation:
+  """Clips the autoencoder's and the density head's gradients each to global norm `max_norm`
+  (identity when max_norm <= 0)."""
+  if max_norm <= 0:
+    return optax.identity()
+  clip = optax.clip_by_global_norm(max_norm)
+  return optax.multi_transform({'autoencoder': clip, 'density': clip}, _part)
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: model_lib.ViVAno, total_steps: int,
@@ -135,7 +178,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], loss_weights: dic
       return (jax.tree.map(jnp.add, grad_sum, g), jax.tree.map(jnp.add, terms_sum, t), stats), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    zero_terms = {k: jnp.zeros((), jnp.float32) for k in ('loss', 'recon', 'kl', 'nll')}
+    zero_terms = {k: jnp.zeros((), jnp.float32) for k in ('loss', 'recon', 'kl', 'nll', 'ssim')}
     (grads, terms, batch_stats), _ = jax.lax.scan(
         body, (zeros, zero_terms, state.batch_stats), (jnp.arange(accum_steps), micro))
     grads = jax.tree.map(lambda g: g / accum_steps, grads)
@@ -159,7 +202,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], smoothing_sigma: f
 
 def loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
   return {'recon_weight': config.loss.recon_weight, 'kl_weight': config.loss.kl_weight,
-          'nll_weight': config.loss.nll_weight}
+          'nll_weight': config.loss.nll_weight, 'ssim_weight': config.loss.ssim_weight}
 
 
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
@@ -211,7 +254,8 @@ def score_split(state: TrainState, data: input_pipeline.SplitData, config: ml_co
   """Runs the model over a split (this process's shard), in order.
 
   Returns numpy arrays over this process's examples: 'image' {component: [n]}, 'pixel' {component:
-  [n, S, S]} (when keep_maps), 'pixel_moments' {component: (sum, sum of squares, count)}, 'mask' [n, S, S],
+  [n, S, S]} (when keep_maps), 'pixel_moments' {component: (sum [S, S], sum of squares [S, S], number of
+  maps)}, 'mask' [n, S, S],
   'input' / 'recon' of the first `keep_recon` examples, and the images/s of the scoring.
   """
   local_batch = config.train.eval_batch_size // jax.process_count()
@@ -232,9 +276,9 @@ def score_split(state: TrainState, data: input_pipeline.SplitData, config: ml_co
     for name, v in out['pixel'].items():
       maps = local_rows(v)[valid]
       m = moments.setdefault(name, [0.0, 0.0, 0])
-      m[0] += float(maps.astype(np.float64).sum())
-      m[1] += float(np.square(maps.astype(np.float64)).sum())
-      m[2] += maps.size
+      m[0] = m[0] + maps.astype(np.float64).sum(axis=0)
+      m[1] = m[1] + np.square(maps.astype(np.float64)).sum(axis=0)
+      m[2] += len(maps)
       if keep_maps:
         pixel.setdefault(name, []).append(maps)
     masks.append(batch['mask'][valid])
@@ -252,12 +296,15 @@ def score_split(state: TrainState, data: input_pipeline.SplitData, config: ml_co
 
 
 def score_stats(scored: dict[str, Any]) -> scoring.ScoreStats:
-  """Mean and std of every score component over the scored (normal training) images."""
-  stats = {name: (float(v.mean()), float(v.std())) for name, v in scored['image'].items()}
-  for name, (s, s2, n) in scored['pixel_moments'].items():
-    mean = s / n
-    stats['pixel_' + name] = (mean, float(np.sqrt(max(s2 / n - mean * mean, 0.0))))
-  return stats
+  """Statistics of every score component over the scored (held-out normal) images of every process
+  (`scored` holds this process's shard; the moments are gathered, so all processes get the same)."""
+  image, moments = scored['image'], scored['pixel_moments']
+  if jax.process_count() > 1:
+    image = {k: gather_rows(v) for k, v in image.items()}
+    moments = {k: tuple(np.asarray(multihost_utils.process_allgather(np.asarray(x, np.float64))
+                                   ).sum(axis=0) for x in m)
+               for k, m in sorted(moments.items())}
+  return scoring.stats_from_moments(image, moments)
 
 
 def resize_map(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -284,8 +331,7 @@ def evaluate_scores(scored: dict[str, Any], data: input_pipeline.SplitData,
                                dict[str, dict]]:
   """Final image scores [n], pixel maps [n, S, S], the maps and masks the metrics use
   (`evaluation_maps`), and the metrics per defect type and overall."""
-  img, pix = scoring.final_scores(scored['image'], scored['pixel'], config.score.image,
-                                  config.score.pixel, stats)
+  img, pix = scoring.final_scores(scored['image'], scored['pixel'], config.score, stats)
   img, pix = np.asarray(img), np.asarray(pix)
   maps, masks = evaluation_maps(pix, scored['mask'], data, config)
   per_type = metrics_lib.per_defect_type(img, data.labels, data.defect_types, maps=maps,
@@ -298,9 +344,11 @@ def _normalise(x: np.ndarray) -> np.ndarray:
   return np.clip((x - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
 
 
-def tensorboard_images(scored: dict[str, Any], pixel_maps: np.ndarray, n: int) -> dict[str, np.ndarray]:
-  """Inputs, reconstructions, anomaly maps and masks as [n, S, S, 1 or 3] images in [0, 1]."""
-  order = np.argsort(-np.asarray(list(scored['image'].values())[0]))  # Most anomalous first.
+def tensorboard_images(scored: dict[str, Any], image_scores: np.ndarray, pixel_maps: np.ndarray,
+                       n: int) -> dict[str, np.ndarray]:
+  """Inputs, reconstructions, anomaly maps and masks as [n, S, S, 1 or 3] images in [0, 1]; the maps
+  and masks of the n images with the highest final image scores [N] (`score.image`)."""
+  order = np.argsort(-np.asarray(image_scores), kind='stable')  # Most anomalous first.
   images = {}
   if 'input' in scored:
     k = min(n, len(scored['input']))
@@ -374,7 +422,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
 
-  data = input_pipeline.load(config, ('train', 'test'))
+  data = input_pipeline.load(config, tuple(dict.fromkeys(
+      ('train', input_pipeline.heldout_split(config), 'test'))))
   num_train = int(multihost_utils.process_allgather(np.array(len(data['train']))).sum()
                   ) if jax.process_count() > 1 else len(data['train'])
   total_steps = total_train_steps(config, num_train)
@@ -453,13 +502,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return summary
 
 
+def heldout_normals(data: dict[str, input_pipeline.SplitData], config: ml_collections.ConfigDict
+                    ) -> input_pipeline.SplitData:
+  """This process's normal images of the held-out split (`input_pipeline.heldout_split`); the
+  training images when that split holds no normal image."""
+  split = input_pipeline.heldout_split(config)
+  normal = data[split].labels == 0
+  if jax.process_count() > 1:
+    any_normal = bool(multihost_utils.process_allgather(np.array(normal.any())).any())
+  else:
+    any_normal = bool(normal.any())
+  if not any_normal:
+    logging.warning('the %s split has no normal image; score statistics from the training images',
+                    split)
+    return data['train']
+  return data[split].subset(normal)
+
+
 def evaluate_run(state: TrainState, data: dict[str, input_pipeline.SplitData],
                  config: ml_collections.ConfigDict, mesh: Mesh, writer, step: int) -> dict[str, Any]:
-  """Scores the test split (and the training normals when a combined score needs their statistics)."""
-  decode = scoring.needs_decoder(config.score.image, config.score.pixel)
+  """Scores the test split (and the held-out normals first when the scores need their statistics)."""
+  decode = scoring.needs_decoder(config.score)
   stats = None
-  if decode:
-    stats = score_stats(score_split(state, data['train'], config, mesh, decode, keep_maps=False))
+  if scoring.needs_stats(config.score):
+    stats = score_stats(score_split(state, heldout_normals(data, config), config, mesh, decode,
+                                    keep_maps=False))
   n_tb = config.train.num_tensorboard_images
   # Reconstructions are always shown in TensorBoard, so decode the test split.
   scored = score_split(state, data['test'], config, mesh, decode=True, keep_recon=n_tb)
@@ -469,13 +536,13 @@ def evaluate_run(state: TrainState, data: dict[str, input_pipeline.SplitData],
     data_all = input_pipeline.load(config, ('test',), process_index=0, process_count=1)['test']
   else:
     data_all = data['test']
-  _, pix, _, _, per_type = evaluate_scores(scored, data_all, config, stats)
+  img, pix, _, _, per_type = evaluate_scores(scored, data_all, config, stats)
   overall = per_type['overall']
   scalars = {f'test/{k}': v for k, v in overall.items() if v is not None}
   writer.write_scalars(step, scalars)
-  writer.write_images(step, tensorboard_images(scored, pix, n_tb))
+  writer.write_images(step, tensorboard_images(scored, img, pix, n_tb))
   return {'metrics': per_type, 'score_images_per_sec': scored['images_per_sec'],
-          'score_stats': stats, 'num_test_images': int(len(data_all))}
+          'score_stats': scoring.scalar_stats(stats), 'num_test_images': int(len(data_all))}
 
 
 def gather_scored(scored: dict[str, Any]) -> dict[str, Any]:
