@@ -5,7 +5,7 @@ mixture NLL (image: maximum patch NLL; pixels: the NLL map upsampled, Section 4.
 Data: `dataset.name='folder'` at `dataset.manual_dir` (default ../shared/data/magnetic_tile). The
 grayscale photos are replicated to 3 channels, as the paper's input is RGB. Far too slow for a CPU
 (hours a run); `configs/magnetic_tile.py` is the reduced variant. The config argument is unused.
-The paper gives no latent size, mixture size, warmup or loss weights: those keep the defaults.
+Which choices are the paper's and which are ours (where it is silent): `config_defaults.paper_config`.
 """
 
 from vivano_jax import config_defaults

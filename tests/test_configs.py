@@ -36,6 +36,11 @@ def check_paper(config):
   assert config.train.batch_size == 16
   assert config.train.learning_rate == 1e-5
   assert (config.train.num_epochs, config.train.num_steps) == (200, 0)
+  # One stated learning rate, nothing the paper does not mention: constant, Adam, no clipping.
+  assert config.train.schedule == 'constant'
+  assert config.train.weight_decay == 0.0 and config.train.grad_clip_norm == 0.0
+  assert not any(config.dataset.augment.values())  # The paper describes no augmentation.
+  assert config.score.smoothing_sigma == 0.0  # Section 4.3: bilinear upsampling only.
 
 
 def output_shape(config):
@@ -78,7 +83,8 @@ def test_cifar10_class(variant, arg, name):
   config = load('cifar10' + variant, arg)
   assert config.dataset.name == f'cifar10_one_class/{name}'
   assert config.dataset.channels == 3
-  assert config.dataset.augment.to_dict() == dict(hflip=True, vflip=False, rot90=False)
+  expected = dict(hflip=not variant, vflip=False, rot90=False)  # The paper variant: none.
+  assert config.dataset.augment.to_dict() == expected
 
 
 @pytest.mark.parametrize('variant', ['', '_paper'])
@@ -87,6 +93,9 @@ def test_mvtec_category(variant, category):
   config = load('mvtec_ad' + variant, category)
   assert config.dataset.name == f'mvtec_ad/{category}'
   aug = config.dataset.augment
+  if variant == '_paper':
+    assert not any(aug.values())
+    return
   if category in ('carpet', 'grid', 'leather', 'tile', 'wood', 'bottle', 'hazelnut'):
     assert aug.hflip and aug.vflip and aug.rot90
   if category in ('cable', 'capsule', 'pill', 'transistor'):
