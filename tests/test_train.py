@@ -227,3 +227,14 @@ def test_remat_gives_the_same_step(tiny_config):
     finals.append(state.params)
   for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_tensorboard_most_anomalous_follow_the_configured_image_score():
+  # The first component ranks image 0 highest; the final (configured) score ranks image 2 highest.
+  masks = np.stack([np.full((4, 4), i, np.float32) for i in range(3)])
+  scored = {'image': {'nll_max': np.array([9.0, 1.0, 0.0]), 'recon': np.array([0.1, 0.2, 0.3])},
+            'mask': masks}
+  maps = np.random.default_rng(0).normal(size=(3, 4, 4)).astype(np.float32)
+  images = train.tensorboard_images(scored, np.array([0.1, 0.2, 0.3]), maps, n=2)
+  top = images['mask_top'][..., 0]
+  np.testing.assert_array_equal(top[:, 0, 0], [2.0, 1.0])
