@@ -238,3 +238,23 @@ def test_tensorboard_most_anomalous_follow_the_configured_image_score():
   images = train.tensorboard_images(scored, np.array([0.1, 0.2, 0.3]), maps, n=2)
   top = images['mask_top'][..., 0]
   np.testing.assert_array_equal(top[:, 0, 0], [2.0, 1.0])
+
+
+def test_synthetic_anomalies_and_score_selection_end_to_end(tiny_config, tmp_path):
+  from vivano_jax import export  # pylint: disable=g-import-not-at-top
+  from vivano_jax import score_selection  # pylint: disable=g-import-not-at-top
+  config = tiny_config
+  config.train.num_steps = 6
+  config.train.synthetic_anomalies = 0.5
+  config.train.grad_accum_steps = 2
+  config.dataset.validation_fraction = 0.3
+  config.score.select = 'synthetic'
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  record = json.loads((tmp_path / score_selection.FILENAME).read_text())
+  assert sorted(record['candidates']) == sorted(config.score.candidates)
+  assert record['chosen'] == score_selection.choose(record['candidates'])
+  chosen = score_selection.parse_candidate(record['chosen'])
+  assert summary['score'] == chosen
+  exported = export.export_run(config, str(tmp_path))
+  assert exported['thresholds']['score'] == chosen['image']
+  assert json.loads((tmp_path / score_selection.FILENAME).read_text()) == record  # Reused.

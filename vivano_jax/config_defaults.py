@@ -69,6 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.score.normalize = 'global'  # 'global' | 'pixel' (per-position standardisation of maps).
   config.score.topk_fraction = 0.01  # 'map_topk': the mean of this fraction of highest pixels.
   config.score.smoothing_sigma = 4.0  # Gaussian smoothing of pixel maps, pixels; 0 = off.
+  # 'synthetic': choose image / pixel / normalize among `candidates` ('image:pixel:normalize') on
+  # held-out normals with synthetic anomalies (vivano_jax/score_selection.py); 'none': as set above.
+  config.score.select = 'none'
+  config.score.candidates = ('recon:recon:global', 'map_max:recon:pixel', 'nll_max:nll:global',
+                             'map_max:combined:pixel', 'map_topk:combined:pixel')
   config.score.native_resolution = True  # Pixel metrics at the masks' native size (MVTec protocol).
 
   config.train = ml_collections.ConfigDict()
@@ -80,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.warmup_steps = 100  # Only for 'warmup_cosine'.
   config.train.weight_decay = 1e-4  # AdamW, on weight matrices and kernels only.
   config.train.grad_clip_norm = 1.0  # Global norm of each part (autoencoder, density head); 0 = off.
+  # Fraction of training inputs given a synthetic anomaly, the clean image staying the target
+  # (denoising; vivano_jax/synthetic.py). 0 = plain reconstruction, as the paper.
+  config.train.synthetic_anomalies = 0.0
   config.train.grad_accum_steps = 1  # Microbatches per step (same memory as batch / this).
   config.train.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (parameters stay float32).
   config.train.log_every_steps = 50

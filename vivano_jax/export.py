@@ -39,6 +39,7 @@ from vivano_jax import evaluate
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
 from vivano_jax import report
+from vivano_jax import score_selection
 from vivano_jax import scoring
 from vivano_jax import thresholds as thresholds_lib
 from vivano_jax import train
@@ -207,6 +208,8 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
   data = input_pipeline.load(config, tuple(dict.fromkeys(('train', heldout,
                                                           *config.export.splits))))
   is_chief = jax.process_index() == 0
+  config, _ = score_selection.resolve(config, workdir, state, train.heldout_normals(data, config),
+                                     mesh)
   stats = None
   if scoring.needs_stats(config.score):  # As train.evaluate_run.
     stats = train.score_stats(train.score_split(state, train.heldout_normals(data, config), config,

@@ -9,10 +9,16 @@ Array = jax.Array
 
 
 def vivano_loss(outputs: dict[str, Array], images: Array, recon_weight: float, kl_weight: float,
-                nll_weight: float, ssim_weight: float = 0.0) -> tuple[Array, dict[str, Array]]:
+                nll_weight: float, ssim_weight: float = 0.0, patch_weights: Array | None = None
+                ) -> tuple[Array, dict[str, Array]]:
   """The weighted loss and each term, all scalars.
 
-  recon: mean squared error per pixel and channel, images in [-1, 1].
+  images: [B, H, W, C] in [-1, 1], the reconstruction target (the clean image, also where the model's
+    input carried a synthetic anomaly).
+  patch_weights: [B, h, w] weights of each patch's NLL (0 for patches a synthetic anomaly touches, so
+    the density models normal patches only); None = all 1.
+
+  recon: mean squared error per pixel and channel.
   kl: KL(q(z|x) || N(0, I)) in nats per input value: each patch's KL (summed over its d_z latent
     dims) divided by the P * P * C values the patch covers, averaged over patches. In the same unit
     as the MSE, so a `loss.kl_weight` means the same at every patch size and channel count.
@@ -25,7 +31,8 @@ def vivano_loss(outputs: dict[str, Array], images: Array, recon_weight: float, k
   terms = {
       'recon': jnp.mean(scoring.squared_error_map(images, outputs['recon'])),
       'kl': jnp.mean(outputs['kl']) / values_per_patch,
-      'nll': jnp.mean(outputs['nll']),
+      'nll': jnp.mean(outputs['nll']) if patch_weights is None else (
+          jnp.sum(outputs['nll'] * patch_weights) / jnp.maximum(jnp.sum(patch_weights), 1.0)),
   }
   loss = recon_weight * terms['recon'] + kl_weight * terms['kl'] + nll_weight * terms['nll']
   if ssim_weight > 0:

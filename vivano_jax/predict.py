@@ -41,6 +41,7 @@ from vivano_jax import evaluate  # noqa: E402
 from vivano_jax import export  # noqa: E402
 from vivano_jax import input_pipeline  # noqa: E402
 from vivano_jax import report  # noqa: E402
+from vivano_jax import score_selection  # noqa: E402
 from vivano_jax import scoring  # noqa: E402
 from vivano_jax import thresholds as thresholds_lib  # noqa: E402
 from vivano_jax import train  # noqa: E402
@@ -106,7 +107,7 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   [H_i, W_i] at native size), 'images' (n uint8 [H_i, W_i, C_i]), 'anomalous' [n] bool,
   'thresholds' (the thresholds.json record), 'checkpoint_step'}.
   """
-  config = load_run_config(workdir)
+  config, _ = score_selection.resolve(load_run_config(workdir), workdir)
   record = thresholds_lib.load(workdir)
   images = read_images(paths)
   mesh = train.make_mesh()

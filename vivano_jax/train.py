@@ -8,7 +8,7 @@ global batch, so the result does not depend on the number of devices.
 import functools
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from absl import logging
 from clu import metric_writers
@@ -31,7 +31,9 @@ from vivano_jax import input_pipeline
 from vivano_jax import losses
 from vivano_jax import metrics as metrics_lib
 from vivano_jax import model as model_lib
+from vivano_jax import score_selection
 from vivano_jax import scoring
+from vivano_jax import synthetic
 
 LOSS_TERMS = ('loss', 'recon', 'kl', 'nll', 'ssim', 'grad_norm')
 
@@ -136,13 +138,20 @@ def create_train_state(config: ml_collections.ConfigDict, model: model_lib.ViVAn
   return jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
 
 
-def _loss_and_grads(state: TrainState, params, batch_stats, images: jax.Array, rng: jax.Array,
-                    loss_weights: dict[str, float]):
-  """Gradients of the loss on one (micro)batch: (grads, loss terms, updated BatchNorm statistics)."""
+def _loss_and_grads(state: TrainState, params, batch_stats, batch: dict[str, jax.Array],
+                    rng: jax.Array, loss_weights: dict[str, float]):
+  """Gradients of the loss on one (micro)batch: (grads, loss terms, updated BatchNorm statistics).
+
+  batch: {'image': model input [B, S, S, C]} and, with synthetic anomalies, 'target' (the clean
+  images) and 'patch_weights' [B, h, w] (`synthetic_batches`).
+  """
+  images = batch['image']
+
   def loss_fn(p):
     out, updates = state.apply_fn({'params': p, 'batch_stats': batch_stats}, images, train=True,
                                   rngs={'latent': rng}, mutable=['batch_stats'])
-    loss, terms = losses.vivano_loss(out, images, **loss_weights)
+    loss, terms = losses.vivano_loss(out, batch.get('target', images),
+                                     patch_weights=batch.get('patch_weights'), **loss_weights)
     return loss, (terms, updates['batch_stats'])
 
   (_, (terms, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -151,7 +160,7 @@ def _loss_and_grads(state: TrainState, params, batch_stats, images: jax.Array, r
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], loss_weights: dict[str, float],
                accum_steps: int = 1, mesh: Optional[Mesh] = None) -> tuple[TrainState, TrainMetrics]:
-  """One optimisation step on the global batch {'image': [B, S, S, C]}.
+  """One optimisation step on the global batch {'image': [B, S, S, C]} (see `_loss_and_grads`).
 
   With accum_steps = k > 1 the batch is processed as k microbatches of B / k (each spread over all
   devices) and their gradients averaged, so activation memory is that of B / k. Latent samples and
@@ -159,14 +168,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], loss_weights: dic
   the next); with a deterministic bottleneck and no BatchNorm the step equals one step on B exactly.
   """
   rng = jax.random.fold_in(state.rng, state.step)
-  images = batch['image']
   if accum_steps == 1:
-    grads, terms, batch_stats = _loss_and_grads(state, state.params, state.batch_stats, images, rng,
+    grads, terms, batch_stats = _loss_and_grads(state, state.params, state.batch_stats, batch, rng,
                                                 loss_weights)
   else:
-    b = images.shape[0]
+    b = batch['image'].shape[0]
     # Row j of microbatch i is global row j * k + i: every device holds a slice of every microbatch.
-    micro = images.reshape((b // accum_steps, accum_steps) + images.shape[1:]).swapaxes(0, 1)
+    micro = jax.tree.map(
+        lambda x: x.reshape((b // accum_steps, accum_steps) + x.shape[1:]).swapaxes(0, 1), batch)
     if mesh is not None:
       micro = jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, P(None, 'data')))
 
@@ -259,11 +268,38 @@ def score_split(state: TrainState, data: input_pipeline.SplitData, config: ml_co
   'input' / 'recon' of the first `keep_recon` examples, and the images/s of the scoring.
   """
   local_batch = config.train.eval_batch_size // jax.process_count()
+  return _score_batches(state, input_pipeline.eval_batches(data, config.dataset, local_batch),
+                        config, mesh, decode, keep_maps, keep_recon)
+
+
+def score_arrays(state: TrainState, images: np.ndarray, config: ml_collections.ConfigDict, mesh: Mesh
+                 ) -> dict[str, Any]:
+  """Scores images already at the model size (float32 [n, S, S, C] in [-1, 1]; this process's
+  rows) as `score_split` does, with maps. Every process must call it with the same n."""
+  local_batch = config.train.eval_batch_size // jax.process_count()
+  s = images.shape[1]
+
+  def batches():
+    for start in range(0, len(images), local_batch):
+      rows = images[start:start + local_batch]
+      pad = local_batch - len(rows)
+      yield {'image': np.concatenate([rows, np.zeros((pad,) + rows.shape[1:], rows.dtype)]),
+             'mask': np.zeros((local_batch, s, s), bool),
+             'valid': np.arange(local_batch) < len(rows)}
+
+  return _score_batches(state, batches(), config, mesh, decode=True, keep_maps=True, keep_recon=0)
+
+
+def _score_batches(state: TrainState, batches: Iterator[dict[str, np.ndarray]],
+                   config: ml_collections.ConfigDict, mesh: Mesh, decode: bool, keep_maps: bool,
+                   keep_recon: int) -> dict[str, Any]:
+  """The loop of `score_split` over local batches {'image', 'mask', 'valid'}."""
+  local_batch = config.train.eval_batch_size // jax.process_count()
   step_fn = make_eval_step(config, mesh, decode)
   image, pixel, masks, moments = {}, {}, [], {}
   first_inputs, first_recons = [], []
   start, n_scored = None, 0
-  for batch in input_pipeline.eval_batches(data, config.dataset, local_batch):
+  for batch in batches:
     out = step_fn(state, global_batch({'image': batch['image']}, mesh))
     valid = batch['valid']
     if start is None:
@@ -407,6 +443,21 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.replace(tmp, os.path.join(workdir, 'config.json'))
 
 
+def synthetic_batches(batches: Iterator[dict[str, np.ndarray]], config: ml_collections.ConfigDict,
+                      start_step: int) -> Iterator[dict[str, np.ndarray]]:
+  """Local batches with synthetic anomalies drawn on a `train.synthetic_anomalies` fraction of the
+  inputs ({'image', 'target', 'patch_weights'}; synthetic.py). Seeded by (seed, step, process), so a
+  resumed run draws the same anomalies."""
+  p = config.train.synthetic_anomalies
+  if not 0.0 <= p <= 1.0:
+    raise ValueError(f'train.synthetic_anomalies must be in [0, 1], got {p}')
+  for step, batch in enumerate(batches, start=start_step):
+    rng = np.random.default_rng([config.seed, step, jax.process_index(), 1])
+    inputs, masks = synthetic.corrupt_batch(batch['image'], p, rng)
+    yield {'image': inputs, 'target': batch['image'],
+           'patch_weights': synthetic.patch_weights(masks, config.model.patch_size)}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint in `workdir`), evaluates on the test split.
 
@@ -443,6 +494,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   local_batch = config.train.batch_size // jax.process_count()
   batches = input_pipeline.train_batches(data['train'], config.dataset, local_batch, config.seed,
                                          start_step)
+  if config.train.synthetic_anomalies > 0:
+    batches = synthetic_batches(batches, config, start_step)
   step_fn = make_train_step(config, mesh)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   hooks = [report] if is_chief else []
@@ -491,7 +544,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     save_checkpoint(mngr, state, meta(total_steps))
   mngr.wait_until_finished()
 
+  # With `score.select`, the score is chosen on held-out normals and synthetic anomalies first.
+  config, selection = score_selection.resolve(config, workdir, state, heldout_normals(data, config),
+                                              mesh)
   summary = evaluate_run(state, data, config, mesh, writer, total_steps)
+  summary['score'] = {k: config.score[k] for k in ('image', 'pixel', 'normalize')}
+  summary['score_selection'] = selection
   summary['train_images_per_sec'] = train_ips
   summary['checkpoint_step'] = total_steps
   summary['workdir'] = os.path.abspath(workdir)

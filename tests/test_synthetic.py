@@ -1,0 +1,80 @@
+"""Synthetic anomalies: where they are drawn, what they change, how they enter the loss."""
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vivano_jax import losses
+from vivano_jax import synthetic
+from vivano_jax import train
+
+
+def _images(b=6, s=64, c=1, seed=0):
+  return np.random.default_rng(seed).uniform(-0.5, 0.5, size=(b, s, s, c)).astype(np.float32)
+
+
+def test_blob_masks_cover_a_small_fraction():
+  rng = np.random.default_rng(0)
+  fractions = [synthetic.blob_mask((128, 96), rng).mean() for _ in range(200)]
+  assert min(fractions) > 0 and max(fractions) <= 0.04 + 1e-3
+  assert 0.005 < float(np.median(fractions)) < 0.03
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_anomalies_change_only_masked_pixels_and_are_seeded(channels):
+  x = _images(c=channels)
+  y, m = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(3))
+  assert y.dtype == np.float32 and y.shape == x.shape and m.shape == x.shape[:3]
+  assert m.any(axis=(1, 2)).all()  # Every image got one at probability 1.
+  np.testing.assert_array_equal(y[~m], x[~m])  # Nothing outside the mask changes...
+  assert np.abs(y - x).max(axis=-1)[m].mean() > 0.1  # ...and the inside visibly does.
+  assert y.min() >= -1.0 and y.max() <= 1.0
+  y2, m2 = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(3))
+  np.testing.assert_array_equal(y, y2)
+  np.testing.assert_array_equal(m, m2)
+  # Probability 0: the input itself, no mask.
+  y0, m0 = synthetic.corrupt_batch(x, 0.0, np.random.default_rng(3))
+  np.testing.assert_array_equal(y0, x)
+  assert not m0.any()
+
+
+def test_probability_is_the_fraction_of_images_hit():
+  x = _images(b=400, s=16)
+  _, m = synthetic.corrupt_batch(x, 0.3, np.random.default_rng(0))
+  assert 0.24 < m.any(axis=(1, 2)).mean() < 0.36
+
+
+def test_patch_weights_by_hand():
+  m = np.zeros((1, 4, 4), bool)
+  m[0, 0, 3] = True  # Patch (0, 1) of a 2 x 2 grid of 2 x 2 patches.
+  np.testing.assert_array_equal(synthetic.patch_weights(m, 2), [[[1.0, 0.0], [1.0, 1.0]]])
+
+
+def test_loss_reconstructs_the_clean_target_and_weights_the_nll():
+  clean = np.zeros((1, 4, 4, 1), np.float32)
+  out = {'recon': jnp.full((1, 4, 4, 1), 0.5), 'kl': jnp.zeros((1, 2, 2)),
+         'nll': jnp.asarray([[[1.0, 100.0], [3.0, 5.0]]])}
+  w = jnp.asarray([[[1.0, 0.0], [1.0, 1.0]]])
+  _, terms = losses.vivano_loss(out, jnp.asarray(clean), 1.0, 0.0, 1.0, patch_weights=w)
+  np.testing.assert_allclose(float(terms['recon']), 0.25)
+  np.testing.assert_allclose(float(terms['nll']), 3.0)  # (1 + 3 + 5) / 3: the touched patch is out.
+
+
+def test_synthetic_batches_are_resumable(tiny_config):
+  config = tiny_config
+  config.train.synthetic_anomalies = 0.5
+  clean = [{'image': _images(b=8, s=32, seed=i)} for i in range(6)]
+  full = list(train.synthetic_batches(iter(clean), config, start_step=0))
+  resumed = list(train.synthetic_batches(iter(clean[3:]), config, start_step=3))
+  for a, b in zip(full[3:], resumed):
+    for k in ('image', 'target', 'patch_weights'):
+      np.testing.assert_array_equal(a[k], b[k])
+  for a, c in zip(full, clean):
+    np.testing.assert_array_equal(a['target'], c['image'])
+    assert a['patch_weights'].shape == (8, 4, 4)
+  assert any((a['image'] != a['target']).any() for a in full)
+  config.train.synthetic_anomalies = 1.5
+  with pytest.raises(ValueError, match='train.synthetic_anomalies'):
+    next(train.synthetic_batches(iter(clean), config, 0))
