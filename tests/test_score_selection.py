@@ -7,7 +7,6 @@ import pytest
 
 from tests.conftest import load_config
 from vivano_jax import score_selection
-from vivano_jax import train
 
 
 def test_candidates_parse_and_bad_ones_are_clear_errors():

@@ -1,7 +1,5 @@
 """Synthetic anomalies: where they are drawn, what they change, how they enter the loss."""
 
-import itertools
-
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -34,7 +34,6 @@ import numpy as np
 from PIL import Image
 
 from vivano_jax import atomic_files
-from vivano_jax import datasets
 from vivano_jax import evaluate
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
