@@ -10,18 +10,25 @@ from vivano_jax import score_selection
 
 
 def test_candidates_parse_and_bad_ones_are_clear_errors():
-  assert score_selection.parse_candidate('map_max:combined:pixel') == {
-      'image': 'map_max', 'pixel': 'combined', 'normalize': 'pixel'}
-  for bad in ('map_max:combined', 'max:recon:global', 'recon:edges:global', 'recon:recon:local'):
-    with pytest.raises(ValueError, match='score.candidates'):
-      score_selection.parse_candidate(bad)
+  assert score_selection.parse_image_candidate('map_max:combined:pixel') == {
+      'image': 'map_max', 'image_map': 'combined', 'image_normalize': 'pixel'}
+  assert score_selection.parse_image_candidate('nll_max') == {
+      'image': 'nll_max', 'image_map': '', 'image_normalize': ''}
+  assert score_selection.parse_pixel_candidate('ssim:global') == {'pixel': 'ssim',
+                                                                  'normalize': 'global'}
+  for bad in ('map_max', 'map_max:combined', 'max', 'recon:recon:global', 'map_topk:edges:pixel'):
+    with pytest.raises(ValueError, match='score.image_candidates'):
+      score_selection.parse_image_candidate(bad)
+  for bad in ('recon', 'nll_max:global', 'recon:local', 'recon:pixel:x'):
+    with pytest.raises(ValueError, match='score.pixel_candidates'):
+      score_selection.parse_pixel_candidate(bad)
   config = load_config('tiny')
   config.score.select = 'best'
   with pytest.raises(ValueError, match='score.select'):
     score_selection.check_config(config.score)
   config.score.select = 'synthetic'
-  config.score.candidates = ()
-  with pytest.raises(ValueError, match='score.candidates'):
+  config.score.pixel_candidates = ()
+  with pytest.raises(ValueError, match='score.pixel_candidates'):
     score_selection.check_config(config.score)
 
 
@@ -53,15 +60,16 @@ def test_the_candidate_that_finds_the_anomalies_is_chosen():
   stats_scored['pixel_moments'] = {
       k: (v.sum(0), np.square(v).sum(0), n) for k, v in stats_scored['pixel'].items()}
   config = load_config('tiny')
-  config.score.candidates = ('nll_max:nll:global', 'map_max:recon:global', 'map_max:recon:pixel')
+  config.score.image_candidates = ('nll_max', 'map_max:recon:global', 'map_max:recon:pixel')
+  config.score.pixel_candidates = ('nll:global', 'recon:global')
   results = score_selection.evaluate_candidates(stats_scored, clean, bad, masks, config)
-  assert results['nll_max:nll:global']['image_auroc'] < 0.8
-  assert results['map_max:recon:global']['image_auroc'] == 1.0
-  assert results['map_max:recon:global']['au_pro'] > 0.9
-  assert score_selection.choose(results) in ('map_max:recon:global', 'map_max:recon:pixel')
+  assert results['image']['nll_max'] < 0.8
+  assert results['image']['map_max:recon:global'] == 1.0
+  assert results['pixel']['recon:global'] > 0.9 > results['pixel']['nll:global']
+  assert score_selection.choose(results['image']) == 'map_max:recon:global'
+  assert score_selection.choose(results['pixel']) == 'recon:global'
   # Ties go to the earlier candidate.
-  tie = {'a': {'mean': 0.5}, 'b': {'mean': 0.7}, 'c': {'mean': 0.7}}
-  assert score_selection.choose(tie) == 'b'
+  assert score_selection.choose({'a': 0.5, 'b': 0.7, 'c': 0.7}) == 'b'
 
 
 def test_resolve_reads_the_saved_choice(tmp_path):
@@ -70,15 +78,17 @@ def test_resolve_reads_the_saved_choice(tmp_path):
   config.score.select = 'synthetic'
   with pytest.raises(ValueError, match='score_selection.json'):
     score_selection.resolve(config, str(tmp_path))
-  record = {'chosen': 'map_topk:combined:pixel', 'candidates': {},
-            'candidates_tried': list(config.score.candidates)}
+  record = {'image': 'map_topk:combined:pixel', 'pixel': 'ssim:global',
+            'candidates_tried': {'image': list(config.score.image_candidates),
+                                 'pixel': list(config.score.pixel_candidates)}}
   (tmp_path / score_selection.FILENAME).write_text(json.dumps(record))
   resolved, got = score_selection.resolve(config, str(tmp_path))
-  assert (resolved.score.image, resolved.score.pixel, resolved.score.normalize) == (
-      'map_topk', 'combined', 'pixel')
-  assert got['chosen'] == record['chosen']
+  s = resolved.score
+  assert (s.image, s.image_map, s.image_normalize, s.pixel, s.normalize) == (
+      'map_topk', 'combined', 'pixel', 'ssim', 'global')
+  assert got == record
   assert config.score.image == 'recon'  # The caller's config is not changed.
   # A choice among other candidates is not reused.
-  config.score.candidates = ('recon:recon:global',)
+  config.score.image_candidates = ('recon',)
   with pytest.raises(ValueError, match='score_selection.json'):
     score_selection.resolve(config, str(tmp_path))

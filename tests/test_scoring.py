@@ -148,3 +148,21 @@ def test_stats_file_round_trip(tmp_path):
   assert back['recon'] == (0.5, 0.1)
   np.testing.assert_array_equal(back['map_recon'][1], stats['map_recon'][1])
   assert scoring.scalar_stats(stats) == {'recon': (0.5, 0.1), 'pixel_recon': (0.2, 0.3)}
+
+
+def test_image_score_from_another_map_than_the_output():
+  rng = np.random.default_rng(2)
+  normal = rng.normal(size=(40, 4, 4)) * np.linspace(0.5, 2.0, 16).reshape(4, 4)
+  stats = scoring.stats_from_moments({'recon': normal.mean(axis=(1, 2))}, {
+      'recon': (normal.sum(0), np.square(normal).sum(0), len(normal))})
+  test = rng.normal(size=(3, 4, 4)).astype(np.float32)
+  z = (test - normal.mean(0)) / normal.std(0)
+  score = _score(image='map_max', pixel='recon', normalize='global', image_normalize='pixel')
+  img, px = scoring.final_scores({'recon': jnp.zeros(3)}, {'recon': jnp.asarray(test)}, score, stats)
+  np.testing.assert_array_equal(np.asarray(px), test)  # The output map: raw.
+  np.testing.assert_allclose(np.asarray(img), z.reshape(3, -1).max(1), rtol=1e-4)  # Its score: z.
+  assert scoring.needs_stats(score) and scoring.needs_decoder(score)
+  score = _score(image='map_max', pixel='nll', image_map='recon')
+  assert scoring.needs_decoder(score) and not scoring.needs_stats(score)
+  with pytest.raises(ValueError, match='score.image_map'):
+    scoring.final_scores({}, {}, _score(image_map='edges'), stats)

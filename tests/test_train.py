@@ -251,10 +251,14 @@ def test_synthetic_anomalies_and_score_selection_end_to_end(tiny_config, tmp_pat
   config.score.select = 'synthetic'
   summary = train.train_and_evaluate(config, str(tmp_path))
   record = json.loads((tmp_path / score_selection.FILENAME).read_text())
-  assert sorted(record['candidates']) == sorted(config.score.candidates)
-  assert record['chosen'] == score_selection.choose(record['candidates'])
-  chosen = score_selection.parse_candidate(record['chosen'])
-  assert summary['score'] == chosen
+  assert list(record['image_auroc']) == list(config.score.image_candidates)
+  assert list(record['au_pro']) == list(config.score.pixel_candidates)
+  assert record['image'] == score_selection.choose(record['image_auroc'])
+  assert record['pixel'] == score_selection.choose(record['au_pro'])
+  image = score_selection.parse_image_candidate(record['image'])
+  pixel = score_selection.parse_pixel_candidate(record['pixel'])
+  assert {k: summary['score'][k] for k in ('image', 'pixel', 'normalize')} == {
+      'image': image['image'], 'pixel': pixel['pixel'], 'normalize': pixel['normalize']}
   exported = export.export_run(config, str(tmp_path))
-  assert exported['thresholds']['score'] == chosen['image']
+  assert exported['thresholds']['score'] == image['image']
   assert json.loads((tmp_path / score_selection.FILENAME).read_text()) == record  # Reused.

@@ -68,12 +68,18 @@ def base_config() -> ml_collections.ConfigDict:
   config.score.combine = ('nll', 'recon')  # Components summed by 'combined' (each standardised).
   config.score.normalize = 'global'  # 'global' | 'pixel' (per-position standardisation of maps).
   config.score.topk_fraction = 0.01  # 'map_topk': the mean of this fraction of highest pixels.
+  config.score.image_map = ''  # The map 'map_*' image scores use: '' = score.pixel, or a pixel kind.
+  config.score.image_normalize = ''  # ...and its normalisation: '' = score.normalize.
   config.score.smoothing_sigma = 4.0  # Gaussian smoothing of pixel maps, pixels; 0 = off.
-  # 'synthetic': choose image / pixel / normalize among `candidates` ('image:pixel:normalize') on
-  # held-out normals with synthetic anomalies (vivano_jax/score_selection.py); 'none': as set above.
+  # 'synthetic': choose the image score among `image_candidates` and the pixel map among
+  # `pixel_candidates` on held-out normals with synthetic anomalies (vivano_jax/score_selection.py,
+  # which gives the candidates' syntax); 'none': the fields above as they are.
   config.score.select = 'none'
-  config.score.candidates = ('recon:recon:global', 'map_max:recon:pixel', 'nll_max:nll:global',
-                             'map_max:combined:pixel', 'map_topk:combined:pixel')
+  config.score.image_candidates = ('recon', 'ssim', 'nll_max', 'combined', 'map_max:recon:global',
+                                   'map_max:recon:pixel', 'map_max:combined:pixel',
+                                   'map_topk:combined:pixel')
+  config.score.pixel_candidates = ('recon:global', 'ssim:global', 'nll:global', 'combined:global',
+                                   'recon:pixel', 'combined:pixel')
   config.score.native_resolution = True  # Pixel metrics at the masks' native size (MVTec protocol).
 
   config.train = ml_collections.ConfigDict()

@@ -1,10 +1,16 @@
 """Choosing the score of a trained run without looking at any real defect (`score.select`).
 
-With `score.select='synthetic'` each candidate of `score.candidates` ('image:pixel:normalize', e.g.
-'map_max:combined:pixel') is tried on held-out normal images: half of them (A) give the score
-statistics, the other half (B) is scored clean and with synthetic anomalies drawn on it
-(synthetic.py). The candidate with the highest mean of image AUROC and AU-PRO on B (clean vs
-anomalous) is chosen; ties go to the earlier candidate. Test images and their labels are never seen.
+With `score.select='synthetic'` the image score and the pixel map are chosen separately, on held-out
+normal images: half of them (A) give the score statistics, the other half (B) is scored clean and
+with synthetic anomalies drawn on it (synthetic.py). Among `score.image_candidates` the one with the
+highest image AUROC (B clean against B anomalous) becomes the image score; among
+`score.pixel_candidates` the one with the highest AU-PRO (against the anomalies' masks) becomes the
+pixel map. Ties go to the earlier candidate. Test images and their labels are never seen.
+
+Candidates: an image score is an image component ('recon', 'ssim', 'nll_max', 'nll_mean',
+'combined') or 'map_max:KIND:NORMALIZE' / 'map_topk:KIND:NORMALIZE' (a statistic of the KIND map
+under NORMALIZE); a pixel map is 'KIND:NORMALIZE' (KIND in scoring.PIXEL_MAPS, NORMALIZE in
+scoring.NORMALIZE).
 
 The choice is written to WORKDIR/score_selection.json by the first evaluation and read back by the
 export and predict, so every output of a run uses the same score.
@@ -28,23 +34,37 @@ FILENAME = 'score_selection.json'
 SELECT = ('none', 'synthetic')
 
 
-def parse_candidate(text: str) -> dict[str, str]:
-  """'image:pixel:normalize' -> {'image', 'pixel', 'normalize'}; a clear error when malformed."""
+def parse_image_candidate(text: str) -> dict[str, str]:
+  """An image candidate -> the score fields it sets (image, image_map, image_normalize)."""
   parts = str(text).split(':')
-  if len(parts) != 3:
-    raise ValueError(f"score.candidates: {text!r} is not 'image:pixel:normalize'")
-  image, pixel, normalize = parts
-  if image not in scoring.IMAGE_SCORES or pixel not in scoring.PIXEL_MAPS or (
-      normalize not in scoring.NORMALIZE):
-    raise ValueError(f'score.candidates: {text!r}: image must be one of {scoring.IMAGE_SCORES}, '
-                     f'pixel one of {scoring.PIXEL_MAPS}, normalize one of {scoring.NORMALIZE}')
-  return {'image': image, 'pixel': pixel, 'normalize': normalize}
+  if len(parts) == 1 and parts[0] in scoring.IMAGE_SCORES and parts[0] not in scoring.MAP_SCORES:
+    return {'image': parts[0], 'image_map': '', 'image_normalize': ''}
+  if (len(parts) == 3 and parts[0] in scoring.MAP_SCORES and parts[1] in scoring.PIXEL_MAPS
+      and parts[2] in scoring.NORMALIZE):
+    return {'image': parts[0], 'image_map': parts[1], 'image_normalize': parts[2]}
+  components = [k for k in scoring.IMAGE_SCORES if k not in scoring.MAP_SCORES]
+  raise ValueError(f'score.image_candidates: {text!r} is neither one of {components} nor '
+                   f"'MAP:KIND:NORMALIZE' with MAP in {scoring.MAP_SCORES}, KIND in "
+                   f'{scoring.PIXEL_MAPS}, NORMALIZE in {scoring.NORMALIZE}')
 
 
-def with_candidate(config: ml_collections.ConfigDict, candidate: str) -> ml_collections.ConfigDict:
-  """A copy of `config` whose score uses `candidate`."""
+def parse_pixel_candidate(text: str) -> dict[str, str]:
+  """A pixel candidate 'KIND:NORMALIZE' -> the score fields it sets (pixel, normalize)."""
+  parts = str(text).split(':')
+  if len(parts) == 2 and parts[0] in scoring.PIXEL_MAPS and parts[1] in scoring.NORMALIZE:
+    return {'pixel': parts[0], 'normalize': parts[1]}
+  raise ValueError(f"score.pixel_candidates: {text!r} is not 'KIND:NORMALIZE' with KIND in "
+                   f'{scoring.PIXEL_MAPS}, NORMALIZE in {scoring.NORMALIZE}')
+
+
+def with_choice(config: ml_collections.ConfigDict, image: Optional[str] = None,
+                pixel: Optional[str] = None) -> ml_collections.ConfigDict:
+  """A copy of `config` whose score uses the given image and / or pixel candidate."""
   out = ml_collections.ConfigDict(config.to_dict())
-  out.score.update(parse_candidate(candidate))
+  if pixel is not None:
+    out.score.update(parse_pixel_candidate(pixel))
+  if image is not None:
+    out.score.update(parse_image_candidate(image))
   return out
 
 
@@ -52,10 +72,13 @@ def check_config(score: ml_collections.ConfigDict) -> None:
   if score.select not in SELECT:
     raise ValueError(f'score.select must be one of {SELECT}, got {score.select!r}')
   if score.select != 'none':
-    if not score.candidates:
-      raise ValueError("score.select='synthetic' needs at least one entry in score.candidates")
-    for c in score.candidates:
-      parse_candidate(c)
+    if not score.image_candidates or not score.pixel_candidates:
+      raise ValueError("score.select='synthetic' needs score.image_candidates and "
+                       'score.pixel_candidates')
+    for c in score.image_candidates:
+      parse_image_candidate(c)
+    for c in score.pixel_candidates:
+      parse_pixel_candidate(c)
 
 
 def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +91,8 @@ def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_candidates(stats_scored: dict[str, Any], clean: dict[str, Any], anomalous: dict[str, Any],
                         masks: np.ndarray, config: ml_collections.ConfigDict
                         ) -> dict[str, dict[str, float]]:
-  """Image AUROC, AU-PRO and their mean per candidate: B clean (normal) against B with anomalies.
+  """{'image': {candidate: image AUROC}, 'pixel': {candidate: AU-PRO}}: B clean (normal) against B
+  with anomalies.
 
   stats_scored: scored A (as train.score_split, for the statistics); clean / anomalous: {'image':
   {component: [n]}, 'pixel': {component: [n, S, S]}} of B; masks: bool [n, S, S] of the anomalies.
@@ -77,30 +101,30 @@ def evaluate_candidates(stats_scored: dict[str, Any], clean: dict[str, Any], ano
   stats = train.score_stats(stats_scored)
   n = len(masks)
   labels = np.concatenate([np.zeros(n, int), np.ones(n, int)])
-  all_masks = np.concatenate([np.zeros_like(masks), masks])
-  results = {}
-  for cand in config.score.candidates:
-    c = with_candidate(config, cand)
-    image = {k: np.concatenate([clean['image'][k], anomalous['image'][k]]) for k in clean['image']}
-    pixel = {k: np.concatenate([clean['pixel'][k], anomalous['pixel'][k]]) for k in clean['pixel']}
-    img, pix = scoring.final_scores(image, pixel, c.score, stats)
-    img, pix = np.asarray(img, np.float64), np.asarray(pix, np.float32)
-    auroc = metrics_lib.image_auroc(img, labels)
-    pro = metrics_lib.au_pro(list(pix), list(all_masks))
-    results[cand] = {'image_auroc': auroc, 'au_pro': pro, 'mean': (auroc + pro) / 2}
+  all_masks = list(np.concatenate([np.zeros_like(masks), masks]))
+  image = {k: np.concatenate([clean['image'][k], anomalous['image'][k]]) for k in clean['image']}
+  pixel = {k: np.concatenate([clean['pixel'][k], anomalous['pixel'][k]]) for k in clean['pixel']}
+  results = {'image': {}, 'pixel': {}}
+  for cand in config.score.image_candidates:
+    img, _ = scoring.final_scores(image, pixel, with_choice(config, image=cand).score, stats)
+    results['image'][cand] = metrics_lib.image_auroc(np.asarray(img, np.float64), labels)
+  for cand in config.score.pixel_candidates:
+    _, pix = scoring.final_scores(image, pixel, with_choice(config, pixel=cand).score, stats)
+    results['pixel'][cand] = metrics_lib.au_pro(list(np.asarray(pix, np.float32)), all_masks)
   return results
 
 
-def choose(results: dict[str, dict[str, float]]) -> str:
-  """The candidate with the highest mean (the first of equals)."""
-  best = max(results.values(), key=lambda r: r['mean'])['mean']
-  return next(c for c, r in results.items() if r['mean'] == best)
+def choose(results: dict[str, float]) -> str:
+  """The candidate with the highest value (the first of equals)."""
+  best = max(results.values())
+  return next(c for c, v in results.items() if v == best)
 
 
 def select_score(state, heldout: input_pipeline.SplitData, config: ml_collections.ConfigDict,
                  mesh) -> dict[str, Any]:
   """Runs the selection on this process's held-out normals; returns the record saved to FILENAME:
-  {'chosen', 'candidates': {candidate: metrics}, 'num_images': size of B}."""
+  {'image', 'pixel' (the chosen candidates), 'image_auroc', 'au_pro' ({candidate: value}),
+  'num_images' (the size of B)}."""
   from vivano_jax import train  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1:
     raise ValueError("score.select='synthetic' runs on one process; choose the score on one host "
@@ -122,7 +146,8 @@ def select_score(state, heldout: input_pipeline.SplitData, config: ml_collection
   clean = train.score_arrays(state, images, every, mesh)
   bad = train.score_arrays(state, anomalous, every, mesh)
   results = evaluate_candidates(stats_scored, clean, bad, masks, config)
-  return {'chosen': choose(results), 'candidates': results, 'num_images': int(len(b))}
+  return {'image': choose(results['image']), 'pixel': choose(results['pixel']),
+          'image_auroc': results['image'], 'au_pro': results['pixel'], 'num_images': int(len(b))}
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str, state=None,
@@ -138,13 +163,18 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, state=None,
   if os.path.exists(path):
     with open(path) as f:
       record = json.load(f)
-    if record.get('candidates_tried') != list(config.score.candidates):
+    if record.get('candidates_tried') != _tried(config):
       record = None  # Chosen among other candidates: choose again.
   if record is None:
     if state is None:
       raise ValueError(f'{path}: missing; the score is chosen when the run is evaluated (main)')
     record = select_score(state, heldout, config, mesh)
-    record['candidates_tried'] = list(config.score.candidates)
+    record['candidates_tried'] = _tried(config)
     if jax.process_index() == 0:
       atomic_files.write_json(path, record)
-  return with_candidate(config, record['chosen']), record
+  return with_choice(config, image=record['image'], pixel=record['pixel']), record
+
+
+def _tried(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
+  return {'image': list(config.score.image_candidates),
+          'pixel': list(config.score.pixel_candidates)}

@@ -16,8 +16,9 @@ Final scores (`final_scores`, from `config.score`):
     standard deviation maps of the held-out normals (what is normal at the image border or on a
     product's edge is then discounted there only); 'global' uses one mean and std per component;
   score.image: one image component, 'combined' (the standardised sum of the image components of
-    `score.combine`), or a statistic of the final pixel map: 'map_max' or 'map_topk' (the mean of its
-    highest `score.topk_fraction` of pixels).
+    `score.combine`), or a statistic of a pixel map: 'map_max' or 'map_topk' (the mean of its highest
+    `score.topk_fraction` of pixels), of the output map or of the one `score.image_map` and
+    `score.image_normalize` name (which normalisation detects best need not localise best).
 """
 
 import os
@@ -140,6 +141,11 @@ def check_config(score: ml_collections.ConfigDict) -> None:
     raise ValueError(f'score.pixel must be one of {PIXEL_MAPS}, got {score.pixel!r}')
   if score.normalize not in NORMALIZE:
     raise ValueError(f'score.normalize must be one of {NORMALIZE}, got {score.normalize!r}')
+  if score.image_map not in ('',) + PIXEL_MAPS:
+    raise ValueError(f"score.image_map must be '' or one of {PIXEL_MAPS}, got {score.image_map!r}")
+  if score.image_normalize not in ('',) + NORMALIZE:
+    raise ValueError(f"score.image_normalize must be '' or one of {NORMALIZE}, got "
+                     f'{score.image_normalize!r}')
   combine = tuple(score.combine)
   if not combine or any(c not in COMPONENTS for c in combine) or len(set(combine)) != len(combine):
     raise ValueError(f'score.combine must name distinct components of {COMPONENTS}, got {combine!r}')
@@ -152,18 +158,21 @@ def _standardise(x, stat) -> Any:
   return (x - mean) / np.maximum(std, 1e-12)
 
 
-def _pixel_maps(pixel_components: dict[str, Array], score: ml_collections.ConfigDict,
-                stats: Optional[ScoreStats]) -> Array:
-  """The final pixel maps [B, H, W]."""
-  if score.pixel == 'combined':
-    names = tuple(score.combine)
-  else:
-    names = (score.pixel,)
+def image_map_kind(score: ml_collections.ConfigDict) -> tuple[str, str]:
+  """(pixel kind, normalize) of the map that 'map_*' image scores are taken from:
+  `score.image_map` / `score.image_normalize`, each '' = the same as the output map's."""
+  return score.image_map or score.pixel, score.image_normalize or score.normalize
+
+
+def _pixel_maps(pixel_components: dict[str, Array], kind: str, normalize: str,
+                score: ml_collections.ConfigDict, stats: Optional[ScoreStats]) -> Array:
+  """Pixel maps [B, H, W] of `kind` ('combined' or a component) under `normalize`."""
+  names = tuple(score.combine) if kind == 'combined' else (kind,)
   for name in names:
     if name not in pixel_components:
-      raise ValueError(f'score.pixel={score.pixel!r} needs the {name!r} map, which was not computed '
+      raise ValueError(f'the {kind!r} map needs the {name!r} component, which was not computed '
                        f'(have {sorted(pixel_components)})')
-  if score.normalize == 'pixel':
+  if normalize == 'pixel':
     return sum(_standardise(pixel_components[n], stats[f'map_{n}']) for n in names)
   if len(names) == 1:
     return pixel_components[names[0]]
@@ -185,17 +194,21 @@ def final_scores(image_components: dict[str, Array], pixel_components: dict[str,
                  ) -> tuple[Array, Array]:
   """(image scores [B], pixel maps [B, H, W]) for `config.score` (see the module doc)."""
   _check_stats(score, stats)
-  pixel = _pixel_maps(pixel_components, score, stats)
-  return image_scores(image_components, score, stats, pixel), pixel
+  pixel = _pixel_maps(pixel_components, score.pixel, score.normalize, score, stats)
+  source = pixel
+  if score.image in MAP_SCORES and image_map_kind(score) != (score.pixel, score.normalize):
+    source = _pixel_maps(pixel_components, *image_map_kind(score), score, stats)
+  return image_scores(image_components, score, stats, source), pixel
 
 
 def image_scores(image_components: dict[str, Array], score: ml_collections.ConfigDict,
                  stats: Optional[ScoreStats] = None, pixel_maps: Optional[Array] = None) -> Array:
-  """Final image scores [B] for `config.score`; the final pixel maps are needed for 'map_*' only."""
+  """Final image scores [B] for `config.score`. 'map_*' scores need `pixel_maps`, the maps of
+  `image_map_kind(score)` (`final_scores` builds them)."""
   _check_stats(score, stats)
   if score.image in MAP_SCORES:
     if pixel_maps is None:
-      raise ValueError(f'score.image={score.image!r} needs the final pixel maps')
+      raise ValueError(f'score.image={score.image!r} needs pixel maps')
     return map_score(pixel_maps, score.image, score.topk_fraction)
   if score.image == 'combined':
     names = [IMAGE_COMPONENT[c] for c in score.combine]
@@ -216,18 +229,27 @@ def _check_stats(score: ml_collections.ConfigDict, stats: Optional[ScoreStats]) 
                      f'{score.normalize!r} need score statistics of held-out normal images')
 
 
+def _maps_used(score: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+  """(kind, normalize) of every pixel map the configured scores build."""
+  used = [(score.pixel, score.normalize)]
+  if score.image in MAP_SCORES:
+    used.append(image_map_kind(score))
+  return used
+
+
 def needs_stats(score: ml_collections.ConfigDict) -> bool:
   """Whether the configured scores standardise by statistics of held-out normal images."""
-  combined_pixel = score.pixel == 'combined' and len(tuple(score.combine)) > 1
-  return (score.image == 'combined' or combined_pixel or score.normalize == 'pixel')
+  multi = len(tuple(score.combine)) > 1
+  return score.image == 'combined' or any(
+      norm == 'pixel' or (kind == 'combined' and multi) for kind, norm in _maps_used(score))
 
 
 def needs_decoder(score: ml_collections.ConfigDict) -> bool:
   """Whether the configured scores need the reconstruction (else the decoder pass is skipped)."""
-  used = set(score.combine) if 'combined' in (score.image, score.pixel) else set()
-  used.add(score.pixel)
+  kinds = [kind for kind, _ in _maps_used(score)]
   if score.image not in MAP_SCORES:
-    used.add(score.image)
+    kinds.append(score.image)
+  used = set(kinds) | (set(score.combine) if 'combined' in kinds else set())
   return bool(used & {'recon', 'ssim'})
 
 

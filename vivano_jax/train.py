@@ -549,6 +549,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                               mesh)
   summary = evaluate_run(state, data, config, mesh, writer, total_steps)
   summary['score'] = {k: config.score[k] for k in ('image', 'pixel', 'normalize')}
+  if config.score.image in scoring.MAP_SCORES:
+    summary['score']['image_map'] = scoring.image_map_kind(config.score)
   summary['score_selection'] = selection
   summary['train_images_per_sec'] = train_ips
   summary['checkpoint_step'] = total_steps
