@@ -121,21 +121,30 @@ def test_per_pixel_statistics_and_normalisation():
   stats = scoring.stats_from_moments(image, moments)
   np.testing.assert_allclose(stats['recon'], (image['recon'].mean(), image['recon'].std()))
   np.testing.assert_allclose(stats['pixel_recon'], (normal.mean(), normal.std()), rtol=1e-9)
-  np.testing.assert_allclose(stats['map_recon'][0], normal.mean(0), rtol=1e-5)
-  np.testing.assert_allclose(stats['map_recon'][1], normal.std(0), rtol=1e-4)
+  # Per position, shrunk towards all positions as if 10 more maps had the global mean and variance.
+  w = 50 / (50 + scoring.PRIOR_MAPS)
+  mean = w * normal.mean(0) + (1 - w) * normal.mean()
+  std = np.sqrt(w * normal.var(0) + (1 - w) * normal.var())
+  np.testing.assert_allclose(stats['map_recon'][0], mean, rtol=1e-5)
+  np.testing.assert_allclose(stats['map_recon'][1], std, rtol=1e-4)
   test = rng.normal(size=(2, 6, 6)).astype(np.float32)
   _, px = scoring.final_scores({'recon': jnp.zeros(2)}, {'recon': jnp.asarray(test)},
                                _score(pixel='recon', normalize='pixel'), stats)
-  np.testing.assert_allclose(np.asarray(px), (test - normal.mean(0)) / normal.std(0), rtol=1e-4,
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(px), (test - mean) / std, rtol=1e-4, atol=1e-5)
+  # Many maps: the per-position statistics themselves; one map: std near the global one.
+  big = rng.normal(size=(4000, 2, 2)) * np.array([[1.0, 4.0], [1.0, 1.0]])
+  s = scoring.stats_from_moments({}, {'x': (big.sum(0), np.square(big).sum(0), len(big))})
+  np.testing.assert_allclose(s['map_x'][1], big.std(0), rtol=0.01)
+  one = big[:1]
+  s = scoring.stats_from_moments({}, {'x': (one.sum(0), np.square(one).sum(0), 1)})
+  assert np.all(s['map_x'][1] > 0.9 * np.sqrt(10 / 11) * one.std())
   # Combined with per-pixel normalisation: the sum of the per-pixel z-scores.
   moments['nll'] = (2 * normal.sum(0), 4 * np.square(normal).sum(0), len(normal))
   stats = scoring.stats_from_moments(image, moments)
   _, px = scoring.final_scores({'recon': jnp.zeros(2)},
                                {'recon': jnp.asarray(test), 'nll': jnp.asarray(2 * test)},
                                _score(pixel='combined', normalize='pixel', image='recon'), stats)
-  np.testing.assert_allclose(np.asarray(px), 2 * (test - normal.mean(0)) / normal.std(0),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(px), 2 * (test - mean) / std, rtol=1e-4, atol=1e-4)
 
 
 def test_stats_file_round_trip(tmp_path):
@@ -156,7 +165,9 @@ def test_image_score_from_another_map_than_the_output():
   stats = scoring.stats_from_moments({'recon': normal.mean(axis=(1, 2))}, {
       'recon': (normal.sum(0), np.square(normal).sum(0), len(normal))})
   test = rng.normal(size=(3, 4, 4)).astype(np.float32)
-  z = (test - normal.mean(0)) / normal.std(0)
+  w = 40 / (40 + scoring.PRIOR_MAPS)
+  z = (test - (w * normal.mean(0) + (1 - w) * normal.mean())) / np.sqrt(
+      w * normal.var(0) + (1 - w) * normal.var())
   score = _score(image='map_max', pixel='recon', normalize='global', image_normalize='pixel')
   img, px = scoring.final_scores({'recon': jnp.zeros(3)}, {'recon': jnp.asarray(test)}, score, stats)
   np.testing.assert_array_equal(np.asarray(px), test)  # The output map: raw.

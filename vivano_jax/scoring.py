@@ -37,6 +37,7 @@ MAP_SCORES = ('map_max', 'map_topk')
 IMAGE_SCORES = ('nll_max', 'nll_mean', 'recon', 'ssim', 'combined') + MAP_SCORES
 PIXEL_MAPS = COMPONENTS + ('combined',)
 NORMALIZE = ('global', 'pixel')
+PRIOR_MAPS = 10  # Pseudo-maps of the per-pixel statistics' shrinkage (stats_from_moments).
 STATS_FILENAME = 'score_stats.npz'  # In the workdir, written by the export beside thresholds.json.
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> Array:
@@ -129,7 +130,8 @@ def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: 
 # Statistics of the score components over held-out normal images:
 #   '<image component>' -> (mean, std) of the image scores;
 #   'pixel_<component>' -> (mean, std) over all pixels of all maps;
-#   'map_<component>' -> (mean map [S, S], std map [S, S]) per pixel position (`score.normalize='pixel'`).
+#   'map_<component>' -> (mean map [S, S], std map [S, S]) per pixel position (`score.normalize='pixel'`),
+#     shrunk towards the global mean and std (`stats_from_moments`).
 ScoreStats = dict[str, tuple[Any, Any]]
 
 
@@ -262,9 +264,14 @@ def stats_from_moments(image: dict[str, np.ndarray], moments: dict[str, tuple]) 
     mean = s.sum() / (n * s.size)
     stats[f'pixel_{name}'] = (float(mean), float(np.sqrt(max(s2.sum() / (n * s.size) - mean**2, 0.0))))
     mean_map = s / n
-    std_map = np.sqrt(np.maximum(s2 / n - mean_map**2, 0.0))
-    # A floor, so a position that never varies (a constant border) cannot blow up.
-    std_map = np.maximum(std_map, 1e-3 * stats[f'pixel_{name}'][1] + 1e-12)
+    var_map = np.maximum(s2 / n - mean_map**2, 0.0)
+    # Shrunk towards the statistics of all positions, as if PRIOR_MAPS more maps had the global
+    # mean and variance everywhere: a few held-out images (a small MVTec AD category keeps 6) give
+    # noisy per-position estimates, and a tiny std would turn noise into a huge z-score.
+    g_mean, g_std = stats[f'pixel_{name}']
+    w = n / (n + PRIOR_MAPS)
+    mean_map = w * mean_map + (1 - w) * g_mean
+    std_map = np.sqrt(w * var_map + (1 - w) * g_std**2) + 1e-12
     stats[f'map_{name}'] = (mean_map.astype(np.float32), std_map.astype(np.float32))
   return stats
 
