@@ -11,10 +11,10 @@ Differs from `configs/magnetic_tile_paper.py` (the paper's Section 4.1 recipe), 
     instead of 6, 4 heads instead of 8, MLP 256 instead of 1024, decoder 64 channels;
   * 600 steps of batch 16 (about 14 epochs) at learning rate 1e-3 with warmup and cosine decay,
     instead of 200 epochs at 1e-5 (1e-5 barely moves a model in a few hundred steps).
-Trained and scored with the recipe measured best on Magnetic Tile and the embedded textures
-(`config_defaults.small_128px_config`; RESULTS.md section 1): synthetic anomalies on half of the
-training inputs, 10 % of the training images held out, pixel map = reconstruction error + mixture
-NLL each standardised per pixel position on the held-out normals, image score = the map's maximum.
+Scored with the recipe measured best on Magnetic Tile and the embedded textures
+(`config_defaults.small_128px_config`; RESULTS.md section 1): 10 % of the training images held out,
+pixel map = reconstruction error + mixture NLL, each standardised per pixel position on the
+held-out normals, image score = the map's maximum.
 About 5 minutes a run on 2 cores. Flips and 90-degree rotations are kept: tile surfaces have no
 preferred orientation.
 """

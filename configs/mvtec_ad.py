@@ -11,15 +11,13 @@ Differs from `configs/mvtec_ad_paper.py` (the paper's Section 4.1 recipe), to fi
     instead of 6, 4 heads instead of 8, MLP 256 instead of 1024, decoder 64 channels;
   * 600 steps of batch 16 at learning rate 1e-3 with warmup and cosine decay, instead of 200 epochs
     at 1e-5.
-Trained and scored with the recipe measured best on Magnetic Tile and the embedded textures
-(`config_defaults.small_128px_config`; RESULTS.md section 1): synthetic anomalies on half of the
-training inputs, 10 % of the good training images held out, pixel map = reconstruction error +
-mixture NLL each standardised per pixel position on the held-out normals (for aligned objects this
-discounts what always differs at a place, such as a product's edges), image score = the map's
-maximum. The paper's scores: `--config.score.image=nll_max --config.score.pixel=nll
---config.score.normalize=global`.
-Augmentation per category: `AUGMENT` in vivano_jax/datasets/mvtec_ad.py, shared with the paper
-variant.
+Scored with the recipe measured best on Magnetic Tile and the embedded textures
+(`config_defaults.small_128px_config`; RESULTS.md section 1): 10 % of the good training images held
+out, pixel map = reconstruction error + mixture NLL, each standardised per pixel position on the
+held-out normals (for aligned objects this discounts what always differs at a place, such as a
+product's edges), image score = the map's maximum. The paper's scores: `--config.score.image=nll_max
+--config.score.pixel=nll --config.score.normalize=global`. Augmentation per category: `AUGMENT` in
+vivano_jax/datasets/mvtec_ad.py (the paper variant has none).
 """
 
 from vivano_jax import config_defaults

@@ -163,9 +163,7 @@ def small_128px_config() -> ml_collections.ConfigDict:
   paper's 8 x 8 patch grid), ViT width 128, depth 3, 4 heads, MLP 256, latent 32, decoder 64
   channels, 600 steps of batch 16 at learning rate 1e-3.
 
-  Trained and scored as measured best over Magnetic Tile and the textures (RESULTS.md, section 1):
-    * half of the training inputs carry a synthetic anomaly, the clean image staying the target
-      (`train.synthetic_anomalies`, synthetic.py);
+  Scored as measured best over Magnetic Tile and the textures (RESULTS.md, section 1):
     * 10 % of the training images are held out (`dataset.validation_fraction`): their maps give the
       per-pixel statistics of normal images;
     * pixel map: the reconstruction error and the mixture NLL map, each standardised per pixel
@@ -173,10 +171,11 @@ def small_128px_config() -> ml_collections.ConfigDict:
       what the decoder cannot redraw, the NLL what is unlikely at its place, and neither needs to
       win everywhere (brick favours the first, grass the second);
     * image score: the maximum of that map ('map_max').
+  Synthetic anomalies in training (`train.synthetic_anomalies=0.5`) changed no metric beyond the seed
+  spread on any of these datasets, so the recipe trains as the paper does, on plain reconstruction.
   """
   config = base_config()
   config.dataset.validation_fraction = 0.1
-  config.train.synthetic_anomalies = 0.5
   config.score.image = 'map_max'
   config.score.pixel = 'combined'
   config.score.normalize = 'pixel'
