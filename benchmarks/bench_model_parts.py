@@ -5,7 +5,7 @@ depth 6, 8 heads, MLP 1024; decoder 256 -> 8 channels), with XLA's FLOP count, a
 as the ceiling:  python benchmarks/bench_model_parts.py
 """
 import time, jax, jax.numpy as jnp, numpy as np
-from vivano_jax import decoder as D, encoder as E
+from vivano_jax.model import decoder as D, encoder as E
 def bench(mod, inp, name):
   v = mod.init(jax.random.PRNGKey(0), inp, train=False)
   def loss(p):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from vivano_jax import losses
+from vivano_jax.model import losses
 
 
 def _outputs(images, recon, kl_per_patch, grid):

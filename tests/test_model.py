@@ -8,10 +8,10 @@ import pytest
 from scipy import stats
 from scipy.special import logsumexp
 
-from vivano_jax import bottleneck
-from vivano_jax import decoder
-from vivano_jax import encoder
-from vivano_jax import mixture
+from vivano_jax.model import bottleneck
+from vivano_jax.model import decoder
+from vivano_jax.model import encoder
+from vivano_jax.model import mixture
 from vivano_jax import model as model_lib
 from tests.conftest import load_config
 

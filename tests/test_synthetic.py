@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vivano_jax import losses
 from vivano_jax import synthetic
 from vivano_jax import train
+from vivano_jax.model import losses
 
 
 def _images(b=6, s=64, c=1, seed=0):

@@ -28,7 +28,7 @@ from PIL import Image
 
 from vivano_jax import atomic_files
 from vivano_jax import input_pipeline
-from vivano_jax import losses
+from vivano_jax.model import losses
 from vivano_jax import metrics as metrics_lib
 from vivano_jax import model as model_lib
 from vivano_jax import score_selection

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vivano_jax import bottleneck
-from vivano_jax import decoder as decoder_lib
-from vivano_jax import encoder as encoder_lib
-from vivano_jax import mixture
+from vivano_jax.model import bottleneck
+from vivano_jax.model import decoder as decoder_lib
+from vivano_jax.model import encoder as encoder_lib
+from vivano_jax.model import mixture
 
 Array = jax.Array
 
