@@ -11,13 +11,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 
 
-def load_config(name: str):
-  """configs/<name>.py's get_config()."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(f'config_{name}', REPO / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def load_config(name: str, arg=None):
+  """configs/<name>.py's get_config(arg), as `--config=configs/<name>.py[:arg]` gives it."""
+  from vivano_jax import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.load_config(REPO / 'configs' / f'{name}.py', arg)
 
 
 @pytest.fixture(scope='session')

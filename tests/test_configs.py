@@ -1,16 +1,20 @@
 """The dataset configs in configs/: each loads through config_flags with its `:arg`, selects the
 intended dataset and class, has the intended sizes, and the *_paper.py variants have the paper's
 Section 4.1 numbers. The reduced variants build a model whose reconstruction matches the input
-(shapes only: jax.eval_shape, no training)."""
+(shapes only: jax.eval_shape, no training). config_files reads configs and overrides as
+config_flags (main's `--config=` flag) does, checked against it and against hand-written configs."""
 
 from absl import flags
 import jax
 import jax.numpy as jnp
+import ml_collections
 from ml_collections import config_flags
 import pytest
 
+from vivano_jax import config_files
+from vivano_jax import errors
 from vivano_jax import model as model_lib
-from tests.conftest import REPO
+from tests.conftest import REPO, load_config
 
 DATASET_CONFIGS = ('magnetic_tile', 'mnist', 'cifar10', 'mvtec_ad')
 CIFAR10 = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
@@ -18,12 +22,16 @@ MVTEC = ('carpet', 'grid', 'leather', 'tile', 'wood', 'bottle', 'cable', 'capsul
          'metal_nut', 'pill', 'screw', 'toothbrush', 'transistor', 'zipper')
 
 
-def load(name: str, arg=None):
-  """configs/<name>.py[:arg] exactly as `--config=` reads it."""
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, flag_values=values, lock_config=True)
+def load(name: str, arg=None, overrides=()):
+  """configs/<name>.py[:arg] exactly as `--config=` reads it, with `--config.<field>=<text>`
+  flags."""
   path = str(REPO / 'configs' / f'{name}.py') + (f':{arg}' if arg is not None else '')
-  values(['test', f'--config={path}'])
+  argv = ['test', f'--config={path}', *overrides]
+  values = flags.FlagValues()
+  # sys_argv: the overrides to define are looked for there (by default in sys.argv).
+  config_flags.DEFINE_config_file('config', None, flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
   return values.config
 
 
@@ -138,3 +146,83 @@ def test_reduced_variants_are_small_and_build(name, size, channels, patch):
   assert config.model.width <= 128 and config.model.depth <= 3
   assert 0 < config.train.num_steps <= 600
   assert output_shape(config) == (2, size, size, channels)
+
+
+# --------------------------------------------------------------------------------------------------
+# config_files: loading and overrides.
+
+
+@pytest.mark.parametrize('name,arg', [
+    *((n, None) for n in ('default', 'paper', 'tiny', 'magnetic_tile', 'magnetic_tile_paper')),
+    *((n + v, a) for n, a in (('mnist', 7), ('cifar10', 'dog'), ('mvtec_ad', 'screw'))
+      for v in ('', '_paper'))])
+def test_load_config_matches_config_flags(name, arg):
+  expected = load(name, arg).to_dict()
+  assert load_config(name, arg).to_dict() == expected
+  path = str(REPO / 'configs' / f'{name}.py')
+  spelled = config_files.load_config(path + ('' if arg is None else f':{arg}'))
+  assert spelled.to_dict() == expected
+
+
+def test_load_config_errors(tmp_path):
+  with pytest.raises(errors.DataError, match=r'config file .*nope\.py does not exist'):
+    config_files.load_config(str(tmp_path / 'nope.py'))
+  (tmp_path / 'empty.py').write_text('X = 1\n')
+  with pytest.raises(errors.DataError, match=r'empty\.py defines no get_config\(\) function'):
+    config_files.load_config(str(tmp_path / 'empty.py'))
+  (tmp_path / 'broken.py').write_text('import no_such_module_here\n')
+  with pytest.raises(errors.DataError, match='broken.py failed to load: ModuleNotFoundError'):
+    config_files.load_config(str(tmp_path / 'broken.py'))
+  with pytest.raises(ValueError, match='must be'):  # get_config's own error, unchanged.
+    config_files.load_config(str(REPO / 'configs' / 'mnist.py:10'))
+
+
+def _hand_written(**changes):
+  fields = dict(steps=100, rate=0.5, flag=True, sizes=(1, 2), name='a', sub={'depth': 2})
+  return ml_collections.ConfigDict(fields | changes)
+
+
+def test_apply_overrides_parses_text_by_the_fields_type():
+  config = _hand_written()
+  out = config_files.apply_overrides(config, {
+      'steps': '300', 'rate': '1e-3', 'flag': 'false', 'sizes': '(8, 16)', 'name': '7',
+      'sub.depth': '4'})
+  assert out is config
+  expected = _hand_written(steps=300, rate=1e-3, flag=False, sizes=(8, 16), name='7',
+                           sub={'depth': 4})
+  assert config.to_dict() == expected.to_dict()
+  assert [type(config[f]) for f in ('steps', 'rate', 'flag', 'sizes', 'name')] == [
+      int, float, bool, tuple, str]
+  # absl's spellings of booleans, an int for a float field, one value for a tuple field.
+  config_files.apply_overrides(config, {'flag': '1', 'rate': '2', 'sizes': '5'})
+  assert config.to_dict() == _hand_written(steps=300, rate=2.0, flag=True, sizes=(5,), name='7',
+                                           sub={'depth': 4}).to_dict()
+  assert type(config.rate) is float
+  # Values that are not text are set as they are; a locked config (as main's) takes them too.
+  config.lock()
+  config_files.apply_overrides(config, {'steps': 5, 'rate': 3, 'sizes': (4,), 'name': ''})
+  assert config.to_dict() == _hand_written(steps=5, rate=3.0, flag=True, sizes=(4,), name='',
+                                           sub={'depth': 4}).to_dict()
+
+
+def test_apply_overrides_agrees_with_mains_flags():
+  texts = {'train.batch_size': '16', 'train.learning_rate': '3e-4', 'model.variational': 'false',
+           'export.splits': "('test',)", 'dataset.name': 'digits/3', 'dataset.manual_dir': ''}
+  expected = load('tiny', overrides=[f'--config.{f}={t}' for f, t in texts.items()]).to_dict()
+  assert config_files.apply_overrides(load_config('tiny'), texts).to_dict() == expected
+
+
+@pytest.mark.parametrize('overrides,error,match', [
+    ({'sub.dpeth': '1'}, config_files.UnknownFieldError,
+     r"unknown config field 'sub\.dpeth' \(did you mean 'sub\.depth'\?\)"),
+    ({'sub': '1'}, config_files.UnknownFieldError, r"unknown config field 'sub'"),
+    ({'steps.x': 1}, config_files.UnknownFieldError, r"unknown config field 'steps\.x'"),
+    ({'steps': 'many'}, errors.UsageError, r"field 'steps' cannot take 'many': .*--config\.steps"),
+    ({'flag': 'maybe'}, errors.UsageError, r"field 'flag' cannot take 'maybe'"),
+    ({'steps': 2.5}, errors.UsageError, r"field 'steps' cannot take 2\.5"),
+])
+def test_apply_overrides_errors_name_the_field(overrides, error, match):
+  config = _hand_written()
+  with pytest.raises(error, match=match):
+    config_files.apply_overrides(config, overrides)
+  assert config.to_dict() == _hand_written().to_dict()  # Nothing set by a refused override.
