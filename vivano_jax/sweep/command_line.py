@@ -1,0 +1,91 @@
+"""The sweep's command line: `python -m vivano_jax.sweep run|gather ...` (the flags: the package
+docstring, vivano_jax/sweep/__init__.py). Exit codes: 0 done, 1 some run failed, 2 bad input (a
+SweepError, printed as one line), 130 interrupted."""
+
+import argparse
+from collections.abc import Sequence
+import os
+import shlex
+import sys
+from typing import Optional
+
+import vivano_jax.sweep as sweep_package
+from vivano_jax.sweep.plan import SweepError, load_sweep
+from vivano_jax.sweep.results import gather, summarize, write_results, write_summary
+from vivano_jax.sweep.run import print_commands, run_sweep
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m vivano_jax.sweep',
+                                   description=sweep_package.__doc__.split('\n')[0])
+  sub = parser.add_subparsers(dest='command', required=True)
+  run = sub.add_parser('run', help='run the sweep (one run after another)',
+                       epilog='Extra --config.<field>=<value> flags are passed to every run.')
+  run.add_argument('--sweep', required=True, help='sweep file (Python with get_sweep())')
+  run.add_argument('--root', required=True, help='folder holding one workdir per run')
+  run.add_argument('--dry_run', action='store_true',
+                   help='print the runs and commands, run nothing')
+  run.add_argument('--only', default=None,
+                   help='comma-separated run indices (0-based) to run, e.g. $SLURM_ARRAY_TASK_ID')
+  run.add_argument('--print_commands', action='store_true',
+                   help='print one command per unfinished run (to submit as separate jobs)')
+  run.add_argument('--launcher', default=None,
+                   help="command replacing 'python -m vivano_jax.main', e.g. 'launch/multihost.sh'")
+  gather_parser = sub.add_parser('gather', help='collect results into ROOT/results.{csv,md}')
+  gather_parser.add_argument('--root', required=True)
+  gather_parser.add_argument('--over', default=None,
+                             help='also pool runs differing only in this field (e.g. seed) into '
+                                  'mean +- std: ROOT/results_over_<field>.{csv,md}')
+  args, unknown = parser.parse_known_args(argv)
+  args.extra = {}
+  for arg in unknown:
+    if args.command != 'run' or not arg.startswith('--config.') or '=' not in arg:
+      parser.error(f'unrecognised argument {arg!r} (run passes on only --config.<field>=<value>)')
+    field, _, value = arg[len('--config.'):].partition('=')
+    args.extra[field] = value
+  return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Runs `run` or `gather` with argv (without the program name); returns the exit code, also for
+  --help (0) and a bad argument (2), which argparse ends with SystemExit, so that a caller (the
+  `vivano sweep` command) gets a code back whatever happens."""
+  try:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else 2
+  try:
+    if args.command == 'gather':
+      columns, rows = gather(args.root)
+      print(write_results(os.path.abspath(args.root), columns, rows), end='')
+      if args.over:
+        summary_columns, summary_rows = summarize(columns, rows, args.over)
+        print(f'\nover {args.over} (mean ± sample std):\n'
+              + write_summary(os.path.abspath(args.root), args.over, summary_columns,
+                              summary_rows), end='')
+      return 0
+    sweep = load_sweep(args.sweep, args.extra)
+    only = None
+    if args.only is not None:
+      try:
+        only = [int(k) for k in args.only.split(',') if k.strip()]
+      except ValueError:
+        raise SweepError(f'--only={args.only!r}: expected run indices like 3 or 0,2') from None
+    launcher = shlex.split(args.launcher) if args.launcher else None
+    if args.print_commands:
+      print_commands(sweep, args.root, only, launcher)
+      return 0
+    status = run_sweep(sweep, args.root, only, launcher, dry_run=args.dry_run)
+  except SweepError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    return 130
+  failed = [n for n, s in status.items() if s == 'failed']
+  counts = {s: list(status.values()).count(s) for s in dict.fromkeys(status.values())}
+  print(f'sweep {os.path.basename(sweep.path)}: '
+        + ', '.join(f'{n} {s}' for s, n in counts.items()))
+  if failed:
+    print(f'failed: {", ".join(failed)}', file=sys.stderr)
+  return 1 if failed else 0
+

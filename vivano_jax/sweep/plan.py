@@ -1,0 +1,244 @@
+"""A sweep's plan: its file read and checked against the base config, expanded into runs, each
+with its name, its flags for main and (with a scaling rule) its scaled learning rate."""
+
+from collections.abc import Mapping, Sequence
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+from typing import Any, Optional
+
+import ml_collections
+
+from vivano_jax import config_files
+from vivano_jax import errors
+from vivano_jax.config_files import flatten
+
+LR_FIELD = 'train.learning_rate'
+BATCH_FIELD = 'train.batch_size'
+LR_RULES = ('linear', 'sqrt')
+SWEEP_KEYS = ('base_config', 'grid', 'runs', 'fixed', 'lr_scaling', 'base_batch_size')
+MAX_NAME_LENGTH = 120  # Keeps workdir names well under filesystem limits (255 bytes).
+
+
+class SweepError(errors.UsageError):
+  """Bad sweep input; the message names the sweep file (or root) and the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a sweep.
+
+  index: position in the expanded sweep (what --only selects); name: its workdir under the root;
+  overrides: the swept values as the sweep file gives them (the name is made from these);
+  flags: every `--config.<field>` value passed to main: fixed, command line, swept, scaled learning
+    rate.
+  """
+  index: int
+  name: str
+  overrides: dict[str, Any]
+  flags: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """An expanded sweep: the file, its absolute base config path, the swept fields, the runs."""
+  path: str
+  base_config: str
+  fields: list[str]
+  runs: list[Run]
+
+
+def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+  """The Cartesian product of a {field: [values]} grid, the last field varying fastest."""
+  fields = list(grid)
+  for f in fields:
+    if isinstance(grid[f], (str, bytes)) or not isinstance(grid[f], Sequence) or not grid[f]:
+      raise ValueError(f'grid field {f!r} must be a non-empty list of values, got {grid[f]!r}')
+  return [dict(zip(fields, values)) for values in itertools.product(*(grid[f] for f in fields))]
+
+
+def scaled_learning_rate(base_lr: float, batch_size: int, base_batch_size: int,
+                         rule: Optional[str]) -> float:
+  """The learning rate for global batch `batch_size`, given `base_lr` at `base_batch_size`.
+
+  'linear': base_lr * B / B0 (Goyal et al. 2017, SGD); 'sqrt': base_lr * sqrt(B / B0) (keeps the
+  gradient noise scale of Adam-type optimizers); None: base_lr.
+  """
+  if rule is None:
+    return float(base_lr)
+  if rule not in LR_RULES:
+    raise ValueError(f'lr_scaling must be one of {LR_RULES} or None, got {rule!r}')
+  if batch_size <= 0 or base_batch_size <= 0:
+    raise ValueError(f'batch sizes must be positive, got {batch_size} and {base_batch_size}')
+  ratio = batch_size / base_batch_size
+  return float(base_lr * (ratio if rule == 'linear' else math.sqrt(ratio)))
+
+
+def format_value(value: Any) -> str:
+  """A value as a `--config.<field>=` flag reads it (and as run names show it)."""
+  if isinstance(value, float):
+    return repr(value)  # Shortest exact form: 0.001, 1e-05.
+  if isinstance(value, (tuple, list)):
+    return '(' + ', '.join(format_value(v) for v in value) + (',)' if len(value) == 1 else ')')
+  return str(value)
+
+
+def name_part(value: Any) -> str:
+  """format_value with what a folder name should not hold ('/', spaces, ...) replaced by '_'."""
+  text = format_value(value)
+  return ''.join(c if c.isalnum() or c in '.-+' else '_' for c in text)
+
+
+def run_names(overrides: Sequence[Mapping[str, Any]], labels: Optional[Mapping[str, str]] = None
+              ) -> list[str]:
+  """Readable, unique workdir names: 'batch_size=16,learning_rate=0.001' (no '/', no spaces).
+
+  A field is named by `labels[field]` if given, else by its last part unless two swept fields share
+  it (then by its full path). Names that still collide after cleaning (e.g. 'a/b' vs 'a_b'), or that
+  are too long, get a hash suffix.
+  """
+  fields = list(dict.fromkeys(f for o in overrides for f in o))
+  leaves = [f.rsplit('.', 1)[-1] for f in fields]
+  label = {f: (leaf if leaves.count(leaf) == 1 else f) for f, leaf in zip(fields, leaves)}
+  label.update(labels or {})
+  digest = lambda o: hashlib.sha256(
+      json.dumps(o, sort_keys=True, default=repr).encode()).hexdigest()[:8]
+  names = []
+  for o in overrides:
+    name = ','.join(f'{label[f]}={name_part(v)}' for f, v in o.items()) or 'base'
+    if len(name) > MAX_NAME_LENGTH:
+      name = name[:MAX_NAME_LENGTH - 9] + '-' + digest(o)
+    names.append(name)
+  for i, o in enumerate(overrides):
+    if names.count(names[i]) > 1 and not names[i].endswith(digest(o)):
+      clashing = [j for j, n in enumerate(names) if n == names[i]]
+      for j in clashing:
+        names[j] = f'{names[j]}-{digest(overrides[j])}'
+  return names
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading a sweep file.
+
+
+def _read_spec(path: str) -> dict[str, Any]:
+  """get_sweep()'s dict, its keys checked."""
+  try:
+    get_sweep = config_files.load_function(path, 'get_sweep', 'sweep file')
+  except errors.DataError as e:
+    raise SweepError(str(e)) from e
+  spec = get_sweep()
+  if isinstance(spec, ml_collections.ConfigDict):
+    spec = {k: spec[k] for k in spec.keys()}
+  if not isinstance(spec, Mapping):
+    raise SweepError(f'{path}: get_sweep() must return a dict or ConfigDict, got '
+                     f'{type(spec).__name__}')
+  unknown = sorted(set(spec) - set(SWEEP_KEYS))
+  if unknown:
+    raise SweepError(f'{path}: unknown sweep key(s) {unknown}; known: {list(SWEEP_KEYS)}')
+  if not spec.get('base_config'):
+    raise SweepError(f'{path}: base_config is missing')
+  rule, base_batch = spec.get('lr_scaling'), spec.get('base_batch_size')
+  if rule is not None and rule not in LR_RULES:
+    raise SweepError(f'{path}: lr_scaling must be one of {LR_RULES} or None, got {rule!r}')
+  if rule is not None and (not isinstance(base_batch, int) or base_batch <= 0):
+    raise SweepError(f'{path}: lr_scaling={rule!r} needs base_batch_size, a positive int '
+                     f'(the batch size at which the learning rates are given); got {base_batch!r}')
+  return dict(spec)
+
+
+def _expand(path: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The runs' overrides, from the grid or the explicit list."""
+  has_grid, has_runs = spec.get('grid') is not None, spec.get('runs') is not None
+  if has_grid == has_runs:
+    raise SweepError(f'{path}: give exactly one of grid (field -> list of values) or runs (list of '
+                     f'override dicts)')
+  if has_grid:
+    try:
+      overrides = expand_grid(flatten(spec['grid']))
+    except ValueError as e:
+      raise SweepError(f'{path}: {e}') from e
+  else:
+    if isinstance(spec['runs'], (str, Mapping)) or not isinstance(spec['runs'], Sequence):
+      raise SweepError(f'{path}: runs must be a list of override dicts')
+    overrides = []
+    for i, o in enumerate(spec['runs']):
+      if not isinstance(o, (Mapping, ml_collections.ConfigDict)):
+        raise SweepError(f'{path}: runs[{i}] must be a dict of field -> value, got {o!r}')
+      overrides.append(flatten(o))
+  for i, o in enumerate(overrides):
+    for j in range(i):
+      if overrides[j] == o:
+        raise SweepError(f'{path}: runs {j} and {i} have the same overrides {o}')
+  return overrides
+
+
+def _check_fields(path: str, base_path: str, base: ml_collections.ConfigDict,
+                  fields: Sequence[str], source: str) -> None:
+  for field in fields:
+    try:
+      config_files.get_field(base, field)
+    except config_files.UnknownFieldError as e:
+      raise SweepError(f'{path}: unknown config field {field!r} in {source} (base config '
+                       f'{base_path}){e.hint}') from None
+
+
+def _command_line_values(path: str, base_path: str, base: ml_collections.ConfigDict,
+                         extra_flags: Mapping[str, str], overrides: Sequence[Mapping[str, Any]]
+                         ) -> dict[str, Any]:
+  """The command line's {field: text}, typed as main will read them; a swept field is an error."""
+  _check_fields(path, base_path, base, list(extra_flags), 'the command line')
+  values = {}
+  for field, text in extra_flags.items():
+    if any(field in o for o in overrides):
+      raise SweepError(f'{path}: field {field!r} is swept and also set in the command line')
+    try:
+      values[field] = config_files.parse_override(base, field, text)
+    except errors.UsageError as e:
+      raise SweepError(f'{path}: {e}') from e
+  return values
+
+
+def load_sweep(path: str, extra_flags: Optional[Mapping[str, str]] = None) -> Sweep:
+  """Reads and expands a sweep file; every field is checked against the base config.
+
+  extra_flags: {field: text} from the command line, applied to every run after the sweep's `fixed`.
+  Raises SweepError naming the sweep file and the offending field.
+  """
+  path = os.path.abspath(path)
+  spec = _read_spec(path)
+  base_path = os.path.normpath(os.path.join(os.path.dirname(path), spec['base_config']))
+  try:
+    base = config_files.load_config(base_path, what='base config')
+  except errors.DataError as e:
+    raise SweepError(f'{path}: {e}') from e
+  overrides = _expand(path, spec)
+  fixed = flatten(spec.get('fixed') or {})
+  swept = list(dict.fromkeys(f for o in overrides for f in o))
+  _check_fields(path, base_path, base, list(fixed), 'fixed')
+  _check_fields(path, base_path, base, swept, 'grid' if spec.get('grid') is not None else 'runs')
+  for field in swept:
+    if field in fixed:
+      raise SweepError(f'{path}: field {field!r} is swept and also set in fixed')
+  extra = _command_line_values(path, base_path, base, extra_flags or {}, overrides)
+
+  rule = spec.get('lr_scaling')
+  # With a scaling rule the swept rate is the rate at base_batch_size, not the one the run uses.
+  names = run_names(overrides, {LR_FIELD: 'base_lr'} if rule is not None else None)
+  runs = []
+  for i, (name, o) in enumerate(zip(names, overrides)):
+    flags = {**fixed, **extra, **o}
+    try:
+      config = config_files.apply_overrides(copy.deepcopy(base), flags)
+    except errors.UsageError as e:
+      raise SweepError(f'{path}: run {name}: {e}') from e
+    if rule is not None:
+      # The swept (or base) learning rate is the one at base_batch_size.
+      flags[LR_FIELD] = scaled_learning_rate(config[LR_FIELD], config[BATCH_FIELD],
+                                             spec['base_batch_size'], rule)
+    runs.append(Run(index=i, name=name, overrides=dict(o), flags=flags))
+  return Sweep(path=path, base_config=base_path, fields=swept, runs=runs)
