@@ -117,6 +117,30 @@ def test_run_names_are_readable_and_unique():
   assert sweep_lib.run_names([{}]) == ['base']
 
 
+def test_command_line_fields_reach_the_runs_that_do_not_set_them(tmp_path):
+  # A run's own value wins over the command line's, which wins over `fixed` (mixed sweeps need it).
+  path = _sweep_file(tmp_path, f"""
+      def get_sweep():
+        return dict(base_config={TINY!r}, fixed={{'train.num_steps': 3, 'dataset.data_dir': 'a'}},
+                    runs=[{{'dataset.name': 'digits/1', 'dataset.manual_dir': ''}},
+                          {{'dataset.name': 'digits/2'}}])
+      """)
+  plain = sweep_lib.load_sweep(path)
+  sweep = sweep_lib.load_sweep(path, {'dataset.manual_dir': '/data/tile',
+                                      'dataset.data_dir': 'b', 'train.num_steps': '7'})
+  assert [r.name for r in sweep.runs] == [r.name for r in plain.runs] == [
+      'name=digits_1,manual_dir=', 'name=digits_2']
+  # The number typed like the field; manual_dir only where the run does not set it.
+  assert [r.flags for r in sweep.runs] == [
+      {'train.num_steps': 7, 'dataset.data_dir': 'b', 'dataset.manual_dir': m,
+       'dataset.name': f'digits/{d}'} for m, d in (('', 1), ('/data/tile', 2))]
+  # Set by every run, the command line's value would do nothing: an error.
+  with pytest.raises(sweep_lib.SweepError, match="'dataset.name' is swept and also set in the c"):
+    sweep_lib.load_sweep(path, {'dataset.name': 'digits/3'})
+  with pytest.raises(sweep_lib.SweepError, match=r"flag --config\.train\.num_steps=many"):
+    sweep_lib.load_sweep(path, {'train.num_steps': 'many'})
+
+
 # --------------------------------------------------------------------------------------------------
 # Running (with a fake main) and restarting.
 

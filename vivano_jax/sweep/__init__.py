@@ -26,7 +26,9 @@ unfinished run resumes from its last checkpoint).
 
 `run` also writes ROOT/sweep.json (the plan), and per run ROOT/<name>/sweep_run.json (its flags)
 and ROOT/<name>/sweep_run.log (its output). Extra `--config.<field>=<value>` flags go to every run
-(a data_dir that differs per machine, say). `--launcher` replaces `python -m vivano_jax.main`, e.g.
+that does not set the field itself (a data_dir that differs per machine, say, or the Magnetic Tile
+folder, which the textures runs of a mixed sweep set empty); a run's own values win over them, and
+they over the sweep's `fixed`. `--launcher` replaces `python -m vivano_jax.main`, e.g.
 `--launcher='srun launch/multihost.sh'` inside a multi-node allocation. `gather` writes
 ROOT/results.csv and ROOT/results.md: one row per run with the swept fields as the runs used them
 (the scaled learning rate, not the base one), image AUROC, pixel AUROC, AU-PRO and train/score

@@ -190,11 +190,16 @@ def _check_fields(path: str, base_path: str, base: ml_collections.ConfigDict,
 def _command_line_values(path: str, base_path: str, base: ml_collections.ConfigDict,
                          extra_flags: Mapping[str, str], overrides: Sequence[Mapping[str, Any]]
                          ) -> dict[str, Any]:
-  """The command line's {field: text}, typed as main will read them; a swept field is an error."""
+  """The command line's {field: text}, typed as main will read them.
+
+  A field that some runs set themselves keeps their value there (textures runs set an empty
+  dataset.manual_dir, so a Magnetic Tile folder given on the command line reaches only the runs
+  that read it); one that every run sets would do nothing, which is an error.
+  """
   _check_fields(path, base_path, base, list(extra_flags), 'the command line')
   values = {}
   for field, text in extra_flags.items():
-    if any(field in o for o in overrides):
+    if overrides and all(field in o for o in overrides):
       raise SweepError(f'{path}: field {field!r} is swept and also set in the command line')
     try:
       values[field] = config_files.parse_override(base, field, text)
@@ -206,8 +211,9 @@ def _command_line_values(path: str, base_path: str, base: ml_collections.ConfigD
 def load_sweep(path: str, extra_flags: Optional[Mapping[str, str]] = None) -> Sweep:
   """Reads and expands a sweep file; every field is checked against the base config.
 
-  extra_flags: {field: text} from the command line, applied to every run after the sweep's `fixed`.
-  Raises SweepError naming the sweep file and the offending field.
+  extra_flags: {field: text} from the command line, for every run that does not set the field
+  itself; they override the sweep's `fixed`. Raises SweepError naming the sweep file and the
+  offending field.
   """
   path = os.path.abspath(path)
   spec = _read_spec(path)
