@@ -15,8 +15,8 @@ Differs from `configs/cifar10_paper.py` (the paper's recipe), to fit 2 CPU cores
   * same image score as the paper variant: reconstruction error (Section 4.4).
 Augmentation: horizontal flips only, as in the paper variant.
 
-Data: `dataset.manual_dir` empty = the tfds catalog `cifar10`;
-for the local copies next to the repository pass `--config.dataset.manual_dir=../shared/data/cifar10`.
+Data: `dataset.manual_dir` empty = the tfds catalog `cifar10`; for the local copies next to the
+repository pass `--config.dataset.manual_dir=../shared/data/cifar10`.
 """
 
 from vivano_jax import config_defaults

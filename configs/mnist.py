@@ -1,4 +1,5 @@
-"""MNIST one-class (paper Section 4.2, Table 1), reduced for a 2-core CPU (about 1-2 minutes a digit).
+"""MNIST one-class (paper Section 4.2, Table 1), reduced for a 2-core CPU (about 1-2 minutes a
+digit).
 
 Select the normal digit with the config argument: `--config=configs/mnist.py:3` (default 0). Trained
 on that digit's training images; tested on all 10,000 test digits, the other 9 digits anomalous.
@@ -13,8 +14,9 @@ Differs from `configs/mnist_paper.py` (the paper's recipe), to fit 2 CPU cores:
   * same image score as the paper variant: reconstruction error (Section 4.4).
 No augmentation (a flipped or rotated digit can be another digit).
 
-Data: `dataset.manual_dir` empty = the tfds catalog `mnist`;
-for the local copies next to the repository pass `--config.dataset.manual_dir=../shared/data/mnist` (whose training images are an approximate copy).
+Data: `dataset.manual_dir` empty = the tfds catalog `mnist`; for the local copies next to the
+repository pass `--config.dataset.manual_dir=../shared/data/mnist` (whose training images are an
+approximate copy).
 """
 
 from vivano_jax import config_defaults

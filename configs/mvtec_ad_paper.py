@@ -1,6 +1,7 @@
-"""MVTec AD, one category, with the paper's recipe (Section 4.1, Tables 3 and 4): 512 px, 3 channels,
-patch 64, ViT width 512, depth 6, 8 heads, MLP 1024, batch 16, learning rate 1e-5, 200 epochs;
-scores by the mixture NLL (image: maximum patch NLL; pixels: the NLL map upsampled, Section 4.3).
+"""MVTec AD, one category, with the paper's recipe (Section 4.1, Tables 3 and 4): 512 px, 3
+channels, patch 64, ViT width 512, depth 6, 8 heads, MLP 1024, batch 16, learning rate 1e-5, 200
+epochs; scores by the mixture NLL (image: maximum patch NLL; pixels: the NLL map upsampled,
+Section 4.3).
 
 Select the category with the config argument: `--config=configs/mvtec_ad_paper.py:bottle` (default
 'bottle'); pass `--config.dataset.manual_dir=/path/to/mvtec_anomaly_detection`. No augmentation,

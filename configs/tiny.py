@@ -1,5 +1,5 @@
-"""A tiny configuration for smoke tests and quick checks: digits one-class (digit 0), 32 px, patch 8,
-one transformer block. Trains in seconds; the numbers it gives mean nothing."""
+"""A tiny configuration for smoke tests and quick checks: digits one-class (digit 0), 32 px, patch
+8, one transformer block. Trains in seconds; the numbers it gives mean nothing."""
 
 from vivano_jax import config_defaults
 

@@ -164,6 +164,14 @@ def test_load_config_matches_config_flags(name, arg):
   assert spelled.to_dict() == expected
 
 
+def test_cifar10_paper_is_mnist_paper_with_the_class():
+  # Built on configs/mnist_paper.py (loaded by its path, whatever the working directory).
+  cifar, mnist = load('cifar10_paper', 'cat').to_dict(), load('mnist_paper').to_dict()
+  assert cifar['dataset'].pop('name') == 'cifar10_one_class/cat'
+  assert mnist['dataset'].pop('name') == 'mnist_one_class/0'
+  assert cifar == mnist
+
+
 def test_load_config_errors(tmp_path):
   with pytest.raises(errors.DataError, match=r'config file .*nope\.py does not exist'):
     config_files.load_config(str(tmp_path / 'nope.py'))
