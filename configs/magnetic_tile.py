@@ -1,9 +1,11 @@
 """Magnetic Tile Surface Defects, reduced for a 2-core CPU (about 3-4 minutes a run).
 
-Data: `dataset.name='folder'` at `dataset.manual_dir` (default ../shared/data/magnetic_tile; MVTec
-layout: 761 good train images, 191 good + 392 defective test images of 5 defect types with masks).
-The config argument is unused (one category); it is accepted so that `configs/magnetic_tile.py:x`
-works like the other dataset configs.
+Data: `dataset.name='folder'`; pass the folder with
+`--config.dataset.manual_dir=<folder in MVTec layout>` (train/good, test/<defect>,
+ground_truth/<defect>: 761 good train images, 191 good + 392 defective test images of 5 defect
+types with masks; the copy next to the repository is ../shared/data/magnetic_tile). The config
+argument is unused (one category); it is accepted so that `configs/magnetic_tile.py:x` works like
+the other dataset configs.
 
 Differs from `configs/magnetic_tile_paper.py` (the paper's Section 4.1 recipe), to fit 2 CPU cores:
   * 128 px instead of 512, 1 channel (the photos are grayscale) instead of 3;
@@ -21,14 +23,11 @@ preferred orientation.
 
 from vivano_jax import config_defaults
 
-MANUAL_DIR = '../shared/data/magnetic_tile'
-
 
 def get_config(arg=None):
   del arg  # One category.
   config = config_defaults.small_128px_config()
-  config.dataset.name = 'folder'
-  config.dataset.manual_dir = MANUAL_DIR
+  config.dataset.name = 'folder'  # dataset.manual_dir stays '': the folder is the user's to give.
   config.dataset.channels = 1
   config.export.at_end = False  # Metrics only; `main --mode=export` writes maps on demand.
   return config

@@ -13,8 +13,12 @@ before running it (main then skips training and evaluates):
 
   mkdir -p "ROOT/image=nll_max,pixel=nll,seed=0" && cp -r ROOT/seed=0/checkpoints "$_"
 
+The Magnetic Tile folder (MVTec layout) is the user's to give, here the copy next to the
+repository. `sweeps/ablations_brick.py` runs the same list on textures/brick.
+
   nice -n 5 python -m vivano_jax.sweep run --sweep=sweeps/ablations_magnetic_tile.py \\
-      --root=runs/ablations_magnetic_tile --config.dataset.data_dir=/tmp/tfds
+      --root=runs/ablations_magnetic_tile --config.dataset.data_dir=/tmp/tfds \\
+      --config.dataset.manual_dir=../shared/data/magnetic_tile
   python -m vivano_jax.sweep gather --root=runs/ablations_magnetic_tile --over=seed
 """
 

@@ -9,10 +9,13 @@ recipe does: to only rescore, copy the recipe run's checkpoints/ into the row's 
 the sweep reaches it (main then skips training and evaluates).
 
 Runs are listed seed first, then brick, then Magnetic Tile, so a partial sweep gives every row at
-one seed before any at two. Two runs at a time fit a 2-core machine.
+one seed before any at two. Two runs at a time fit a 2-core machine. The Magnetic Tile folder
+(MVTec layout) is the user's to give, here the copy next to the repository; it reaches only the
+Magnetic Tile runs (the textures runs set dataset.manual_dir empty themselves).
 
   nice -n 5 python -m vivano_jax.sweep run --sweep=sweeps/ablations_nll.py \\
-      --root=runs/ablations_nll --config.dataset.data_dir=/tmp/tfds
+      --root=runs/ablations_nll --config.dataset.data_dir=/tmp/tfds \\
+      --config.dataset.manual_dir=../shared/data/magnetic_tile
   python -m vivano_jax.sweep gather --root=runs/ablations_nll --over=seed
 """
 

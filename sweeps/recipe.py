@@ -12,10 +12,12 @@ three embedded textures, at seeds 0, 1 and 2.
              scores (Magnetic Tile only).
 
 Runs are listed seed 0 first, Magnetic Tile first, so a partial sweep still gives every dataset at
-one seed. Two runs at a time fit a 2-core machine (`--print_commands | xargs -P 2`).
+one seed. Two runs at a time fit a 2-core machine (`--print_commands | xargs -P 2`). The Magnetic
+Tile folder (MVTec layout) is the user's to give, here the copy next to the repository; the textures
+runs set dataset.manual_dir empty themselves, so the folder reaches only the Magnetic Tile runs.
 
   nice -n 5 python -m vivano_jax.sweep run --sweep=sweeps/recipe.py --root=runs/recipe \\
-      --config.dataset.data_dir=/tmp/tfds
+      --config.dataset.data_dir=/tmp/tfds --config.dataset.manual_dir=../shared/data/magnetic_tile
   python -m vivano_jax.sweep gather --root=runs/recipe --over=seed
 """
 

@@ -2,7 +2,10 @@
 intended dataset and class, has the intended sizes, and the *_paper.py variants have the paper's
 Section 4.1 numbers. The reduced variants build a model whose reconstruction matches the input
 (shapes only: jax.eval_shape, no training). config_files reads configs and overrides as
-config_flags (main's `--config=` flag) does, checked against it and against hand-written configs."""
+config_flags (main's `--config=` flag) does, checked against it and against hand-written configs.
+The sweeps in sweeps/ expand, the data folders given on the command line reaching the right runs."""
+
+import os
 
 from absl import flags
 import jax
@@ -14,6 +17,7 @@ import pytest
 from vivano_jax import config_files
 from vivano_jax import errors
 from vivano_jax import model as model_lib
+from vivano_jax import sweep
 from tests.conftest import REPO, load_config
 
 DATASET_CONFIGS = ('magnetic_tile', 'mnist', 'cifar10', 'mvtec_ad')
@@ -73,7 +77,7 @@ def test_loads_with_default_argument(name):
 def test_magnetic_tile(name):
   config = load(name, 'ignored')
   assert config.dataset.name == 'folder'
-  assert config.dataset.manual_dir.endswith('magnetic_tile')
+  assert config.dataset.manual_dir == ''  # The user's to give: no path of this machine in a config.
 
 
 @pytest.mark.parametrize('variant', ['', '_paper'])
@@ -234,3 +238,37 @@ def test_apply_overrides_errors_name_the_field(overrides, error, match):
   with pytest.raises(error, match=match):
     config_files.apply_overrides(config, overrides)
   assert config.to_dict() == _hand_written().to_dict()  # Nothing set by a refused override.
+
+
+def test_configs_name_no_local_data_folder():
+  # Paths of one machine (../shared/data) come from the command line, not from a config.
+  for name in os.listdir(REPO / 'configs'):
+    if name.endswith('.py'):
+      config = load(name[:-3])
+      assert 'shared' not in config.dataset.manual_dir and 'shared' not in config.dataset.data_dir
+
+
+# --------------------------------------------------------------------------------------------------
+# The sweeps in sweeps/, built on these configs.
+
+SWEEPS = REPO / 'sweeps'
+
+
+def test_repository_sweeps_expand_with_the_data_folders_given():
+  folder = {'dataset.manual_dir': '/data/magnetic_tile'}
+  recipe = sweep.load_sweep(str(SWEEPS / 'recipe.py'), folder)
+  assert len(recipe.runs) == 27
+  flags = {r.name: r.flags['dataset.manual_dir'] for r in recipe.runs}
+  assert flags['name=folder,seed=0,synthetic_anomalies=0.5'] == '/data/magnetic_tile'
+  assert flags['name=textures_brick,manual_dir=,seed=0,synthetic_anomalies=0.5'] == ''
+  nll = sweep.load_sweep(str(SWEEPS / 'ablations_nll.py'), folder)
+  assert {r.flags['dataset.manual_dir'] for r in nll.runs if r.flags['dataset.name'] == 'folder'
+          } == {'/data/magnetic_tile'} and len(nll.runs) == 48
+  # The brick ablations are the Magnetic Tile ones on textures/brick.
+  tile = sweep.load_sweep(str(SWEEPS / 'ablations_magnetic_tile.py'), folder)
+  brick = sweep.load_sweep(str(SWEEPS / 'ablations_brick.py'))
+  assert [r.overrides for r in brick.runs] == [r.overrides for r in tile.runs]
+  assert [r.name for r in brick.runs][:2] == ['seed=0', 'encoder=cnn,variational=False,seed=0']
+  assert all(r.flags['dataset.name'] == 'textures/brick' for r in brick.runs)
+  for name in ('cifar10', 'digits', 'example', 'mnist', 'textures'):
+    assert sweep.load_sweep(str(SWEEPS / f'{name}.py')).runs
