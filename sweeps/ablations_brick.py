@@ -1,49 +1,23 @@
 """Ablations on textures/brick with the reduced Magnetic Tile model (configs/magnetic_tile.py:
-128 px, patch 16, width 128, depth 3, 600 steps), each at seeds 0, 1 and 2.
-
-The reference run (ViT, VAE, K = 10, position-conditioned, recon scores) is configs/magnetic_tile.py
-with the dataset switched: the runs named 'seed=S'. Architecture runs (encoder, VAE vs AE, the
-l2-CAE baseline = CNN encoder + deterministic AE + reconstruction scores) score by the
-reconstruction error; mixture runs (K, condition) score by the paper's NLL (image: max patch NLL,
-pixels: NLL map), since with density.stop_gradient=True the head's gradients reach the autoencoder
-only through the shared global-norm gradient clip (which Adam's per-parameter scaling nearly
-cancels).
-
-Runs that differ from the reference only in score.* (NLL, combined, smoothing off) train exactly
-as the reference does; to only rescore, copy the reference's checkpoints/ into the run's workdir
-before running it (main then skips training and evaluates):
-
-  mkdir -p "ROOT/image=nll_max,pixel=nll,seed=0" && cp -r ROOT/seed=0/checkpoints "$_"
+128 px, patch 16, width 128, depth 3, 600 steps), each at seeds 0, 1 and 2: the runs of
+`sweeps/ablations_magnetic_tile.py` with the dataset switched (its docstring says what each run is,
+and how to only rescore the runs that differ from the reference in score.* alone). The reference
+runs are those named 'seed=S'. The embedded textures need no folder.
 
   nice -n 5 python -m vivano_jax.sweep run --sweep=sweeps/ablations_brick.py \\
       --root=runs/ablations_brick --config.dataset.data_dir=/tmp/tfds
   python -m vivano_jax.sweep gather --root=runs/ablations_brick --over=seed
 """
 
-NLL = {'score.image': 'nll_max', 'score.pixel': 'nll'}
-SEEDS = (0, 1, 2)
+import os
+
+from vivano_jax import config_files
 
 
 def get_sweep():
-  runs = [  # In order of importance within a seed.
-      {},  # Reference.
-      {'model.encoder': 'cnn', 'model.variational': False},  # l2-CAE.
-      {'model.encoder': 'cnn'},
-      {'model.variational': False},
-      dict(NLL),  # Reference with the paper's scores.
-      dict(NLL, **{'density.num_components': 1}),
-      dict(NLL, **{'density.condition': 'none'}),
-      dict(NLL, **{'density.num_components': 32}),
-      dict(NLL, **{'density.condition': 'self'}),
-      dict(NLL, **{'density.condition': 'class_token'}),
-      dict(NLL, **{'density.num_components': 4}),
-      dict(NLL, **{'density.num_components': 150}),
-      # Scores only (same training as the reference): see the docstring.
-      {'score.image': 'combined', 'score.pixel': 'combined'},
-      {'score.smoothing_sigma': 0.0},
-      dict(NLL, **{'score.smoothing_sigma': 0.0}),
-  ]
-  # Seed 0 first, then 1, 2: run index = seed position * len(runs) + position in the list.
-  runs = [dict(r, seed=seed) for seed in SEEDS for r in runs]
-  return {'base_config': '../configs/magnetic_tile.py', 'runs': runs,
-          'fixed': {'dataset.name': 'textures/brick', 'dataset.manual_dir': ''}}
+  magnetic_tile = config_files.load_function(
+      os.path.join(os.path.dirname(__file__), 'ablations_magnetic_tile.py'), 'get_sweep',
+      'sweep file')
+  # An empty folder, written out, keeps the runs' flags (and so their restart records) as they were.
+  return dict(magnetic_tile(),
+              fixed={'dataset.name': 'textures/brick', 'dataset.manual_dir': ''})

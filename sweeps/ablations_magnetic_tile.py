@@ -22,7 +22,7 @@ repository. `sweeps/ablations_brick.py` runs the same list on textures/brick.
   python -m vivano_jax.sweep gather --root=runs/ablations_magnetic_tile --over=seed
 """
 
-NLL = {'score.image': 'nll_max', 'score.pixel': 'nll'}
+NLL = {'score.image': 'nll_max', 'score.pixel': 'nll'}  # The paper's scores.
 SEEDS = (0, 1, 2)
 
 

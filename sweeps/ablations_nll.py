@@ -11,13 +11,17 @@ the sweep reaches it (main then skips training and evaluates).
 Runs are listed seed first, then brick, then Magnetic Tile, so a partial sweep gives every row at
 one seed before any at two. Two runs at a time fit a 2-core machine. The Magnetic Tile folder
 (MVTec layout) is the user's to give, here the copy next to the repository; it reaches only the
-Magnetic Tile runs (the textures runs set dataset.manual_dir empty themselves).
+Magnetic Tile runs (`dataset_fields` in sweeps/recipe.py).
 
   nice -n 5 python -m vivano_jax.sweep run --sweep=sweeps/ablations_nll.py \\
       --root=runs/ablations_nll --config.dataset.data_dir=/tmp/tfds \\
       --config.dataset.manual_dir=../shared/data/magnetic_tile
   python -m vivano_jax.sweep gather --root=runs/ablations_nll --over=seed
 """
+
+import os
+
+from vivano_jax import config_files
 
 SEEDS = (0, 1, 2)
 DATASETS = ('textures/brick', 'folder')
@@ -35,11 +39,8 @@ ROWS = (
 
 
 def get_sweep():
-  runs = []
-  for seed in SEEDS:
-    for name in DATASETS:
-      data = {'dataset.name': name}
-      if name != 'folder':
-        data['dataset.manual_dir'] = ''
-      runs.extend(dict(data, seed=seed, **NLL, **row) for row in ROWS)
+  dataset_fields = config_files.load_function(
+      os.path.join(os.path.dirname(__file__), 'recipe.py'), 'dataset_fields', 'sweep file')
+  runs = [dict(dataset_fields(name), seed=seed, **NLL, **row)
+          for seed in SEEDS for name in DATASETS for row in ROWS]
   return {'base_config': '../configs/magnetic_tile.py', 'runs': runs}

@@ -29,15 +29,19 @@ RECON = {'score.image': 'recon', 'score.pixel': 'recon', 'score.normalize': 'glo
 L2_CAE = dict(RECIPE, **RECON, **{'model.encoder': 'cnn', 'model.variational': False})
 
 
+def dataset_fields(name: str) -> dict[str, str]:
+  """A run's dataset fields: an embedded texture also gets an empty dataset.manual_dir, so that
+  the Magnetic Tile folder given on the command line stays with the 'folder' runs (a run's own
+  values win over the command line's)."""
+  return {'dataset.name': name} | ({} if name == 'folder' else {'dataset.manual_dir': ''})
+
+
 def get_sweep():
   runs = []
   for seed in SEEDS:
     for name in DATASETS:
-      data = {'dataset.name': name}
-      if name != 'folder':
-        data['dataset.manual_dir'] = ''
-      runs.append(dict(data, seed=seed, **SYNTHETIC))
-      runs.append(dict(data, seed=seed, **RECIPE))
+      data = dict(dataset_fields(name), seed=seed)
+      runs += [dict(data, **SYNTHETIC), dict(data, **RECIPE)]
       if name == 'folder':
-        runs.append(dict(data, seed=seed, **L2_CAE))
+        runs.append(dict(data, **L2_CAE))
   return {'base_config': '../configs/magnetic_tile.py', 'runs': runs}
