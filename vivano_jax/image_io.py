@@ -1,6 +1,8 @@
 """Image-file rules shared by the dataset builders and the offline evaluator.
 
-numpy and PIL only (no TensorFlow, no JAX), so `python -m vivano_jax.evaluate` can use it.
+numpy and PIL only (no TensorFlow, no JAX), so `python -m vivano_jax.evaluate` can use it. The
+builders (datasets/image_files.py) and the evaluator read masks with the same `read_mask`, so a
+mask means the same pixels when a dataset is built and when an export is scored.
 """
 
 import os
@@ -29,8 +31,24 @@ def mask_values(image: Image.Image) -> np.ndarray:
   return values > 0
 
 
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+  """Decodes a mask file to bool [H, W]: True where any non-alpha channel is > 0.
+
+  Raises what PIL raises for a missing, corrupt or truncated file (OSError, SyntaxError, ...);
+  callers turn that into their own one-line message.
+  """
+  with Image.open(path) as image:
+    image.load()  # Open only parses the header; load() decodes and catches truncated data.
+    return mask_values(image)
+
+
 def format_problems(problems: Sequence[str], where: str | os.PathLike) -> str:
-  """One message listing '<path>: <what is wrong>' lines (the first MAX_LISTED_PROBLEMS of them)."""
+  """One message listing '<path>: <what is wrong>' lines (the first MAX_LISTED_PROBLEMS of them).
+
+  A single problem is returned as is: it already names its file, and one line reads best.
+  """
+  if len(problems) == 1:
+    return problems[0]
   shown = [f'  - {p}' for p in problems[:MAX_LISTED_PROBLEMS]]
   if len(problems) > MAX_LISTED_PROBLEMS:
     shown.append(f'  ... and {len(problems) - MAX_LISTED_PROBLEMS} more')
