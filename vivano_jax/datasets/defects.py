@@ -102,6 +102,19 @@ def _walk(rng: np.random.Generator, length: float, step: float, turn_std: float,
   return np.concatenate([np.zeros((1, 2)), np.cumsum(deltas, axis=0)], axis=0)
 
 
+def _line_footprint(shape: tuple[int, int], rng: np.random.Generator, widths: tuple[int, int],
+                    lengths: tuple[float, float], step: float, turn_std: float,
+                    jitter_std: float) -> np.ndarray:
+  """Bool [H, W] footprint of a random-walk line (see `_walk`) placed inside the tile.
+
+  Its width in px is drawn from `widths` and its length from `lengths` (both inclusive ranges).
+  """
+  width = int(rng.integers(widths[0], widths[1] + 1))
+  points = _walk(rng, rng.uniform(*lengths), step, turn_std, jitter_std)
+  points = _place(points, shape, margin=width // 2 + 1, rng=rng)
+  return _polyline_footprint(points, width, shape)
+
+
 def _as_mask(footprint: np.ndarray) -> np.ndarray:
   return footprint.astype(np.uint8)
 
@@ -109,10 +122,8 @@ def _as_mask(footprint: np.ndarray) -> np.ndarray:
 def scratch(tile: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """Thin bright or dark curved polyline, 2-4 px wide, 20-60 px long. Returns (tile, mask)."""
   _check_tile(tile)
-  width = int(rng.integers(2, 5))
-  points = _walk(rng, rng.uniform(20, 60), step=6.0, turn_std=0.15, jitter_std=0.0)
-  points = _place(points, tile.shape, margin=width // 2 + 1, rng=rng)
-  footprint = _polyline_footprint(points, width, tile.shape)
+  footprint = _line_footprint(tile.shape, rng, widths=(2, 4), lengths=(20, 60), step=6.0,
+                              turn_std=0.15, jitter_std=0.0)
   level = _contrast_level(tile, footprint, rng, delta=rng.uniform(100, 130))
   return _fill(tile, footprint, level, noise_std=4.0, rng=rng), _as_mask(footprint)
 
@@ -159,10 +170,8 @@ def stain(tile: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
 def crack(tile: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """Dark jagged random-walk line, 1-3 px wide, 30-80 px long. Returns (tile, mask) [H, W]."""
   _check_tile(tile)
-  width = int(rng.integers(1, 4))
-  points = _walk(rng, rng.uniform(30, 80), step=3.0, turn_std=0.12, jitter_std=0.6)
-  points = _place(points, tile.shape, margin=width // 2 + 1, rng=rng)
-  footprint = _polyline_footprint(points, width, tile.shape)
+  footprint = _line_footprint(tile.shape, rng, widths=(1, 3), lengths=(30, 80), step=3.0,
+                              turn_std=0.12, jitter_std=0.6)
   return _fill(tile, footprint, rng.uniform(0, 25), noise_std=4.0, rng=rng), _as_mask(footprint)
 
 
