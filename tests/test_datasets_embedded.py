@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import sklearn.datasets  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from vivano_jax import errors  # noqa: E402
 from vivano_jax.datasets import defects  # noqa: E402
 from vivano_jax.datasets import digits  # noqa: E402
 from vivano_jax.datasets import textures  # noqa: E402
@@ -209,5 +210,25 @@ def test_digits_split_is_seeded_per_config():
     (digits, 'textures/brick', 'digits/9'),
 ])
 def test_make_builder_rejects_bad_name(module, bad, valid, tmp_path):
-  with pytest.raises(ValueError, match=valid):
+  with pytest.raises(errors.UsageError, match=valid):
     _prepare(module, bad, tmp_path)
+
+
+@pytest.mark.parametrize('module, name', [(textures, 'textures/grass'), (digits, 'digits/5')])
+def test_failure_during_writing_leaves_no_dataset(module, name, tmp_path, monkeypatch):
+  builder_cls = textures.Textures if module is textures else digits.Digits
+  generate = builder_cls.generate_split
+
+  def failing(config_name, split, seed):  # Ctrl-C or a full disk halfway through a split.
+    for i, example in enumerate(generate(config_name, split, seed)):
+      if i == 20:
+        raise OSError('No space left on device')
+      yield example
+
+  with monkeypatch.context() as m:
+    m.setattr(builder_cls, 'generate_split', staticmethod(failing))
+    with pytest.raises(OSError, match='No space left'):
+      _prepare(module, name, tmp_path)
+  assert not list(tmp_path.rglob('dataset_info.json')) and not list(tmp_path.rglob('incomplete.*'))
+  builder = _prepare(module, name, tmp_path)  # A fresh, complete build.
+  assert builder.is_prepared() and builder.info.splits['train'].num_examples > 20

@@ -19,11 +19,15 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from vivano_jax import datasets  # noqa: E402
+from vivano_jax import errors  # noqa: E402
+from vivano_jax import image_io  # noqa: E402
 from vivano_jax.datasets import folder  # noqa: E402
 from vivano_jax.datasets import image_files  # noqa: E402
 from vivano_jax.datasets import mvtec_ad  # noqa: E402
+from vivano_jax.datasets import mvtec_layout  # noqa: E402
 from vivano_jax.datasets import one_class  # noqa: E402
-from vivano_jax.datasets.image_files import DatasetError  # noqa: E402
+from vivano_jax.datasets import one_class_sources  # noqa: E402
 
 tf.config.set_visible_devices([], 'GPU')
 
@@ -154,7 +158,7 @@ def test_folder_cache_key_follows_the_files(tmp_path, monkeypatch):
   first = folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
   # Unchanged folder: loaded from the cache, nothing is decoded.
   with monkeypatch.context() as m:
-    m.setattr(image_files, 'validate_images', lambda *a: pytest.fail('decoded a cached folder'))
+    m.setattr(mvtec_layout, 'validate_images', lambda *a: pytest.fail('decoded a cached folder'))
     cached = folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
     assert cached.builder_config.name == first.builder_config.name
   # A new file: same path hash, new content hash, a fresh build that includes it.
@@ -223,33 +227,94 @@ def test_folder_bad_input(tmp_path, damage):
   named = damage(root)
   manual_dir = named if damage is _missing_root else root
   data_dir = tmp_path / 'data'
-  with pytest.raises(DatasetError, match=re.escape(str(named))):
+  with pytest.raises(errors.DataError, match=re.escape(str(named))):
     folder.make_builder(make_cfg('folder', manual_dir), data_dir=data_dir)
   assert leftovers(data_dir) == []
 
 
-def test_folder_requires_a_root(tmp_path):
-  with pytest.raises(DatasetError, match='manual_dir'):
-    folder.make_builder(make_cfg('folder', None), data_dir=tmp_path)
+def test_broken_symlinks_are_one_error_naming_the_file(tmp_path):
+  root = write_layout(tmp_path / 'parts')
+  dangling = root / 'train' / 'good' / '007.png'
+  dangling.symlink_to(root / 'train' / 'good' / 'gone.png')
+  data_dir = tmp_path / 'data'
+  with pytest.raises(errors.DataError, match=re.escape(f'{dangling}: broken symlink')):
+    folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
+  dangling.unlink()
+  loop = root / 'test' / 'crack' / '009.png'
+  loop.symlink_to(loop)
+  with pytest.raises(errors.DataError, match=re.escape(f'{loop}: broken symlink')):
+    folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
+  loop.unlink()
+  # A looping class folder, and a looping dataset root.
+  (root / 'test' / 'dent').symlink_to(root / 'test' / 'dent')
+  with pytest.raises(errors.DataError, match=re.escape(f'{root / "test" / "dent"}: broken')):
+    folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
+  (root / 'test' / 'dent').unlink()
+  (tmp_path / 'loop').symlink_to(tmp_path / 'loop')
+  with pytest.raises(errors.DataError, match='dataset.manual_dir'):
+    folder.make_builder(make_cfg('folder', tmp_path / 'loop'), data_dir=data_dir)
+  assert leftovers(data_dir) == []
+  # A symlink to a real file is read like the file.
+  (root / 'train' / 'good' / '007.png').symlink_to(root / 'train' / 'good' / '000.png')
+  builder = folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
+  train = {e['filename']: e['image'] for e in load_split(builder, 'train')}
+  np.testing.assert_array_equal(train['train/good/007.png'], train['train/good/000.png'])
+
+
+@pytest.mark.parametrize('name, manual_dir, layout', [
+    ('folder', None, 'train/good/'),
+    ('folder', '', 'train/good/'),
+    ('folder', 'missing', 'train/good/'),
+    ('mvtec_ad/bottle', None, '<category>/train/good/'),
+    ('mvtec_ad/bottle', 'missing', 'mvtec.com'),
+    ('mnist_one_class/3', 'missing', 't10k-images-idx3-ubyte.gz'),
+    ('cifar10_one_class/cat', 'missing', 'test/<class>/*.jpg'),
+])
+def test_manual_dir_empty_or_missing_is_one_line(tmp_path, name, manual_dir, layout):
+  if manual_dir == 'missing':
+    manual_dir = tmp_path / 'no_such_folder'
+  cfg = make_cfg(name, manual_dir, data_dir=str(tmp_path / 'data'))
+  error = errors.DataError if manual_dir else errors.UsageError  # Missing files; unset field.
+  with pytest.raises(error) as info:
+    datasets.get_builder(cfg)
+  message = str(info.value)
+  assert type(info.value) is error and '\n' not in message
+  assert 'dataset.manual_dir' in message and repr(name) in message and layout in message
+  if manual_dir:
+    assert str(manual_dir) in message
+  assert leftovers(tmp_path / 'data') == []
+
+
+@pytest.mark.parametrize('name, valid', [
+    ('mvtec', 'known builders: cifar10_one_class, digits, folder'),
+    ('folder/parts', "unknown dataset.name='folder/parts'; valid names: folder"),
+    ('mvtec_ad/zip', 'mvtec_ad/zipper'),
+    ('mnist_one_class/10', 'valid: 0, 1, 2'),
+    ('cifar10_one_class/cats', 'airplane, automobile'),
+])
+def test_unknown_dataset_name_is_a_usage_error(tmp_path, name, valid):
+  with pytest.raises(errors.UsageError, match=re.escape(valid)) as info:
+    datasets.get_builder(make_cfg(name, tmp_path, data_dir=str(tmp_path / 'data')))
+  assert '\n' not in str(info.value)
 
 
 def test_failure_during_writing_leaves_no_dataset(tmp_path, monkeypatch):
   root = write_layout(tmp_path / 'parts', test={'good': 2, 'crack': 4})
   data_dir = tmp_path / 'data'
   calls = []
-  read_mask = image_files.read_mask
+  read_mask = image_io.read_mask
 
   def failing_read_mask(path):  # The disk goes away after validation, halfway through writing.
     calls.append(path)
-    if len(calls) > 2:
+    if len(calls) > 4 + 2:  # Validation decodes the 4 masks, then writing reads 2 of them.
       raise OSError(f'{path}: device not ready')
     return read_mask(path)
 
   with monkeypatch.context() as m:
-    m.setattr(image_files, 'read_mask', failing_read_mask)
+    m.setattr(image_io, 'read_mask', failing_read_mask)
     with pytest.raises(OSError, match='device not ready'):
       folder.make_builder(make_cfg('folder', root), data_dir=data_dir)
-  assert len(calls) == 3 and leftovers(data_dir) == []
+  assert len(calls) == 7 and leftovers(data_dir) == []
   builder = folder.make_builder(make_cfg('folder', root), data_dir=data_dir)  # Fresh build.
   assert builder.is_prepared() and builder.info.splits['test'].num_examples == 6
 
@@ -273,15 +338,20 @@ def test_image_and_mask_conversions(tmp_path):
   color_mask = np.zeros((2, 3, 3), np.uint8)
   color_mask[0, 1] = (200, 0, 0)  # Any channel > 0 marks a defect.
   write_image(tmp_path / 'mask.png', color_mask)
-  np.testing.assert_array_equal(image_files.read_mask(tmp_path / 'mask.png')[..., 0],
-                                [[0, 1, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'mask.png'),
+                                [[False, True, False], [False, False, False]])
   # A palette mask whose index 0 is white: the colors count, not the indices.
   palette_mask = Image.new('P', (2, 1))
   palette_mask.putdata([0, 1])
   palette_mask.putpalette([255, 255, 255, 0, 0, 0])
   palette_mask.save(tmp_path / 'palette_mask.png')
-  np.testing.assert_array_equal(image_files.read_mask(tmp_path / 'palette_mask.png')[..., 0],
-                                [[1, 0]])
+  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'palette_mask.png'), [[True, False]])
+  # Gray with alpha: alpha is transparency, not a defect marker; 16-bit: any value > 0.
+  write_image(tmp_path / 'la.png', np.array([[[0, 255], [9, 0]]], np.uint8))
+  Image.fromarray(np.array([[0, 1, 65535]], np.uint16)).save(tmp_path / 'mask16.png')
+  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'la.png'), [[False, True]])
+  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'mask16.png'), [[False, True, True]])
+  assert image_io.read_mask(tmp_path / 'mask16.png').dtype == bool
   # A PNG already in the stored format is copied as is; anything else is re-encoded.
   write_image(tmp_path / 'gray.png', np.arange(12).reshape(3, 4))
   data, shape = image_files.image_png(tmp_path / 'gray.png', 1)
@@ -339,7 +409,7 @@ def test_mvtec_ad_complete_category(tmp_path):
   write_image(root / 'ground_truth' / 'defective' / '030_mask.png', np.zeros((12, 16)))
   write_image(root / 'test' / 'bent' / '000.png', np.zeros((12, 16, 3)))
   write_image(root / 'ground_truth' / 'bent' / '000_mask.png', np.zeros((12, 16)))
-  with pytest.raises(DatasetError) as info:
+  with pytest.raises(errors.DataError) as info:
     mvtec_ad.make_builder(make_cfg('mvtec_ad/toothbrush', manual_dir), data_dir=tmp_path / 'd2')
   assert f'{root / "test/defective"}: 1 image(s) more than the official 30' in str(info.value)
   assert f'{root / "test/bent"}: not an official toothbrush folder' in str(info.value)
@@ -349,7 +419,7 @@ def test_mvtec_ad_incomplete_copy_lists_short_folders(tmp_path):
   manual_dir = tmp_path / 'mvtec'
   root = write_layout(manual_dir / 'bottle', train=2, rgb=True,
                       test={'good': 1, 'broken_large': 1, 'contamination': 2})
-  with pytest.raises(DatasetError) as info:
+  with pytest.raises(errors.DataError) as info:
     mvtec_ad.make_builder(make_cfg('mvtec_ad/bottle', manual_dir), data_dir=tmp_path / 'data')
   message = str(info.value)
   assert f'{root / "train/good"}: 207 image(s) short (2 of 209)' in message
@@ -380,16 +450,16 @@ def test_mvtec_ad_bad_input(tmp_path):
   root = write_layout(manual_dir / 'grid', masks=False, test={'good': 1, 'bent': 1})
   cfg = make_cfg('mvtec_ad/grid', manual_dir, check_counts=False)
   # MVTec AD always has masks: a defect folder without ground truth is an error.
-  with pytest.raises(DatasetError, match=re.escape(str(root / 'ground_truth' / 'bent'))):
+  with pytest.raises(errors.DataError, match=re.escape(str(root / 'ground_truth' / 'bent'))):
     mvtec_ad.make_builder(cfg, data_dir=tmp_path / 'data')
   # manual_dir pointing at the category itself, or at a folder without it.
-  with pytest.raises(DatasetError, match='looks like a category folder itself'):
+  with pytest.raises(errors.DataError, match='looks like a category folder itself'):
     mvtec_ad.make_builder(make_cfg('mvtec_ad/grid', root), data_dir=tmp_path / 'data')
-  with pytest.raises(DatasetError, match=re.escape(str(manual_dir / 'screw'))):
+  with pytest.raises(errors.DataError, match=re.escape(str(manual_dir / 'screw'))):
     mvtec_ad.make_builder(make_cfg('mvtec_ad/screw', manual_dir), data_dir=tmp_path / 'data')
-  with pytest.raises(DatasetError, match='mvtec.com'):
+  with pytest.raises(errors.UsageError, match='mvtec.com'):
     mvtec_ad.make_builder(make_cfg('mvtec_ad/grid', None), data_dir=tmp_path / 'data')
-  with pytest.raises(ValueError, match='mvtec_ad/zipper'):
+  with pytest.raises(errors.UsageError, match='mvtec_ad/zipper'):
     mvtec_ad.make_builder(make_cfg('mvtec_ad/zip', manual_dir), data_dir=tmp_path / 'data')
   assert leftovers(tmp_path / 'data') == []
 
@@ -466,13 +536,13 @@ def test_mnist_idx_files_and_bad_input(tmp_path):
   assert builder.info.splits['train'].num_examples == 4
   assert builder.info.splits['test'].num_examples == 30
 
-  # A truncated gzip stream, a missing label file: DatasetError naming the file, nothing written.
+  # A truncated gzip stream, a missing label file: DataError naming the file, nothing written.
   data = (root / 't10k-images-idx3-ubyte.gz').read_bytes()
   (root / 't10k-images-idx3-ubyte.gz').write_bytes(data[:len(data) // 2])
-  with pytest.raises(DatasetError, match=re.escape(str(root / 't10k-images-idx3-ubyte.gz'))):
+  with pytest.raises(errors.DataError, match=re.escape(str(root / 't10k-images-idx3-ubyte.gz'))):
     one_class.make_builder(make_cfg('mnist_one_class/7', root), data_dir=tmp_path / 'd2')
   (root / 't10k-labels-idx1-ubyte.gz').unlink()
-  with pytest.raises(DatasetError, match=re.escape(str(root / 't10k-labels-idx1-ubyte.gz'))):
+  with pytest.raises(errors.DataError, match=re.escape(str(root / 't10k-labels-idx1-ubyte.gz'))):
     one_class.make_builder(make_cfg('mnist_one_class/7', root), data_dir=tmp_path / 'd2')
   assert leftovers(tmp_path / 'd2') == []
 
@@ -515,7 +585,7 @@ def test_cifar10_local_bad_image(tmp_path):
       for i in range(2):
         write_image(root / split / c / f'{i:04d}.jpg', rng.integers(0, 256, (32, 32, 3)))
   (root / 'test' / 'dog' / '0001.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
-  with pytest.raises(DatasetError, match=re.escape(str(root / 'test' / 'dog' / '0001.jpg'))):
+  with pytest.raises(errors.DataError, match=re.escape(str(root / 'test' / 'dog' / '0001.jpg'))):
     one_class.make_builder(make_cfg('cifar10_one_class/dog', root), data_dir=tmp_path / 'data')
   assert leftovers(tmp_path / 'data') == []
 
@@ -525,12 +595,12 @@ def test_cifar10_local_bad_image(tmp_path):
 
 @pytest.mark.parametrize('name, channels', [('mnist_one_class/2', 1), ('cifar10_one_class/2', 3)])
 def test_one_class_from_tfds_catalog(tmp_path, monkeypatch, name, channels):
-  dataset = one_class.BUILDERS[name.split('/')[0]].CATALOG_NAME
+  dataset = one_class.BUILDERS[name.split('/')[0]].catalog_name()
   with tfds.testing.mock_data(num_examples=60):  # Random examples instead of the download.
-    source = one_class.load_catalog(dataset, normal_class=2)
+    source = one_class_sources.load_catalog(dataset, normal_class=2)
   assert source.kind == 'tfds_catalog' and len(source.test_images) == 60
   # Build from what the (mocked) catalog returned; mock_data would also no-op our own writing.
-  monkeypatch.setattr(one_class, 'load_catalog', lambda *args: source)
+  monkeypatch.setattr(one_class_sources, 'load_catalog', lambda *args: source)
   builder = one_class.make_builder(make_cfg(name), data_dir=tmp_path)
   assert builder.info.metadata['source'] == 'tfds_catalog'
   num_normal = len(source.train_images)
@@ -543,5 +613,5 @@ def test_one_class_from_tfds_catalog(tmp_path, monkeypatch, name, channels):
   # The cache records its source: a local copy is not silently mixed with the catalog build.
   if dataset == 'mnist':
     local = write_tiny_mnist(tmp_path / 'local')
-    with pytest.raises(DatasetError, match='tfds_catalog'):
+    with pytest.raises(errors.DataError, match='tfds_catalog'):
       one_class.make_builder(make_cfg(name, local), data_dir=tmp_path)

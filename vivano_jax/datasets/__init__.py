@@ -1,13 +1,23 @@
 """tfds builders for vivano_jax and the one entry point that picks a builder from the config.
 
-All builders share the example format in `features.py`. `get_builder(cfg.dataset)` returns the prepared
-builder named by `dataset.name` ('<builder>' or '<builder>/<config>').
+All builders share the example format in `features.py` and the checks and writing in `builder.py`.
+`get_builder(cfg.dataset)` returns the prepared builder named by `dataset.name` ('<builder>' or
+'<builder>/<config>'). Modules, in the order a dataset is made:
+
+  features.py            the example format
+  builder.py             config checks (dataset.name, dataset.manual_dir) and safe writing
+  digits.py, textures.py embedded datasets (scikit-learn digits; scikit-image photos + defects.py)
+  image_files.py         listing, decoding and encoding image files on disk
+  mvtec_layout.py        the MVTec AD folder layout, read by mvtec_ad.py and folder.py
+  one_class.py           MNIST / CIFAR-10 one-class builders (their sources: one_class_sources.py)
 """
 
 import importlib
 
 import ml_collections
 import tensorflow_datasets as tfds
+
+from vivano_jax import errors
 
 # Builder name -> module defining it (imported lazily: TF-heavy builders load only when used).
 BUILDER_MODULES = {
@@ -21,10 +31,15 @@ BUILDER_MODULES = {
 
 
 def get_builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The prepared tfds builder for `cfg` (= config.dataset); data goes to `cfg.data_dir` ('' = default)."""
+  """The prepared tfds builder for `cfg` (= config.dataset); data in `cfg.data_dir` ('' = default).
+
+  Raises:
+    errors.UsageError for an unknown dataset.name or an empty dataset.manual_dir where one is
+    needed; errors.DataError for missing, unreadable or invalid files.
+  """
   builder_name = cfg.name.split('/')[0]
   if builder_name not in BUILDER_MODULES:
-    raise ValueError(f'dataset.name={cfg.name!r}: unknown dataset {builder_name!r}; '
-                     f'known: {sorted(BUILDER_MODULES)}')
+    raise errors.UsageError(f'unknown dataset.name={cfg.name!r}: no builder {builder_name!r}; '
+                            f'known builders: {", ".join(sorted(BUILDER_MODULES))}')
   module = importlib.import_module(BUILDER_MODULES[builder_name])
   return module.make_builder(cfg, data_dir=cfg.data_dir or None)

@@ -13,27 +13,16 @@ have no pixel ground truth (`has_mask` False), normal images have none to mark (
 Filenames are '<split>/<index in load_digits, 4 digits>.png'.
 """
 
-import dataclasses
 import functools
-import os
 from typing import Iterator
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TensorFlow is first imported.
+import numpy as np
+import sklearn.datasets
 
-import numpy as np  # noqa: E402
-import sklearn.datasets  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-
-from vivano_jax.datasets.features import example_features  # noqa: E402
+from vivano_jax.datasets import builder
+from vivano_jax.datasets import features
 
 DIGITS = tuple(str(d) for d in range(10))
-_SPLITS = ('train', 'test')
-
-
-@dataclasses.dataclass(eq=False)
-class DigitsConfig(tfds.core.BuilderConfig):
-  """BuilderConfig for one normal digit; `seed` fixes its train/test permutation."""
-  seed: int = 0
 
 
 @functools.cache
@@ -62,60 +51,30 @@ def split_indices(digit: int, seed: int) -> dict[str, np.ndarray]:
   }
 
 
-def generate_split(digit: int, split: str, seed: int) -> Iterator[tuple[str, dict]]:
+def generate_split(digit: str, split: str, seed: int) -> Iterator[tuple[str, dict]]:
   """Yields (key, example) pairs of `split` in the `features.py` format; images uint8 [8, 8, 1]."""
-  if split not in _SPLITS:
-    raise ValueError(f'Unknown split {split!r}; valid splits: {", ".join(_SPLITS)}')
+  if split not in Digits.SPLITS:
+    raise ValueError(f'Unknown split {split!r}; valid splits: {", ".join(Digits.SPLITS)}')
   images, targets = load_images()
   mask = np.zeros((8, 8, 1), dtype=np.uint8)
-  for index in split_indices(digit, seed)[split]:
-    normal = targets[index] == digit
-    filename = f'{split}/{index:04d}.png'
-    yield filename, {
-        'image': images[index][..., None],
-        'mask': mask,
-        'label': 0 if normal else 1,
-        'defect_type': 'good' if normal else str(targets[index]),
-        'filename': filename,
-        'has_mask': bool(normal),
-    }
+  for index in split_indices(int(digit), seed)[split]:
+    normal = str(targets[index]) == digit
+    yield features.example(f'{split}/{index:04d}.png', images[index][..., None], mask,
+                           features.GOOD if normal else str(targets[index]), has_mask=normal)
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class Digits(builder.EmbeddedBuilder):
   """scikit-learn handwritten digits, one normal digit per config (one-class protocol)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  HOMEPAGE = 'https://scikit-learn.org/stable/datasets/toy_dataset.html'
   BUILDER_CONFIGS = [
-      DigitsConfig(name=d, description=f'Normal digit {d}; the other nine are anomalies.',
-                   seed=2000 + int(d))
+      builder.SeededConfig(name=d, description=f'Normal digit {d}; the other nine are anomalies.',
+                           seed=2000 + int(d))
       for d in DIGITS
   ]
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=example_features(1),
-        homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html',
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download: the digits ship with scikit-learn.
-    return {split: self._generate_examples(split) for split in _SPLITS}
-
-  def _generate_examples(self, split: str):
-    config = self.builder_config
-    yield from generate_split(int(config.name), split, config.seed)
+  generate_split = staticmethod(generate_split)
 
 
-def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
+def make_builder(cfg, data_dir=None) -> Digits:
   """Prepared (cached in `data_dir`) builder for `cfg.name`, one of 'digits/0'..'digits/9'."""
-  valid = [f'digits/{d}' for d in DIGITS]
-  if cfg.name not in valid:
-    raise ValueError(f'Unknown dataset name {cfg.name!r}; valid names: {", ".join(valid)}')
-  builder = Digits(config=cfg.name.split('/', 1)[1], data_dir=data_dir)
-  # No GCS lookup: this dataset is not hosted there, and the check needs the network.
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return builder
+  return builder.make_embedded(Digits, cfg, data_dir)

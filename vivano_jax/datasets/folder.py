@@ -32,8 +32,12 @@ import re
 
 import tensorflow_datasets as tfds
 
-from vivano_jax.datasets import image_files
+from vivano_jax.datasets import builder as builder_lib
+from vivano_jax.datasets import mvtec_layout
 from vivano_jax.datasets.features import example_features
+
+EXPECTED = ('the image folder holding train/good/* (defect-free images), test/<defect_type>/* and '
+            'optionally ground_truth/<defect_type>/<stem>_mask.<ext>')
 
 
 @dataclasses.dataclass(eq=False)
@@ -43,11 +47,11 @@ class FolderConfig(tfds.core.BuilderConfig):
   channels: int = 3
 
 
-def config_name(layout: image_files.Layout) -> str:
+def config_name(layout: mvtec_layout.Layout) -> str:
   """'<base name>_<path hash>_<content hash>' (see the module docstring); valid as a tfds name."""
   slug = re.sub(r'[^a-z0-9]+', '_', layout.root.name.lower()).strip('_')[:40] or 'root'
   path_hash = hashlib.sha256(str(layout.root).encode()).hexdigest()[:8]
-  return f'{slug}_{path_hash}_{image_files.fingerprint(layout)[:8]}'
+  return f'{slug}_{path_hash}_{mvtec_layout.fingerprint(layout)[:8]}'
 
 
 class Folder(tfds.core.GeneratorBasedBuilder):
@@ -73,12 +77,12 @@ class Folder(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Everything is local.
     layout = self.validated_layout
     if layout is None:
-      layout = image_files.scan_layout(self.builder_config.root, masks_required=False)
-      image_files.validate_images(layout)
+      layout = mvtec_layout.scan_layout(self.builder_config.root, masks_required=False)
+      mvtec_layout.validate_images(layout)
     return {split: self._generate_examples(layout, split) for split in ('train', 'test')}
 
   def _generate_examples(self, layout, split):
-    yield from image_files.generate_examples(layout, split, self.builder_config.channels)
+    yield from mvtec_layout.generate_examples(layout, split, self.builder_config.channels)
 
 
 def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
@@ -87,10 +91,9 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
   Scans the folder (listing only); if a dataset with the same config name is prepared in `data_dir`
   it is returned, else every file is decoded and validated before the dataset is written.
   """
-  if cfg.name != Folder.name:
-    raise ValueError(f'Unknown dataset name {cfg.name!r}; expected {Folder.name!r}.')
-  root = image_files.check_root(cfg.get('manual_dir'), 'dataset.manual_dir (the image folder)')
-  layout = image_files.scan_layout(root, masks_required=False)
+  builder_lib.check_name(cfg.name, [Folder.name])
+  root = builder_lib.manual_root(cfg, EXPECTED)
+  layout = mvtec_layout.scan_layout(root, masks_required=False)
   name = config_name(layout)
   # The features (channel count) come from the data: read them from the cache when there is one.
   probe = Folder(config=FolderConfig(name=name, root=str(root)), data_dir=data_dir)
@@ -99,9 +102,9 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
     channels = features['image'].shape[-1]
     return Folder(config=FolderConfig(name=name, root=str(root), channels=channels),
                   data_dir=data_dir)
-  channels = image_files.validate_images(layout)
+  channels = mvtec_layout.validate_images(layout)
   builder = Folder(config=FolderConfig(name=name, root=str(root), channels=channels),
                    data_dir=data_dir)
   builder.validated_layout = layout
-  image_files.prepare(builder)
+  builder_lib.prepare(builder)
   return builder

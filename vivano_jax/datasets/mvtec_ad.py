@@ -18,7 +18,7 @@ Splits `train` (good only) and `test`, examples as in `features.py`:
 
 Before anything is written, the copy is compared with the official per-folder file counts
 (`OFFICIAL_COUNTS`; `cfg.check_counts = False` builds a partial copy anyway, with a warning), every
-defective image must have its mask, and every file is fully decoded (see `image_files`).
+defective image must have its mask, and every file is fully decoded (see `mvtec_layout`).
 """
 
 import dataclasses
@@ -28,9 +28,11 @@ import pathlib
 from absl import logging
 import tensorflow_datasets as tfds
 
+from vivano_jax import errors
+from vivano_jax.datasets import builder as builder_lib
 from vivano_jax.datasets import image_files
+from vivano_jax.datasets import mvtec_layout
 from vivano_jax.datasets.features import example_features
-from vivano_jax.datasets.image_files import DatasetError
 
 HOMEPAGE = 'https://www.mvtec.com/company/research/datasets/mvtec-ad'
 GRAYSCALE_CATEGORIES = ('grid', 'screw', 'zipper')
@@ -92,7 +94,7 @@ AUGMENT = {
     'transistor': _NONE,  # Pose defines the part: 'misplaced' is a defect.
     'metal_nut': dict(hflip=False, vflip=False, rot90=True),  # Mirror = the 'flip' defect; good
                                                               # nuts are rotated arbitrarily.
-    'screw': dict(hflip=False, vflip=False, rot90=True),  # Any pose, but mirroring inverts the thread.
+    'screw': dict(hflip=False, vflip=False, rot90=True),  # Any pose; a mirror inverts the thread.
     'toothbrush': dict(hflip=True, vflip=False, rot90=False),  # Upright, left-right symmetric.
     'zipper': dict(hflip=True, vflip=True, rot90=False),  # Vertical, symmetric both ways.
 }
@@ -102,7 +104,7 @@ def category(arg) -> str:
   """The category named by a config argument ('' or None: 'bottle')."""
   name = arg if arg not in (None, '') else 'bottle'
   if name not in CATEGORIES:
-    raise ValueError(f'MVTec AD category must be one of {CATEGORIES}, got {arg!r}')
+    raise errors.UsageError(f'MVTec AD category must be one of {CATEGORIES}, got {arg!r}')
   return name
 
 
@@ -114,6 +116,9 @@ Extract it and set dataset.manual_dir to the folder that holds the category fold
   <manual_dir>/bottle/test/broken_large/000.png
   <manual_dir>/bottle/ground_truth/broken_large/000_mask.png
 """
+EXPECTED = ('the folder holding the extracted MVTec AD category folders (<category>/train/good/, '
+            '<category>/test/<defect>/, <category>/ground_truth/<defect>/<stem>_mask.png), '
+            f'downloaded from {HOMEPAGE}')
 
 _CITATION = """\
 @inproceedings{bergmann2019mvtec,
@@ -125,7 +130,7 @@ _CITATION = """\
 }"""
 
 
-def count_problems(layout: image_files.Layout, category: str) -> list[str]:
+def count_problems(layout: mvtec_layout.Layout, category: str) -> list[str]:
   """Differences between a category copy and `OFFICIAL_COUNTS`, one line per folder."""
   official, actual = OFFICIAL_COUNTS[category], layout.counts()
   problems = []
@@ -144,25 +149,25 @@ def count_problems(layout: image_files.Layout, category: str) -> list[str]:
 
 
 def validate_category(root: str | os.PathLike, category: str,
-                      check_counts: bool = True) -> image_files.Layout:
+                      check_counts: bool = True) -> mvtec_layout.Layout:
   """Scans and fully validates one extracted category folder; nothing is written.
 
   Raises:
-    DatasetError naming the folder or file: layout problems, a defective image without its mask,
+    DataError naming the folder or file: layout problems, a defective image without its mask,
     a corrupt image, a mask of the wrong size, or (with `check_counts`) a count that differs from
     `OFFICIAL_COUNTS` (the message lists every short folder and by how many).
   """
-  layout = image_files.scan_layout(root, masks_required=True)
+  layout = mvtec_layout.scan_layout(root, masks_required=True)
   problems = count_problems(layout, category)
   if problems and check_counts:
     total, expected = sum(layout.counts().values()), sum(OFFICIAL_COUNTS[category].values())
     image_files.raise_problems(
-        problems + [f'{total} of the official {expected} images found; set cfg.check_counts = '
+        problems + [f'{total} of the official {expected} images found; set dataset.check_counts = '
                     'False to build from an incomplete copy anyway'],
         f'mvtec_ad/{category} (file counts differ from the official release)')
   for problem in problems:
     logging.warning('mvtec_ad/%s: %s', category, problem)
-  image_files.validate_images(layout)  # Stray channel counts are fine: converted when read.
+  mvtec_layout.validate_images(layout)  # Stray channel counts are fine: converted when read.
   return layout
 
 
@@ -207,7 +212,7 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(layout, split) for split in ('train', 'test')}
 
   def _generate_examples(self, layout, split):
-    yield from image_files.generate_examples(layout, split, self.builder_config.channels)
+    yield from mvtec_layout.generate_examples(layout, split, self.builder_config.channels)
 
 
 def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
@@ -216,24 +221,19 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
   A dataset already prepared in `data_dir` is returned as is (the local files are not re-read).
   `cfg.check_counts` (default True) compares the copy with the official file counts.
   """
-  builder_name, _, category = cfg.name.partition('/')
-  if builder_name != MvtecAd.name or category not in CATEGORIES:
-    raise ValueError(f'Unknown dataset name {cfg.name!r}; valid names: '
-                     + ', '.join(f'mvtec_ad/{c}' for c in CATEGORIES))
+  builder_lib.check_name(cfg.name, builder_lib.config_names(MvtecAd))
+  category = cfg.name.split('/', 1)[1]
   builder = MvtecAd(config=category, data_dir=data_dir)
   if builder.is_prepared():
     return builder
-  manual_dir = cfg.get('manual_dir')
-  if not manual_dir:
-    raise DatasetError(f'mvtec_ad needs cfg.manual_dir.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
-  manual_dir = image_files.check_root(manual_dir, 'dataset.manual_dir (MVTec AD folder)')
+  manual_dir = builder_lib.manual_root(cfg, EXPECTED)
   root = manual_dir / category
   if not root.is_dir():
-    hint = ''
-    if (manual_dir / 'train').is_dir():
-      hint = (f' {manual_dir} looks like a category folder itself: cfg.manual_dir must be its '
-              'parent, the folder holding the category folders.')
-    raise DatasetError(f'{root}: missing category folder.{hint}\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    hint = f'dataset.manual_dir must be {EXPECTED}'
+    if (manual_dir / mvtec_layout.TRAIN).is_dir():
+      hint = (f'{manual_dir} looks like a category folder itself: dataset.manual_dir must be its '
+              'parent, the folder holding the category folders')
+    raise errors.DataError(f'{root}: missing category folder; {hint}.')
   builder.validated_layout = validate_category(root, category, cfg.get('check_counts', True))
-  image_files.prepare(builder, manual_dir)
+  builder_lib.prepare(builder, manual_dir)
   return builder

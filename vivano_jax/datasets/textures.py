@@ -22,19 +22,15 @@ Masks are the exact pixel footprint of the drawn defect (all zero for normal til
 True for every example. Filenames are '<split>/<defect_type>_<index within type, 4 digits>.png'.
 """
 
-import dataclasses
 import functools
-import os
 from typing import Iterator
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TensorFlow is first imported.
+import numpy as np
+import skimage.data
 
-import numpy as np  # noqa: E402
-import skimage.data  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-
-from vivano_jax.datasets import defects  # noqa: E402
-from vivano_jax.datasets.features import example_features  # noqa: E402
+from vivano_jax.datasets import builder
+from vivano_jax.datasets import defects
+from vivano_jax.datasets import features
 
 TEXTURES = ('brick', 'grass', 'gravel')
 PHOTO_SIZE = 512
@@ -45,12 +41,6 @@ NUM_TRAIN = 400
 NUM_TEST_GOOD = 50
 NUM_TEST_PER_DEFECT = 20
 _SPLIT_STREAMS = {'train': 0, 'test': 1}  # Independent random streams per split.
-
-
-@dataclasses.dataclass(eq=False)
-class TexturesConfig(tfds.core.BuilderConfig):
-  """BuilderConfig for one photograph; `seed` fixes the tile offsets and the defects."""
-  seed: int = 0
 
 
 @functools.cache
@@ -70,17 +60,6 @@ def tile_offsets(rng: np.random.Generator, num: int, rows: tuple[int, int]) -> n
   row = rng.integers(rows[0], rows[1] - TILE_SIZE + 1, size=num)
   col = rng.integers(0, PHOTO_SIZE - TILE_SIZE + 1, size=num)
   return np.stack([row, col], axis=-1)
-
-
-def _example(tile: np.ndarray, mask: np.ndarray, defect_type: str, filename: str) -> dict:
-  return {
-      'image': tile[..., None],
-      'mask': mask[..., None],
-      'label': 0 if defect_type == 'good' else 1,
-      'defect_type': defect_type,
-      'filename': filename,
-      'has_mask': True,
-  }
 
 
 def generate_split(texture: str, split: str, seed: int) -> Iterator[tuple[str, dict]]:
@@ -113,42 +92,22 @@ def generate_split(texture: str, split: str, seed: int) -> Iterator[tuple[str, d
       tile, mask = defects.draw_defect(kind, tile, rng, source)
     filename = f'{split}/{kind}_{counts[kind]:04d}.png'
     counts[kind] += 1
-    yield filename, _example(np.ascontiguousarray(tile), mask, kind, filename)
+    yield features.example(filename, np.ascontiguousarray(tile)[..., None], mask[..., None], kind,
+                           has_mask=True)
 
 
-class Textures(tfds.core.GeneratorBasedBuilder):
+class Textures(builder.EmbeddedBuilder):
   """Tiles of scikit-image texture photographs; test tiles carry procedural defects."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  HOMEPAGE = 'https://scikit-image.org/docs/stable/api/skimage.data.html'
   BUILDER_CONFIGS = [
-      TexturesConfig(name=t, description=f'128 x 128 tiles of skimage.data.{t}()', seed=1000 + i)
+      builder.SeededConfig(name=t, description=f'128 x 128 tiles of skimage.data.{t}()',
+                           seed=1000 + i)
       for i, t in enumerate(TEXTURES)
   ]
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=example_features(1),
-        homepage='https://scikit-image.org/docs/stable/api/skimage.data.html',
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download: the photographs ship with scikit-image.
-    return {split: self._generate_examples(split) for split in _SPLIT_STREAMS}
-
-  def _generate_examples(self, split: str):
-    yield from generate_split(self.builder_config.name, split, self.builder_config.seed)
+  generate_split = staticmethod(generate_split)
 
 
-def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
+def make_builder(cfg, data_dir=None) -> Textures:
   """Prepared (cached in `data_dir`) builder for `cfg.name`, one of 'textures/<texture>'."""
-  valid = [f'textures/{t}' for t in TEXTURES]
-  if cfg.name not in valid:
-    raise ValueError(f'Unknown dataset name {cfg.name!r}; valid names: {", ".join(valid)}')
-  builder = Textures(config=cfg.name.split('/', 1)[1], data_dir=data_dir)
-  # No GCS lookup: this dataset is not hosted there, and the check needs the network.
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return builder
+  return builder.make_embedded(Textures, cfg, data_dir)
