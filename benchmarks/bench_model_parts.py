@@ -22,9 +22,9 @@ def bench(mod, inp, name):
     t=time.perf_counter(); jax.block_until_ready(g(v)); ts.append(time.perf_counter()-t)
   t=min(ts); print(f'{name}: {t*1000:.0f} ms, {fl/1e9:.1f} GFLOP, {fl/t/1e9:.0f} GFLOP/s', flush=True)
 x = jnp.asarray(np.random.randn(8,512,512,3).astype(np.float32))
-bench(E.ViTEncoder(64,512,6,8,1024), x, 'ViT encoder (fwd+bwd, batch 8, 512 px)')
+bench(E.ViTEncoder(64,512,6,8,1024,False), x, 'ViT encoder (fwd+bwd, batch 8, 512 px)')
 z = jnp.asarray(np.random.randn(8,8,8,32).astype(np.float32))
-bench(D.ConvDecoder(D.decoder_features(64,256,8), 3), z, 'conv decoder (fwd+bwd)')
+bench(D.ConvDecoder(D.decoder_features(64,256,8), 3, 'batch'), z, 'conv decoder (fwd+bwd)')
 a = jnp.asarray(np.random.randn(2048,2048).astype(np.float32))
 f = jax.jit(lambda a: a@a); jax.block_until_ready(f(a)); t=time.perf_counter(); [jax.block_until_ready(f(a)) for _ in range(5)]; t=(time.perf_counter()-t)/5
 print(f'matmul 2048^3: {2*2048**3/t/1e9:.0f} GFLOP/s')

@@ -1,4 +1,7 @@
-"""Model parts: shapes and dtypes, closed forms for KL and the mixture NLL, finite gradients."""
+"""Model parts: shapes and dtypes, closed forms for KL and the mixture NLL, finite gradients; the
+model built from every config field."""
+
+import dataclasses
 
 import chex
 import jax
@@ -8,6 +11,7 @@ import pytest
 from scipy import stats
 from scipy.special import logsumexp
 
+from vivano_jax import errors
 from vivano_jax.model import bottleneck
 from vivano_jax.model import decoder
 from vivano_jax.model import encoder
@@ -24,7 +28,7 @@ def _init_apply(module, *args, rngs=None, **kwargs):
 
 def test_vit_encoder_shapes_and_tokens():
   x = jnp.zeros((2, 32, 48, 3))
-  enc = encoder.ViTEncoder(patch_size=8, width=16, depth=2, num_heads=4, mlp_dim=32)
+  enc = encoder.ViTEncoder(patch_size=8, width=16, depth=2, num_heads=4, mlp_dim=32, remat=False)
   variables, (tokens, cls) = _init_apply(enc, x)
   chex.assert_shape(tokens, (2, 4, 6, 16))
   chex.assert_shape(cls, (2, 16))
@@ -47,7 +51,8 @@ def test_attention_matches_reference_formula():
   p['q_bias'] = rng.normal(size=8).astype(np.float32)  # Non-zero biases, so they are checked.
   p['v_bias'] = rng.normal(size=8).astype(np.float32)
   out = msa.apply({'params': p}, z)
-  qkv = np.asarray(z)[0] @ p['qkv']['kernel'] + np.concatenate([p['q_bias'], np.zeros(8), p['v_bias']])
+  qkv = (np.asarray(z)[0] @ p['qkv']['kernel']
+         + np.concatenate([p['q_bias'], np.zeros(8), p['v_bias']]))
   q, k, v = np.split(qkv.reshape(5, 3, 2, 4), 3, axis=1)
   heads = []
   for h in range(2):
@@ -61,16 +66,17 @@ def test_attention_matches_reference_formula():
 
 
 def test_encoder_rejects_bad_sizes():
-  with pytest.raises(ValueError, match='patch_size'):
-    _init_apply(encoder.ViTEncoder(8, 16, 1, 4, 32), jnp.zeros((1, 30, 32, 1)))
-  with pytest.raises(ValueError, match='num_heads'):
-    _init_apply(encoder.ViTEncoder(8, 18, 1, 4, 32), jnp.zeros((1, 32, 32, 1)))
+  with pytest.raises(errors.UsageError, match='patch_size'):
+    _init_apply(encoder.ViTEncoder(8, 16, 1, 4, 32, False), jnp.zeros((1, 30, 32, 1)))
+  with pytest.raises(errors.UsageError, match='num_heads'):
+    _init_apply(encoder.ViTEncoder(8, 18, 1, 4, 32, False), jnp.zeros((1, 32, 32, 1)))
 
 
 def test_cnn_encoder_shapes():
   x = jnp.zeros((2, 32, 32, 1))
-  variables = encoder.CNNEncoder(8, 24).init(jax.random.PRNGKey(0), x)
-  tokens, glob = encoder.CNNEncoder(8, 24).apply(variables, x)
+  cnn = encoder.CNNEncoder(patch_size=8, width=24, base_features=16)
+  variables = cnn.init(jax.random.PRNGKey(0), x)
+  tokens, glob = cnn.apply(variables, x)
   chex.assert_shape(tokens, (2, 4, 4, 24))
   chex.assert_shape(glob, (2, 24))
 
@@ -91,7 +97,7 @@ def test_gaussian_kl_closed_form_against_scipy_integration():
 
 def test_vae_sampling_and_eval_mean():
   tokens = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2, 2, 8)), jnp.float32)
-  vae = bottleneck.VAEBottleneck(latent_dim=3)
+  vae = bottleneck.VAEBottleneck(latent_dim=3, variational=True)
   variables = vae.init(jax.random.PRNGKey(0), tokens)
   ev = vae.apply(variables, tokens, train=False)
   np.testing.assert_array_equal(np.asarray(ev['z']), np.asarray(ev['mean']))
@@ -114,7 +120,8 @@ def test_vae_sampling_and_eval_mean():
 
 def test_decoder_shapes_and_range():
   z = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)) * 10, jnp.float32)
-  dec = decoder.ConvDecoder(features=decoder.decoder_features(8, 32, 8), out_channels=3)
+  dec = decoder.ConvDecoder(features=decoder.decoder_features(8, 32, 8), out_channels=3,
+                            norm='batch')
   variables = dec.init(jax.random.PRNGKey(0), z)
   assert decoder.decoder_features(8, 32, 8) == (32, 16, 8)
   out, updates = dec.apply(variables, z, train=True, mutable=['batch_stats'])
@@ -124,7 +131,7 @@ def test_decoder_shapes_and_range():
   before = jax.tree.leaves(variables['batch_stats'])
   after = jax.tree.leaves(updates['batch_stats'])
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
-  with pytest.raises(ValueError, match='power of two'):
+  with pytest.raises(errors.UsageError, match='power of two'):
     decoder.decoder_features(12, 32, 8)
 
 
@@ -136,9 +143,11 @@ def test_mixture_nll_against_scipy():
   means = rng.normal(size=(5, k, d))
   scales = rng.uniform(0.2, 2.0, size=(5, k, d))
   log_w = logits - logsumexp(logits, axis=-1, keepdims=True)
-  got = mixture.mixture_nll(jnp.asarray(y), jnp.asarray(log_w), jnp.asarray(means), jnp.asarray(scales))
+  got = mixture.mixture_nll(jnp.asarray(y), jnp.asarray(log_w), jnp.asarray(means),
+                            jnp.asarray(scales))
   for i in range(5):
-    comps = [log_w[i, j] + stats.multivariate_normal(means[i, j], np.diag(scales[i, j] ** 2)).logpdf(y[i])
+    comps = [log_w[i, j]
+             + stats.multivariate_normal(means[i, j], np.diag(scales[i, j] ** 2)).logpdf(y[i])
              for j in range(k)]
     np.testing.assert_allclose(float(got[i]), -logsumexp(comps), rtol=1e-5)
 
@@ -154,7 +163,8 @@ def test_mixture_nll_is_stable_far_from_every_component():
 
 def test_mixture_head_constraints():
   c = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 3, 5)), jnp.float32)
-  head = mixture.MixtureDensityHead(num_components=6, target_dim=4, hidden_dim=8, min_scale=1e-3)
+  head = mixture.MixtureDensityHead(num_components=6, target_dim=4, hidden_dim=8, num_layers=2,
+                                    min_scale=1e-3)
   variables = head.init(jax.random.PRNGKey(0), c)
   log_w, means, scales = head.apply(variables, c)
   chex.assert_shape(log_w, (2, 3, 3, 6))
@@ -194,9 +204,8 @@ def test_stop_gradient_blocks_nll_gradient_into_encoder():
   m = model_lib.create_model(config)
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(2, 32, 32, 1)), jnp.float32)
   variables = m.init({'params': jax.random.PRNGKey(0), 'latent': jax.random.PRNGKey(1)}, x)
-  nll_grad = lambda p: jax.grad(lambda q: m.apply({'params': q, 'batch_stats': variables['batch_stats']},
-                                                  x, decode=False)['nll'].mean())(p)
-  g = nll_grad(variables['params'])
+  g = jax.grad(lambda q: m.apply({'params': q, 'batch_stats': variables['batch_stats']}, x,
+                                 decode=False)['nll'].mean())(variables['params'])
   assert float(sum(jnp.abs(v).sum() for v in jax.tree.leaves(g['encoder']))) == 0.0
   assert float(sum(jnp.abs(v).sum() for v in jax.tree.leaves(g['bottleneck']))) == 0.0
   config.density.stop_gradient = False
@@ -218,7 +227,8 @@ def test_bad_input_shape_is_a_clear_error():
 @pytest.mark.parametrize('condition', ['position', 'class_token'])
 def test_density_position_embedding_learns_under_stop_gradient(condition):
   # The stop-gradient cuts the encoder and VAE off from the NLL, not the head's own parameters: its
-  # position embedding must get an NLL gradient, or position conditioning stays a frozen random code.
+  # position embedding must get an NLL gradient, or position conditioning stays a frozen random
+  # code.
   config = load_config('tiny')
   config.density.condition = condition
   m = model_lib.create_model(config)
@@ -230,3 +240,52 @@ def test_density_position_embedding_learns_under_stop_gradient(condition):
   assert emb.shape == (4, 4, config.density.position_embed_dim)
   # Every position's embedding is used by its own patch only: each gets a gradient.
   assert bool(jnp.all(jnp.abs(emb).sum(axis=-1) > 0))
+
+
+def _param_shapes(config):
+  """The parameter tree of create_model(config), shapes only (nothing is computed)."""
+  m = model_lib.create_model(config)
+  x = jnp.zeros((1, config.dataset.image_size, config.dataset.image_size, config.dataset.channels))
+  variables = jax.eval_shape(lambda: m.init({'params': jax.random.PRNGKey(0)}, x))
+  return jax.tree.map(lambda a: a.shape, variables['params'])
+
+
+def test_every_config_field_reaches_the_model():
+  # A field added to config.model or config.density must be taken by the model, or it would be a
+  # setting that changes nothing.
+  config = load_config('tiny')
+  m = model_lib.create_model(config)
+  attributes = {f.name for f in dataclasses.fields(model_lib.ViVAno)}
+  assert set(config.model) <= attributes
+  for field, value in config.model.items():
+    assert getattr(m, field) == value, field
+  assert dict(m.density) == config.density.to_dict()
+  # The parameter names checkpoints hold.
+  shapes = _param_shapes(config)
+  assert set(shapes) == {'encoder', 'bottleneck', 'decoder', 'density',
+                         'density_position_embedding'}
+  assert shapes['encoder']['patch_embedding']['kernel'] == (8, 8, 1, 32)
+  config.model.width = 48
+  config.density.hidden_dim = 24
+  shapes = _param_shapes(config)
+  assert shapes['encoder']['patch_embedding']['kernel'] == (8, 8, 1, 48)  # The token width D.
+  assert shapes['density']['hidden0']['kernel'] == (8, 24)
+
+
+@pytest.mark.parametrize('section', ['model', 'density'])
+def test_a_config_field_the_model_does_not_take_is_an_error(section):
+  config = load_config('tiny')
+  config[section].unused_field = 1
+  with pytest.raises(TypeError, match='unused_field'):
+    _param_shapes(config)
+
+
+@pytest.mark.parametrize('field,value', [
+    ('model.encoder', 'resnet'), ('model.decoder_norm', 'layer'), ('density.condition', 'image'),
+    ('density.target', 'pixel'), ('train.compute_dtype', 'float16')])
+def test_a_bad_choice_is_a_usage_error_naming_the_field(field, value):
+  config = load_config('tiny')
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(errors.UsageError, match=field.replace('.', r'\.')):
+    _param_shapes(config)

@@ -1,9 +1,9 @@
 """The convolutional decoder (paper Section 3.1, Figure 5): latent grid -> image.
 
-A 3x3 convolution lifts the latent grid [B, h, w, d_z] to `features[0]` channels, then log2(P) stages
-each double the resolution (nearest-neighbour x2 upsampling, 3x3 convolution, BatchNorm, ReLU) up to
-[B, H, W, features[-1]]; a last 3x3 convolution with tanh gives [B, H, W, C] in [-1, 1], matching inputs
-normalised to [-1, 1].
+A 3x3 convolution lifts the latent grid [B, h, w, d_z] to `features[0]` channels, then log2(P)
+stages each double the resolution (nearest-neighbour x2 upsampling, 3x3 convolution, BatchNorm,
+ReLU) up to [B, H, W, features[-1]]; a last 3x3 convolution with tanh gives [B, H, W, C] in
+[-1, 1], matching inputs normalised to [-1, 1].
 
 Upsample-then-convolve rather than transposed convolution: it has no checkerboard artefacts, and XLA
 runs a stride-2 transposed convolution as a convolution over a zero-dilated input, which on CPU cost
@@ -16,14 +16,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vivano_jax import errors
+
 Array = jax.Array
 
 
 def decoder_features(patch_size: int, base: int, minimum: int) -> tuple[int, ...]:
-  """Channels per upsampling stage: `base` halved each stage, never below `minimum`; log2(P) stages."""
+  """Channels per x2 stage: `base` halved each stage, never below `minimum`; log2(P) stages."""
   stages = int(patch_size).bit_length() - 1
   if patch_size < 2 or 2 ** stages != patch_size:
-    raise ValueError(f'model.patch_size={patch_size} must be a power of two >= 2 for the conv decoder')
+    raise errors.UsageError(
+        f'model.patch_size={patch_size} must be a power of two >= 2 for the conv decoder')
   return tuple(max(base // 2 ** i, minimum) for i in range(stages))
 
 
@@ -31,22 +34,22 @@ class ConvDecoder(nn.Module):
   """Attributes:
     features: channels of each x2 upsampling stage (len = log2(P)).
     out_channels: C of the reconstructed image.
-    bn_momentum: running-average momentum of the BatchNorm statistics.
     norm: 'batch' (the paper) or 'none' (an ablation; also makes gradient accumulation exactly equal
       to one large batch, since BatchNorm statistics are per microbatch).
+    bn_momentum: running-average momentum of the BatchNorm statistics.
     dtype: computation dtype.
   """
   features: Sequence[int]
   out_channels: int
+  norm: str
   bn_momentum: float = 0.9
-  norm: str = 'batch'
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z: Array, train: bool = False) -> Array:
     """z: [B, h, w, d_z] -> reconstruction [B, h * 2^S, w * 2^S, C] in [-1, 1] (float32)."""
     if self.norm not in ('batch', 'none'):
-      raise ValueError(f"model.decoder_norm must be 'batch' or 'none', got {self.norm!r}")
+      raise errors.UsageError(f"model.decoder_norm must be 'batch' or 'none'; got {self.norm!r}")
 
     def bn_relu(x, name):
       if self.norm == 'batch':

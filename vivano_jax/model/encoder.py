@@ -1,14 +1,15 @@
 """Encoders: the ViT of ViV-Ano (paper Section 3.1, equations 1-6) and a plain CNN of similar size.
 
-Both map images [B, H, W, C] to one token per P x P patch, [B, h, w, D] with h = H / P, w = W / P, plus a
-global (class) token [B, D], so the bottleneck, decoder and density head do not depend on the encoder.
+Both map images [B, H, W, C] to one token per P x P patch, [B, h, w, D] with h = H / P, w = W / P,
+plus a global (class) token [B, D], so the bottleneck, decoder and density head do not depend on the
+encoder.
 """
-
-from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vivano_jax import errors
 
 Array = jax.Array
 
@@ -28,7 +29,8 @@ class MultiHeadSelfAttention(nn.Module):
     """z: [B, N, D] -> [B, N, D]."""
     b, n, d = z.shape
     if d % self.num_heads:
-      raise ValueError(f'model.width={d} is not divisible by model.num_heads={self.num_heads}')
+      raise errors.UsageError(
+          f'model.width={d} is not divisible by model.num_heads={self.num_heads}')
     dh = d // self.num_heads
     # [q, k, v] = z U_qkv (eq. 4), all heads at once. Queries and values have a bias, keys none: the
     # softmax is invariant to a key bias, so its gradient is zero up to rounding, which Adam would
@@ -71,14 +73,16 @@ class EncoderBlock(nn.Module):
   def __call__(self, z: Array) -> Array:
     z = z + MultiHeadSelfAttention(self.num_heads, self.dtype, name='msa')(
         nn.LayerNorm(dtype=self.dtype, name='ln1')(z))
-    return z + MlpBlock(self.mlp_dim, self.dtype, name='mlp')(nn.LayerNorm(dtype=self.dtype, name='ln2')(z))
+    return z + MlpBlock(self.mlp_dim, self.dtype, name='mlp')(
+        nn.LayerNorm(dtype=self.dtype, name='ln2')(z))
 
 
 class ViTEncoder(nn.Module):
   """Vision Transformer encoder.
 
-  Patch embedding (P x P convolution with stride P, i.e. x_p E of eq. 1), a learnable class token in front,
-  a learned position embedding E_pos [(N + 1), D], then L pre-LN blocks and a final LayerNorm.
+  Patch embedding (P x P convolution with stride P, i.e. x_p E of eq. 1), a learnable class token in
+  front, a learned position embedding E_pos [(N + 1), D], then L pre-LN blocks and a final
+  LayerNorm.
 
   Attributes:
     patch_size: P in pixels.
@@ -94,7 +98,7 @@ class ViTEncoder(nn.Module):
   depth: int
   num_heads: int
   mlp_dim: int
-  remat: bool = False
+  remat: bool
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -104,13 +108,15 @@ class ViTEncoder(nn.Module):
     b, height, width, _ = x.shape
     p = self.patch_size
     if height % p or width % p:
-      raise ValueError(f'image size {height}x{width} is not divisible by model.patch_size={p}')
+      raise errors.UsageError(
+          f'image size {height}x{width} is not divisible by model.patch_size={p}')
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
                 name='patch_embedding')(x)
     h, w = x.shape[1], x.shape[2]
     tokens = x.reshape(b, h * w, self.width)
     cls = self.param('class_token', nn.initializers.zeros, (1, 1, self.width))
-    z = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(tokens.dtype), tokens], axis=1)
+    cls = jnp.broadcast_to(cls, (b, 1, self.width)).astype(tokens.dtype)
+    z = jnp.concatenate([cls, tokens], axis=1)
     pos = self.param('position_embedding', nn.initializers.normal(stddev=0.02),
                      (1, h * w + 1, self.width))
     z = z + pos.astype(z.dtype)
@@ -124,8 +130,8 @@ class ViTEncoder(nn.Module):
 class CNNEncoder(nn.Module):
   """A plain convolutional encoder with the ViT's interface, for the encoder ablation.
 
-  log2(P) stride-2 3x3 conv stages (BatchNorm + ReLU) take the image down to the patch grid, then a 1x1
-  projection to D channels. The global token is the mean of the patch tokens.
+  log2(P) stride-2 3x3 conv stages (BatchNorm + ReLU) take the image down to the patch grid, then a
+  1x1 projection to D channels. The global token is the mean of the patch tokens.
 
   Attributes:
     patch_size: P, a power of two.
@@ -135,7 +141,7 @@ class CNNEncoder(nn.Module):
   """
   patch_size: int
   width: int
-  base_features: int = 32
+  base_features: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -144,9 +150,10 @@ class CNNEncoder(nn.Module):
     stages = _log2_exact(self.patch_size, 'model.patch_size')
     for i in range(stages):
       feats = min(self.base_features * 2 ** i, self.width)
-      x = nn.Conv(feats, (3, 3), strides=(2, 2), padding='SAME', use_bias=False, dtype=self.dtype,
-                  name=f'conv{i}')(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f'bn{i}')(x)
+      x = nn.Conv(feats, (3, 3), strides=(2, 2), padding='SAME', use_bias=False,
+                  dtype=self.dtype, name=f'conv{i}')(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                       name=f'bn{i}')(x)
       x = nn.relu(x)
     x = nn.Conv(self.width, (1, 1), dtype=self.dtype, name='proj')(x)
     return x, x.mean(axis=(1, 2))
@@ -155,17 +162,16 @@ class CNNEncoder(nn.Module):
 def _log2_exact(value: int, field: str) -> int:
   stages = int(value).bit_length() - 1
   if value < 2 or 2 ** stages != value:
-    raise ValueError(f'{field}={value} must be a power of two >= 2')
+    raise errors.UsageError(f'{field}={value} must be a power of two >= 2')
   return stages
 
 
-def make_encoder(kind: str, *, patch_size: int, width: int, depth: int, num_heads: int, mlp_dim: int,
-                 remat: bool = False, cnn_base_features: int = 32,
-                 dtype: Optional[jnp.dtype] = None) -> nn.Module:
-  """The encoder named by `model.encoder` ('vit' or 'cnn')."""
-  dtype = dtype or jnp.float32
+def make_encoder(kind: str, *, patch_size: int, width: int, depth: int, num_heads: int,
+                 mlp_dim: int, remat: bool, cnn_base_features: int, dtype: jnp.dtype,
+                 name: str) -> nn.Module:
+  """The encoder named by `model.encoder` ('vit' or 'cnn'); each takes the fields it uses."""
   if kind == 'vit':
-    return ViTEncoder(patch_size, width, depth, num_heads, mlp_dim, remat, dtype, name='encoder')
+    return ViTEncoder(patch_size, width, depth, num_heads, mlp_dim, remat, dtype, name=name)
   if kind == 'cnn':
-    return CNNEncoder(patch_size, width, cnn_base_features, dtype, name='encoder')
-  raise ValueError(f"model.encoder must be 'vit' or 'cnn', got {kind!r}")
+    return CNNEncoder(patch_size, width, cnn_base_features, dtype, name=name)
+  raise errors.UsageError(f"model.encoder must be 'vit' or 'cnn'; got {kind!r}")

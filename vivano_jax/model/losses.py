@@ -13,10 +13,10 @@ def vivano_loss(outputs: dict[str, Array], images: Array, recon_weight: float, k
                 ) -> tuple[Array, dict[str, Array]]:
   """The weighted loss and each term, all scalars.
 
-  images: [B, H, W, C] in [-1, 1], the reconstruction target (the clean image, also where the model's
-    input carried a synthetic anomaly).
-  patch_weights: [B, h, w] weights of each patch's NLL (0 for patches a synthetic anomaly touches, so
-    the density models normal patches only); None = all 1.
+  images: [B, H, W, C] in [-1, 1], the reconstruction target (the clean image, also where the
+    model's input carried a synthetic anomaly).
+  patch_weights: [B, h, w] weights of each patch's NLL (0 for patches a synthetic anomaly touches,
+    so the density models normal patches only); None = all 1.
 
   recon: mean squared error per pixel and channel.
   kl: KL(q(z|x) || N(0, I)) in nats per input value: each patch's KL (summed over its d_z latent

@@ -3,24 +3,26 @@
 For every patch i the head outputs a K-component diagonal Gaussian mixture
   p(y_i | c_i) = sum_k w_k(c_i) N(y_i | mu_k(c_i), diag(sigma_k(c_i)^2)),
 with weights by softmax (eq. 11), scales by softplus (eq. 12, beta = 1, plus a small floor) and
-unconstrained linear means. Its negative log-likelihood, computed with log-sum-exp, is both a training
-loss and the anomaly score of the patch.
+unconstrained linear means. Its negative log-likelihood, computed with log-sum-exp, is both a
+training loss and the anomaly score of the patch.
 
-Which variable and which condition. The paper writes p(y | x), calls it the conditional distribution of
-the encoding and feeds "image embedding" to the network, without saying what y is. Readings, selected by
-`density.target` and `density.condition`:
-  target 'latent' (default): y_i is the VAE posterior mean of patch i [d_z]; 'token': the encoder token [D].
-  condition 'position' (default): c_i is a learned embedding of the patch position only, so the head is a
-    position-dependent density of normal patch codes, p(y_i | i). An anomalous patch is one whose code is
-    unlikely at its place.
+Which variable and which condition. The paper writes p(y | x), calls it the conditional distribution
+of the encoding and feeds "image embedding" to the network, without saying what y is. Readings,
+selected by `density.target` and `density.condition`:
+  target 'latent' (default): y_i is the VAE posterior mean of patch i [d_z]; 'token': the encoder
+    token [D].
+  condition 'position' (default): c_i is a learned embedding of the patch position only, so the head
+    is a position-dependent density of normal patch codes, p(y_i | i). An anomalous patch is one
+    whose code is unlikely at its place.
   condition 'none': one unconditional mixture shared by all positions, p(y_i).
-  condition 'class_token': c_i = [encoder class token, position embedding], p(y_i | global context, i).
-  condition 'self': c_i is the encoder token of patch i itself (the reading of the PyTorch VT-ADL code the
-    paper builds on). The head can then learn a near-identity map and the NLL collapses for every input,
-    anomalous or not; it is kept for the ablation.
-By default the head sees its inputs through stop_gradient (`density.stop_gradient`): it is a density model
-of the representation the reconstruction learns, and cannot pull that representation towards a collapsed
-high-density point.
+  condition 'class_token': c_i = [encoder class token, position embedding], p(y_i | global context,
+    i).
+  condition 'self': c_i is the encoder token of patch i itself (the reading of the PyTorch VT-ADL
+    code the paper builds on). The head can then learn a near-identity map and the NLL collapses for
+    every input, anomalous or not; it is kept for the ablation.
+By default the head sees its inputs through stop_gradient (`density.stop_gradient`): it is a density
+model of the representation the reconstruction learns, and cannot pull that representation towards a
+collapsed high-density point.
 """
 
 import math
@@ -28,6 +30,8 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vivano_jax import errors
 
 Array = jax.Array
 
@@ -55,7 +59,7 @@ def mixture_nll(y: Array, log_weights: Array, means: Array, scales: Array) -> Ar
 class MixtureDensityHead(nn.Module):
   """An MLP from the condition c_i to the mixture parameters of y_i.
 
-  Attributes:
+  Attributes (all but target_dim are `config.density` fields, same names):
     num_components: K.
     target_dim: d, the size of y.
     hidden_dim: width of the hidden layers.
@@ -64,9 +68,9 @@ class MixtureDensityHead(nn.Module):
   """
   num_components: int
   target_dim: int
-  hidden_dim: int = 128
-  num_layers: int = 2
-  min_scale: float = 1e-3
+  hidden_dim: int
+  num_layers: int
+  min_scale: float
 
   @nn.compact
   def __call__(self, c: Array) -> tuple[Array, Array, Array]:
@@ -83,7 +87,8 @@ class MixtureDensityHead(nn.Module):
     return jax.nn.log_softmax(logits, axis=-1), means.reshape(shape), scales.reshape(shape)
 
 
-def density_condition(kind: str, tokens: Array, class_token: Array, position_embedding: Array) -> Array:
+def density_condition(kind: str, tokens: Array, class_token: Array,
+                      position_embedding: Array) -> Array:
   """Builds c_i for every patch.
 
   Args:
@@ -105,4 +110,4 @@ def density_condition(kind: str, tokens: Array, class_token: Array, position_emb
     return jnp.concatenate([glob, pos], axis=-1)
   if kind == 'self':
     return tokens
-  raise ValueError(f'density.condition must be one of {CONDITIONS}, got {kind!r}')
+  raise errors.UsageError(f'density.condition must be one of {", ".join(CONDITIONS)}; got {kind!r}')
