@@ -4,7 +4,7 @@
 
 1. Training batches are synthetic and depend on the global batch only: the global batch of step t
    is drawn from a generator seeded by (seed, t), and each process feeds its rows of it, in process
-   order (the order of the devices in `train.make_mesh`). Any number of processes therefore trains
+   order (the order of the devices in `sharding.make_mesh`). Any number of processes therefore trains
    on exactly the same data, which the real input pipeline does not give (each process reads its
    own shard in its own permutation; see test_multiprocess.py).
 2. Before the evaluation, every process writes its own copy of the parameters and BatchNorm
@@ -21,8 +21,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vivano_jax import cli  # noqa: E402
 from vivano_jax import input_pipeline  # noqa: E402
-from vivano_jax import main as main_lib  # noqa: E402
 from vivano_jax import train  # noqa: E402
 
 
@@ -57,4 +57,4 @@ if __name__ == '__main__':
   os.makedirs(dump_dir, exist_ok=True)
   input_pipeline.train_batches = synthetic_train_batches
   train.evaluate_run = dump_then_evaluate(dump_dir, train.evaluate_run)
-  main_lib.run()
+  cli.main_for('train')

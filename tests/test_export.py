@@ -18,7 +18,10 @@ from PIL import Image
 import pytest
 
 from tests.conftest import REPO
+from vivano_jax import atomic_files
 from vivano_jax import evaluate
+from vivano_jax import export_format
+from vivano_jax import tables
 from vivano_jax import thresholds
 
 TINY = str(REPO / 'configs' / 'tiny.py')
@@ -92,7 +95,7 @@ def _assert_metrics_equal(got, want, tol=1e-9):
   assert list(got) == list(want)
   for name in want:
     assert got[name]['num_images'] == want[name]['num_images'], name
-    for k in evaluate.METRIC_NAMES:
+    for k in tables.METRIC_NAMES:
       if want[name][k] is None:
         assert got[name][k] is None, (name, k)
       else:
@@ -158,12 +161,12 @@ def test_choose_records_both_and_falls_back():
 def test_export_writes_complete_split_with_native_maps(folder_run):
   split = folder_run / 'export' / 'test'
   folder = folder_run.parent / 'folder'
-  with open(split / evaluate.SCORES_CSV, newline='') as f:
+  with open(split / export_format.SCORES_CSV, newline='') as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == NUM_TEST
   assert [int(r['index']) for r in rows] == list(range(NUM_TEST))
-  assert set(rows[0]) >= set(evaluate.SCORE_COLUMNS) | {'nll_max', 'nll_mean', 'recon', 'overlay'}
-  exp = evaluate.read_export(split)
+  assert set(rows[0]) >= set(export_format.SCORE_COLUMNS) | {'nll_max', 'nll_mean', 'recon', 'overlay'}
+  exp = export_format.read_export(split)
   for i, name in enumerate(exp.filenames):
     with Image.open(folder / name) as im:
       native = (im.height, im.width)
@@ -224,10 +227,10 @@ def test_offline_evaluation_equals_training_metrics_without_jax(folder_run, tmp_
   assert in_training['overall']['pixel_auroc'] is not None
   assert in_training['stain']['au_pro'] is None  # No masks for 'stain'.
   assert f'| overall | {NUM_TEST} |' in (tmp_path / evaluate.EVALUATION_MD).read_text()
-  _assert_metrics_equal(json.loads((split / evaluate.METRICS_JSON).read_text()), in_training)
+  _assert_metrics_equal(json.loads((split / export_format.METRICS_JSON).read_text()), in_training)
   # Masks from the MVTec-layout folder instead of masks.npz: the same numbers.
   from_folder = evaluate.evaluate(
-      evaluate.read_export(split, ground_truth=folder_run.parent / 'folder'))
+      export_format.read_export(split, ground_truth=folder_run.parent / 'folder'))
   _assert_metrics_equal(from_folder, in_training)
 
 
@@ -248,21 +251,21 @@ def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
   split = _copy_export(folder_run, tmp_path)
   _rewrite_npz(split / 'maps.npz', lambda a: (a.pop('000003'), a.update({'000099': a['000000']})))
   _rewrite_npz(split / 'masks.npz', lambda a: a.update({'000005': np.zeros((3, 3), bool)}))
-  with pytest.raises(evaluate.ExportError) as e:
-    evaluate.read_export(split)
+  with pytest.raises(export_format.ExportError) as e:
+    export_format.read_export(split)
   msg = str(e.value)
   assert 'maps.npz: no array for 1 image(s)' in msg and '000003' in msg
   assert 'maps.npz: 1 array(s) for no image' in msg and '000099' in msg
 
   split = _copy_export(folder_run, tmp_path / 'b')
   _rewrite_npz(split / 'masks.npz', lambda a: a.update({'000005': np.zeros((3, 3), bool)}))
-  with pytest.raises(evaluate.ExportError, match=r"mask \(3, 3\) but map"):
-    evaluate.read_export(split)
+  with pytest.raises(export_format.ExportError, match=r"mask \(3, 3\) but map"):
+    export_format.read_export(split)
 
   (split / 'scores.csv').unlink()
   (split / 'run.json').unlink()
-  with pytest.raises(evaluate.ExportError) as e:
-    evaluate.read_export(split)
+  with pytest.raises(export_format.ExportError) as e:
+    export_format.read_export(split)
   assert '2 problem(s)' in str(e.value) and 'scores.csv: missing' in str(e.value)
 
   # Ground truth from a folder: a missing mask, an extra one and a wrong size, all in one error.
@@ -271,8 +274,8 @@ def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
   (gt / 'ground_truth' / 'scratch' / '001_mask.png').unlink()
   Image.fromarray(np.zeros((5, 5), np.uint8)).save(gt / 'ground_truth' / 'spot' / '000_mask.png')
   Image.fromarray(np.zeros((5, 5), np.uint8)).save(gt / 'ground_truth' / 'spot' / '123_mask.png')
-  with pytest.raises(evaluate.ExportError) as e:
-    evaluate.read_export(folder_run / 'export' / 'test', ground_truth=str(gt))
+  with pytest.raises(export_format.ExportError) as e:
+    export_format.read_export(folder_run / 'export' / 'test', ground_truth=str(gt))
   msg = str(e.value)
   assert '3 problem(s)' in msg and 'no mask for test/scratch/001.png' in msg
   assert '123_mask.png: a mask for no image' in msg and 'mask size (5, 5)' in msg
@@ -287,14 +290,14 @@ def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
 
 def test_atomic_directory_keeps_previous_content_on_error(tmp_path):
   target = tmp_path / 'out'
-  with evaluate.atomic_directory(target) as d:
+  with atomic_files.atomic_directory(target) as d:
     (d / 'a.txt').write_text('old')
   with pytest.raises(RuntimeError):
-    with evaluate.atomic_directory(target) as d:
+    with atomic_files.atomic_directory(target) as d:
       (d / 'a.txt').write_text('new')
       raise RuntimeError('disk full')
   assert (target / 'a.txt').read_text() == 'old'
-  with evaluate.atomic_directory(target) as d:
+  with atomic_files.atomic_directory(target) as d:
     (d / 'b.txt').write_text('replaced')
   assert sorted(p.name for p in target.iterdir()) == ['b.txt']
   assert sorted(p.name for p in tmp_path.iterdir()) == ['out']  # No temporary siblings left.
@@ -303,12 +306,12 @@ def test_atomic_directory_keeps_previous_content_on_error(tmp_path):
 def test_export_failing_halfway_leaves_no_complete_looking_split(folder_run, tmp_path,
                                                                   monkeypatch):
   from vivano_jax import export  # pylint: disable=g-import-not-at-top
-  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from vivano_jax import report  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns('export', 'report'))
   thresholds_before = (run / 'thresholds.json').read_bytes()
-  config = predict.load_run_config(str(run))
+  config = workdir_lib.load_config(str(run))
   calls = []
   real = report.save_overlay
 
@@ -339,14 +342,15 @@ def test_export_mode_of_main_uses_the_given_step(folder_run, tmp_path, tfds_dir)
   assert 'checkpoint step 5' in proc.stdout and 'Training' not in proc.stderr
   assert json.loads((run / 'export' / 'test' / 'run.json').read_text())['checkpoint_step'] == 5
   assert json.loads((run / 'thresholds.json').read_text())['checkpoint_step'] == 5
-  before = evaluate.read_export(folder_run / 'export' / 'test', load_maps=False).scores
-  after = evaluate.read_export(run / 'export' / 'test', load_maps=False).scores
+  before = export_format.read_export(folder_run / 'export' / 'test', load_maps=False).scores
+  after = export_format.read_export(run / 'export' / 'test', load_maps=False).scores
   assert not np.array_equal(before, after)  # Step 5's parameters, not step 10's.
   proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={run}',
                          '--mode=export', '--step=7',
                          *folder_overrides(folder_run.parent / 'folder', tfds_dir)],
                         env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
-  assert proc.returncode != 0 and 'no checkpoint for step 7; there are [5, 10]' in proc.stderr
+  assert proc.returncode == 2 and '--step=7: ' in proc.stderr
+  assert 'has no checkpoint for it; there are [5, 10]' in proc.stderr
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,7 +369,7 @@ def test_digits_export_then_evaluate_equals_training(tiny_config, tmp_path):
   summary = train.train_and_evaluate(config, str(tmp_path))
   exported = export.export_run(config, str(tmp_path))
   assert exported['checkpoint_step'] == 5
-  exp = evaluate.read_export(tmp_path / 'export' / 'test')
+  exp = export_format.read_export(tmp_path / 'export' / 'test')
   offline = evaluate.evaluate(exp)
   _assert_metrics_equal(offline, summary['metrics'])
   assert offline['overall']['pixel_auroc'] is None and offline['overall']['au_pro'] is None

@@ -10,6 +10,7 @@ import scipy.ndimage
 import sklearn.metrics
 
 from vivano_jax import metrics
+from vivano_jax import pixel_keys
 
 EIGHT = np.ones((3, 3), dtype=int)
 FOUR = scipy.ndimage.generate_binary_structure(2, 1)
@@ -123,7 +124,7 @@ def random_maps(rng, masks, levels=None):
 @pytest.fixture(params=[3, 1 << 21], ids=['tiny_chunks', 'default_chunks'])
 def chunk(request, monkeypatch):
   # Tiny chunks make tie groups and running sums straddle chunk boundaries.
-  monkeypatch.setattr(metrics, '_CHUNK', request.param)
+  monkeypatch.setattr(pixel_keys, '_CHUNK', request.param)
   return request.param
 
 

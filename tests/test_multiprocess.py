@@ -23,8 +23,9 @@ import pytest
 from tests.conftest import REPO
 from vivano_jax import datasets
 from vivano_jax import input_pipeline
-from vivano_jax import model as model_lib
-from vivano_jax import train
+from vivano_jax import checkpoints
+from vivano_jax import sharding
+from vivano_jax import train_step
 
 TINY = str(REPO / 'configs' / 'tiny.py')
 MULTIHOST = str(REPO / 'launch' / 'multihost.sh')
@@ -57,10 +58,8 @@ def _env(devices: int) -> dict[str, str]:
 
 
 def _restore(workdir, config):
-  mngr = train.checkpoint_manager(str(workdir), config)
-  state = train.create_train_state(config, model_lib.create_model(config), config.train.num_steps,
-                                   train.make_mesh())
-  restored, meta = train.restore_checkpoint(mngr, state)
+  mngr = checkpoints.manager(str(workdir), config)
+  restored, meta = checkpoints.restore(mngr, config, sharding.make_mesh())
   flat = {'/'.join(str(k.key) for k in path): np.asarray(x)
           for path, x in jax.tree_util.tree_flatten_with_path(
               {'params': restored.params, 'batch_stats': restored.batch_stats})[0]}

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import load_config
 from vivano_jax import model as model_lib
-from vivano_jax import train
+from vivano_jax import optimizer
 
 
 def _params(encoder='vit'):
@@ -29,7 +29,7 @@ def test_weight_decay_touches_kernels_only(encoder):
   config.train.weight_decay = 0.5
   config.train.schedule = 'constant'
   config.train.learning_rate = 0.1
-  tx = train.create_optimizer(config, total_steps=10)
+  tx = optimizer.create_optimizer(config, total_steps=10)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   # With zero gradients AdamW's update is -lr * weight_decay * param on decayed leaves, 0 elsewhere.
@@ -60,7 +60,7 @@ def test_gradients_are_clipped_per_part():
   grads = jax.tree_util.tree_map_with_path(
       lambda path, p: jnp.asarray(rng.normal(size=p.shape) * (100.0 if path[0].key.startswith(
           'density') else 0.001), jnp.float32), params)
-  clipped, _ = train.gradient_clipping(1.0).update(grads, train.gradient_clipping(1.0).init(params))
+  clipped, _ = optimizer.gradient_clipping(1.0).update(grads, optimizer.gradient_clipping(1.0).init(params))
   g, c = _flat(grads), _flat(clipped)
   norm = lambda names, d: np.sqrt(sum(float(jnp.sum(jnp.square(d[n]))) for n in names))
   density = [n for n in flat if n.startswith('density')]
@@ -74,7 +74,7 @@ def test_gradients_are_clipped_per_part():
   for n in density:
     np.testing.assert_allclose(c[n], g[n] / norm(density, g), rtol=1e-5)
   # Off: the identity.
-  off, _ = train.gradient_clipping(0.0).update(grads, train.gradient_clipping(0.0).init(params))
+  off, _ = optimizer.gradient_clipping(0.0).update(grads, optimizer.gradient_clipping(0.0).init(params))
   for n in flat:
     np.testing.assert_array_equal(_flat(off)[n], g[n])
 
@@ -83,15 +83,15 @@ def test_learning_rate_schedules():
   config = load_config('tiny')
   config.train.learning_rate = 0.01
   config.train.warmup_steps = 10
-  sched = train.learning_rate_schedule(config, total_steps=110)
+  sched = optimizer.learning_rate_schedule(config, total_steps=110)
   assert float(sched(0)) == 0.0
   np.testing.assert_allclose(float(sched(5)), 0.005, rtol=1e-6)
   np.testing.assert_allclose(float(sched(10)), 0.01, rtol=1e-6)
   # Cosine from the peak to 0 over the remaining 100 steps: at 60 steps, half way, lr / 2.
   np.testing.assert_allclose(float(sched(60)), 0.01 * 0.5 * (1 + np.cos(np.pi * 0.5)), rtol=1e-5)
   config.train.schedule = 'constant'
-  sched = train.learning_rate_schedule(config, total_steps=110)
+  sched = optimizer.learning_rate_schedule(config, total_steps=110)
   assert [float(sched(s)) for s in (0, 50, 109)] == pytest.approx([0.01] * 3)
   config.train.schedule = 'linear'
   with pytest.raises(ValueError, match='train.schedule'):
-    train.learning_rate_schedule(config, total_steps=110)
+    optimizer.learning_rate_schedule(config, total_steps=110)

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import REPO
 from tests.test_export import _env
 from tests.test_export import trained_folder_run
-from vivano_jax import evaluate
+from vivano_jax import export_format
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 MAGNETIC_TILE = SHARED_DATA / 'magnetic_tile'
@@ -67,7 +67,7 @@ def test_predict_cli_on_magnetic_tile_photos(folder_run, tmp_path):
     line = next(l for l in proc.stdout.splitlines() if l.endswith(r['path']))
     assert line.split()[0] == ('ANOMALOUS' if score >= threshold else 'normal')
   # The run's own test image scores as at export (1 device, batch 8 there).
-  exported = evaluate.read_export(folder_run / 'export' / 'test', load_maps=False)
+  exported = export_format.read_export(folder_run / 'export' / 'test', load_maps=False)
   own = next(r for r in rows if r['path'].endswith('own.png'))
   i = list(exported.filenames).index('test/spot/001.png')
   assert float(own['score']) == pytest.approx(exported.scores[i], rel=1e-5)
@@ -94,9 +94,9 @@ def test_predict_errors_are_clear(folder_run, tmp_path):
     predict.predict(str(tmp_path), paths[2:])
   no_thresholds = tmp_path / 'run'
   shutil.copytree(folder_run, no_thresholds, ignore=shutil.ignore_patterns('thresholds.json'))
-  with pytest.raises(ValueError, match='mode=export'):
+  with pytest.raises(ValueError, match='vivano export'):
     predict.predict(str(no_thresholds), paths[2:])
-  with pytest.raises(ValueError, match=r'no checkpoint for step 3; there are \[5, 10\]'):
+  with pytest.raises(ValueError, match=r'--step=3: .* no checkpoint for it; there are \[5, 10\]'):
     predict.predict(str(folder_run), paths[2:], step=3)
   # The CLI: one line, no stack trace.
   proc = subprocess.run([sys.executable, '-m', 'vivano_jax.predict', f'--workdir={tmp_path / "x"}',

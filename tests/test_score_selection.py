@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import load_config
 from vivano_jax import score_selection
+from vivano_jax import scorer
 
 
 def test_candidates_parse_and_bad_ones_are_clear_errors():
@@ -41,7 +42,10 @@ def test_halves_are_disjoint_and_cover():
 def _scored(recon_maps, nll_maps):
   image = {'recon': recon_maps.mean(axis=(1, 2)), 'nll_max': nll_maps.max(axis=(1, 2)),
            'nll_mean': nll_maps.mean(axis=(1, 2))}
-  return {'image': image, 'pixel': {'recon': recon_maps, 'nll': nll_maps}}
+  pixel = {'recon': recon_maps, 'nll': nll_maps}
+  return scorer.ScoredSplit(image=image, pixel=pixel, mask=np.zeros(recon_maps.shape, bool),
+                            moments={k: (v.sum(0), np.square(v).sum(0), len(v))
+                                     for k, v in pixel.items()})
 
 
 def test_the_candidate_that_finds_the_anomalies_is_chosen():
@@ -57,8 +61,6 @@ def test_the_candidate_that_finds_the_anomalies_is_chosen():
   bad = _scored(noise() + 5.0 * masks, noise())
   stats_maps = noise()
   stats_scored = _scored(stats_maps, noise())
-  stats_scored['pixel_moments'] = {
-      k: (v.sum(0), np.square(v).sum(0), n) for k, v in stats_scored['pixel'].items()}
   config = load_config('tiny')
   config.score.image_candidates = ('nll_max', 'map_max:recon:global', 'map_max:recon:pixel')
   config.score.pixel_candidates = ('nll:global', 'recon:global')

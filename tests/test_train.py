@@ -15,7 +15,11 @@ import pytest
 from tests.conftest import REPO
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
+from vivano_jax import checkpoints
+from vivano_jax import scorer
+from vivano_jax import sharding
 from vivano_jax import train
+from vivano_jax import train_step
 
 
 def _env(devices=None):
@@ -27,14 +31,14 @@ def _env(devices=None):
 
 def test_loss_decreases_on_tiny_problem(tiny_config):
   config = tiny_config
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   data = input_pipeline.load(config, ('train',))['train']
   batches = input_pipeline.train_batches(data, config.dataset, config.train.batch_size, config.seed)
-  state = train.create_train_state(config, model_lib.create_model(config), 80, mesh)
-  step = train.make_train_step(config, mesh)
+  state = train_step.create_train_state(config, model_lib.create_model(config), 80, mesh)
+  step = train_step.make_train_step(config, mesh)
   recon = []
   for _ in range(80):
-    state, m = step(state, train.global_batch(next(batches), mesh))
+    state, m = step(state, sharding.global_batch(next(batches), mesh))
     recon.append(float(m.compute()['recon']))
     assert np.isfinite(float(m.loss.compute()))
   assert np.mean(recon[-10:]) < 0.5 * np.mean(recon[:5])
@@ -66,7 +70,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_config, 
                                                                    monkeypatch):
   config = tiny_config
   config.train.checkpoint_every_steps = 5
-  real = train.make_train_step
+  real = train_step.make_train_step
 
   def poisoned(cfg, mesh):
     step_fn = real(cfg, mesh)
@@ -79,13 +83,12 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_config, 
       return state, m
     return wrapped
 
-  monkeypatch.setattr(train, 'make_train_step', poisoned)
+  monkeypatch.setattr(train_step, 'make_train_step', poisoned)
   with pytest.raises(FloatingPointError, match='at step 7'):
     train.train_and_evaluate(config, str(tmp_path))
-  mngr = train.checkpoint_manager(str(tmp_path), config)
+  mngr = checkpoints.manager(str(tmp_path), config)
   assert mngr.all_steps() == [5]
-  state = train.create_train_state(config, model_lib.create_model(config), 20, train.make_mesh())
-  restored, meta = train.restore_checkpoint(mngr, state)
+  restored, meta = checkpoints.restore(mngr, config, sharding.make_mesh())
   assert meta['step'] == 5 and int(restored.step) == 5
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
 
@@ -98,10 +101,8 @@ def _main(workdir, tfds_dir, *overrides, **kwargs):
 
 
 def _final_params(workdir, config):
-  mngr = train.checkpoint_manager(str(workdir), config)
-  state = train.create_train_state(config, model_lib.create_model(config),
-                                   config.train.num_steps, train.make_mesh())
-  restored, meta = train.restore_checkpoint(mngr, state)
+  mngr = checkpoints.manager(str(workdir), config)
+  restored, meta = checkpoints.restore(mngr, config, sharding.make_mesh())
   return restored, meta
 
 
@@ -171,33 +172,33 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_config):
   config = tiny_config
   config.model.variational = False
   config.model.decoder_norm = 'none'
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   x = np.random.default_rng(0).uniform(-1, 1, size=(8, 32, 32, 1)).astype(np.float32)
   model = model_lib.create_model(config)
   finals = {}
   for k in (1, 4):
     config.train.grad_accum_steps = k
-    state = train.create_train_state(config, model, 10, mesh)
-    step = train.make_train_step(config, mesh)
+    state = train_step.create_train_state(config, model, 10, mesh)
+    step = train_step.make_train_step(config, mesh)
     for _ in range(2):
-      state, m = step(state, train.global_batch({'image': x}, mesh))
+      state, m = step(state, sharding.global_batch({'image': x}, mesh))
     finals[k] = (state, m.compute())
   for a, b in zip(jax.tree.leaves(finals[1][0].params), jax.tree.leaves(finals[4][0].params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
   np.testing.assert_allclose(finals[1][1]['loss'], finals[4][1]['loss'], rtol=1e-5)
   config.train.grad_accum_steps = 3
   with pytest.raises(ValueError, match='grad_accum_steps=3'):
-    train.make_train_step(config, mesh)
+    train_step.make_train_step(config, mesh)
 
 
 def test_gradient_accumulation_with_batchnorm_and_sampling_runs(tiny_config):
   config = tiny_config
   config.train.grad_accum_steps = 2
-  mesh = train.make_mesh()
-  state = train.create_train_state(config, model_lib.create_model(config), 10, mesh)
+  mesh = sharding.make_mesh()
+  state = train_step.create_train_state(config, model_lib.create_model(config), 10, mesh)
   x = np.random.default_rng(0).uniform(-1, 1, size=(8, 32, 32, 1)).astype(np.float32)
   before = jax.tree.map(np.asarray, state.batch_stats)
-  state, m = train.make_train_step(config, mesh)(state, train.global_batch({'image': x}, mesh))
+  state, m = train_step.make_train_step(config, mesh)(state, sharding.global_batch({'image': x}, mesh))
   assert np.isfinite(float(m.loss.compute()))
   changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before),
                                                    jax.tree.leaves(state.batch_stats))]
@@ -207,23 +208,23 @@ def test_gradient_accumulation_with_batchnorm_and_sampling_runs(tiny_config):
 def test_bfloat16_compute_keeps_float32_parameters(tiny_config):
   config = tiny_config
   config.train.compute_dtype = 'bfloat16'
-  mesh = train.make_mesh()
-  state = train.create_train_state(config, model_lib.create_model(config), 10, mesh)
+  mesh = sharding.make_mesh()
+  state = train_step.create_train_state(config, model_lib.create_model(config), 10, mesh)
   x = np.random.default_rng(0).uniform(-1, 1, size=(8, 32, 32, 1)).astype(np.float32)
-  state, m = train.make_train_step(config, mesh)(state, train.global_batch({'image': x}, mesh))
+  state, m = train_step.make_train_step(config, mesh)(state, sharding.global_batch({'image': x}, mesh))
   assert np.isfinite(float(m.loss.compute()))
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(state.params))
 
 
 def test_remat_gives_the_same_step(tiny_config):
   config = tiny_config
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   x = np.random.default_rng(0).uniform(-1, 1, size=(8, 32, 32, 1)).astype(np.float32)
   finals = []
   for remat in (False, True):
     config.model.remat = remat
-    state = train.create_train_state(config, model_lib.create_model(config), 10, mesh)
-    state, _ = train.make_train_step(config, mesh)(state, train.global_batch({'image': x}, mesh))
+    state = train_step.create_train_state(config, model_lib.create_model(config), 10, mesh)
+    state, _ = train_step.make_train_step(config, mesh)(state, sharding.global_batch({'image': x}, mesh))
     finals.append(state.params)
   for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
@@ -232,8 +233,9 @@ def test_remat_gives_the_same_step(tiny_config):
 def test_tensorboard_most_anomalous_follow_the_configured_image_score():
   # The first component ranks image 0 highest; the final (configured) score ranks image 2 highest.
   masks = np.stack([np.full((4, 4), i, np.float32) for i in range(3)])
-  scored = {'image': {'nll_max': np.array([9.0, 1.0, 0.0]), 'recon': np.array([0.1, 0.2, 0.3])},
-            'mask': masks}
+  scored = scorer.ScoredSplit(
+      image={'nll_max': np.array([9.0, 1.0, 0.0]), 'recon': np.array([0.1, 0.2, 0.3])}, pixel={},
+      moments={}, mask=masks)
   maps = np.random.default_rng(0).normal(size=(3, 4, 4)).astype(np.float32)
   images = train.tensorboard_images(scored, np.array([0.1, 0.2, 0.3]), maps, n=2)
   top = images['mask_top'][..., 0]

@@ -1,11 +1,16 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
+"""Atomic writes of files and folders: a reader sees the old one or the complete new one, never a
+partial one.
 
 Only the standard library: the offline evaluator and the sweep runner import it without JAX.
 """
 
+import contextlib
 import json
 import os
-from typing import Any
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Iterator
 
 
 def _json_default(o: Any) -> Any:
@@ -19,3 +24,34 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2, default=_json_default)
   os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """Yields an empty hidden sibling of `path` to fill; when the block succeeds it replaces `path`.
+
+  On an error the sibling is deleted and `path` is left as it was. A process killed mid-way leaves
+  only a hidden '.<name>.tmp-*' folder, never a complete-looking `path`.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{path.name}.tmp-', dir=path.parent))
+  try:
+    yield tmp
+    tmp.chmod(0o755)  # mkdtemp makes it private.
+    old = None
+    if path.exists():
+      # A directory cannot be renamed onto a non-empty one: move the old one aside first.
+      old = pathlib.Path(tempfile.mkdtemp(prefix=f'.{path.name}.old-', dir=path.parent))
+      os.rename(path, old / path.name)
+    try:
+      os.rename(tmp, path)
+    except BaseException:
+      if old is not None:
+        os.rename(old / path.name, path)
+      raise
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,13 +1,13 @@
 """Speed, FLOPs and memory of a configuration's train and score steps, on random data.
 
-  python -m vivano_jax.benchmark --config=configs/paper.py [--config.train.batch_size=8]
+  vivano benchmark --config=configs/paper.py [--config.train.batch_size=8]
       [--sizes=128,256,512] [--steps=10] [--output=bench.json] [--profile_dir=DIR]
 
 No dataset is read: the batches are uniform noise in [-1, 1] of the configured shape. For each image
 size in --sizes (patch size fixed by the config, so the patch grid grows with the size):
   - compile time of the train step (lowering + XLA compilation), seconds;
   - train step time (median of --steps steps after --warmup, each waited for) and images/s;
-  - score images/s of the scoring step (`train.make_eval_step`): NLL only (decode=False) and with
+  - score images/s of the scoring step (`scorer_lib.make_eval_step`): NLL only (decode=False) and with
     the decoder (decode=True);
   - model FLOPs per image of the train step (forward, backward and update), from XLA's cost analysis
     of the lowered, not yet partitioned program: a count for the whole global batch, whatever the
@@ -25,27 +25,26 @@ steps per size.
 """
 
 import copy
-import json
 import os
 import resource
 import statistics
-import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import flags
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
-import ml_collections  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vivano_jax import model as model_lib  # noqa: E402
-from vivano_jax import train  # noqa: E402
+from vivano_jax import atomic_files
+from vivano_jax import errors
+from vivano_jax import model as model_lib
+from vivano_jax import scorer as scorer_lib
+from vivano_jax import sharding
+from vivano_jax import train_step
 
 PROFILE_STEPS = 3
 
@@ -112,7 +111,7 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int, mesh: Mesh,
   local = batch_size // jax.process_count()
   rng = np.random.default_rng([seed, jax.process_index()])
   images = rng.uniform(-1.0, 1.0, (local, s, s, c)).astype(np.float32)
-  return train.global_batch({'image': images}, mesh)
+  return sharding.global_batch({'image': images}, mesh)
 
 
 def _canonical(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -132,10 +131,10 @@ def model_train_flops(config: ml_collections.ConfigDict, mesh: Mesh, lowered: An
     return flops_of(lowered.cost_analysis())
   model = model_lib.create_model(canonical)
   # Shapes only: nothing is allocated. (The step count shapes the schedule, not the FLOPs.)
-  state = jax.eval_shape(lambda: train.create_train_state(canonical, model, 1000, mesh))
+  state = jax.eval_shape(lambda: train_step.create_train_state(canonical, model, 1000, mesh))
   abstract_batch = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batch)
-  lowered = train.make_train_step(canonical, mesh).lower(state, abstract_batch)
+  lowered = train_step.make_train_step(canonical, mesh).lower(state, abstract_batch)
   return flops_of(lowered.cost_analysis())
 
 
@@ -147,20 +146,49 @@ def _xla_bytes(compiled: Any) -> Optional[int]:
              - m.alias_size_in_bytes)
 
 
+def _score_steps(config, mesh, state, eval_batch, steps, warmup):
+  """Scoring throughput and FLOPs without ('nll') and with ('decode') the decoder; and the
+  compiled step with the decoder."""
+  score, n = {}, eval_batch['image'].shape[0]
+  for decode in (False, True):
+    eval_lowered = scorer_lib.make_eval_step(config, mesh, decode).lower(state, eval_batch)
+    eval_compiled = eval_lowered.compile()
+    seconds = statistics.median(
+        time_calls(lambda: eval_compiled(state, eval_batch), steps, warmup))
+    score['decode' if decode else 'nll'] = {
+        'images_per_sec': n / seconds, 'step_s': seconds,
+        'flops_per_image': flops_of(eval_lowered.cost_analysis()) / n}
+  return score, eval_compiled
+
+
+def _profile(trace_dir: str, train_once: Callable[[], Any], score_once: Callable[[], Any]) -> None:
+  """A jax.profiler trace of a few train steps and one score step; the steps are marked so the
+  profile viewer lines them up."""
+  jax.profiler.start_trace(trace_dir)
+  try:
+    for i in range(PROFILE_STEPS):
+      with jax.profiler.StepTraceAnnotation('train', step_num=i):
+        jax.block_until_ready(train_once())
+    with jax.profiler.TraceAnnotation('score_decode'):
+      jax.block_until_ready(score_once())
+  finally:
+    jax.profiler.stop_trace()
+
+
 def benchmark_size(config: ml_collections.ConfigDict, mesh: Mesh, steps: int, warmup: int,
                    ceiling: float, profile_dir: Optional[str] = None) -> dict[str, Any]:
   """All measurements for one configuration (one image size). Times in seconds, memory in bytes."""
   s, patch = config.dataset.image_size, config.model.patch_size
   if s % patch:
-    raise ValueError(f'image size {s} is not a multiple of model.patch_size={patch}')
+    raise errors.UsageError(f'image size {s} is not a multiple of model.patch_size={patch}')
   batch_size, eval_batch_size = config.train.batch_size, config.train.eval_batch_size
-  train.check_batch_size(batch_size, 'train.batch_size', mesh)
-  train.check_batch_size(eval_batch_size, 'train.eval_batch_size', mesh)
+  sharding.check_batch_size(batch_size, 'train.batch_size', mesh)
+  sharding.check_batch_size(eval_batch_size, 'train.eval_batch_size', mesh)
   model = model_lib.create_model(config)
-  state = train.create_train_state(config, model, max(steps + warmup, 1), mesh)
+  state = train_step.create_train_state(config, model, max(steps + warmup, 1), mesh)
   batch = random_batch(config, batch_size, mesh)
 
-  step_fn = train.make_train_step(config, mesh)
+  step_fn = train_step.make_train_step(config, mesh)
   start = time.perf_counter()
   lowered = step_fn.lower(state, batch)
   compiled = lowered.compile()
@@ -176,29 +204,10 @@ def benchmark_size(config: ml_collections.ConfigDict, mesh: Mesh, steps: int, wa
   step_s = statistics.median(step_times)
 
   eval_batch = random_batch(config, eval_batch_size, mesh, seed=1)
-  score = {}
-  for decode in (False, True):
-    eval_fn = train.make_eval_step(config, mesh, decode)
-    eval_lowered = eval_fn.lower(holder['state'], eval_batch)
-    eval_compiled = eval_lowered.compile()
-    seconds = statistics.median(
-        time_calls(lambda: eval_compiled(holder['state'], eval_batch), steps, warmup))
-    score['decode' if decode else 'nll'] = {
-        'images_per_sec': eval_batch_size / seconds, 'step_s': seconds,
-        'flops_per_image': flops_of(eval_lowered.cost_analysis()) / eval_batch_size}
-
+  score, eval_compiled = _score_steps(config, mesh, holder['state'], eval_batch, steps, warmup)
   if profile_dir:
-    # One trace per size; the steps are marked so the profile viewer lines them up.
-    jax.profiler.start_trace(os.path.join(profile_dir, f'size_{s}'))
-    try:
-      for i in range(PROFILE_STEPS):
-        with jax.profiler.StepTraceAnnotation('train', step_num=i):
-          jax.block_until_ready(train_once())
-      with jax.profiler.TraceAnnotation('score_decode'):
-        jax.block_until_ready(eval_compiled(holder['state'], eval_batch))
-    finally:
-      jax.profiler.stop_trace()
-
+    _profile(os.path.join(profile_dir, f'size_{s}'), train_once,
+             lambda: eval_compiled(holder['state'], eval_batch))
   achieved = train_flops / step_s
   peak, peak_source = peak_memory()
   return {
@@ -217,10 +226,10 @@ def benchmark_size(config: ml_collections.ConfigDict, mesh: Mesh, steps: int, wa
   }
 
 
-def run(config: ml_collections.ConfigDict, sizes: Sequence[int], steps: int = 10, warmup: int = 2,
-        matmul_size: int = 0, profile_dir: Optional[str] = None) -> dict[str, Any]:
+def benchmark(config: ml_collections.ConfigDict, sizes: Sequence[int], steps: int = 10,
+              warmup: int = 2, matmul_size: int = 0, profile_dir: Optional[str] = None) -> dict[str, Any]:
   """Benchmarks `config` at each image size: the machine, the ceiling and one record per size."""
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   devices = jax.devices()
   platform = devices[0].platform
   dtype_name = config.train.compute_dtype
@@ -300,36 +309,38 @@ def format_report(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------
 # Command line.
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a configuration file.',
-                                          lock_config=True)
-_SIZES = flags.DEFINE_list('sizes', None, 'Image sizes to measure (default: the config\'s).')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement (the median is reported).')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps before the timed ones.')
-_MATMUL = flags.DEFINE_integer('matmul_size', 0, 'n of the n x n ceiling matmul; 0 = automatic.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Write the results as JSON to this path.')
-_PROFILE = flags.DEFINE_string('profile_dir', None, 'Write a jax.profiler trace per size here.')
+def define_flags(fv: flags.FlagValues) -> None:
+  config_flags.DEFINE_config_file('config', None, 'Path to a configuration file.', flag_values=fv,
+                                  lock_config=True)
+  flags.DEFINE_list('sizes', None, 'Image sizes to measure (default: the config\'s).',
+                    flag_values=fv)
+  flags.DEFINE_integer('steps', 10, 'Timed steps per measurement (the median is reported).',
+                       flag_values=fv)
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps before the timed ones.', flag_values=fv)
+  flags.DEFINE_integer('matmul_size', 0, 'n of the n x n ceiling matmul; 0 = automatic.',
+                       flag_values=fv)
+  flags.DEFINE_string('output', None, 'Write the results as JSON to this path.', flag_values=fv)
+  flags.DEFINE_string('profile_dir', None, 'Write a jax.profiler trace per size here.',
+                      flag_values=fv)
+  flags.mark_flag_as_required('config', flag_values=fv)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _CONFIG.value is None:
-    raise app.UsageError('--config is required')
-  config = _CONFIG.value
-  sizes = [int(s) for s in _SIZES.value] if _SIZES.value else [config.dataset.image_size]
+def run(fv: flags.FlagValues) -> None:
+  config = fv.config
+  try:
+    sizes = [int(s) for s in fv.sizes] if fv.sizes else [config.dataset.image_size]
+  except ValueError:
+    raise errors.UsageError(f'--sizes={",".join(fv.sizes)}: not a list of integers') from None
   print(f'benchmarking on {jax.device_count()} device(s): {jax.devices()}', flush=True)
-  result = run(config, sizes, _STEPS.value, _WARMUP.value, _MATMUL.value, _PROFILE.value)
+  result = benchmark(config, sizes, fv.steps, fv.warmup, fv.matmul_size, fv.profile_dir)
   print(format_report(result), flush=True)
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w') as f:
-      json.dump(result, f, indent=2)
-    print(f'results: {_OUTPUT.value}')
-  if _PROFILE.value:
-    print(f'traces: {_PROFILE.value} (tensorboard --logdir={_PROFILE.value}, Profile tab)')
+  if fv.output:
+    atomic_files.write_json(fv.output, result)
+    print(f'results: {fv.output}')
+  if fv.profile_dir:
+    print(f'traces: {fv.profile_dir} (tensorboard --logdir={fv.profile_dir}, Profile tab)')
 
 
 if __name__ == '__main__':
-  try:
-    app.run(main)
-  except KeyboardInterrupt:
-    sys.exit(130)
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.main_for('benchmark')

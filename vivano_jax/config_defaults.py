@@ -10,108 +10,136 @@ def base_config() -> ml_collections.ConfigDict:
   """The small CPU configuration on the embedded `textures/brick` data."""
   config = ml_collections.ConfigDict()
   config.seed = 0  # Parameters, latent samples and data order.
+  config.dataset = _dataset()
+  config.model = _model()
+  config.density = _density()
+  config.loss = _loss()
+  config.score = _score()
+  config.train = _train()
+  config.export = _export()
+  return config
 
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = 'textures/brick'  # '<builder>/<config>', see vivano_jax/datasets.
-  config.dataset.data_dir = ''  # tfds data dir; '' = tfds default (~/tensorflow_datasets).
-  config.dataset.manual_dir = ''  # Root of local files for builders that read them (mvtec_ad, folder).
-  config.dataset.image_size = 128  # Model input S x S (images resized to it).
-  config.dataset.channels = 1  # Model input channels (images converted: gray <-> RGB).
-  config.dataset.validation_fraction = 0.0  # Held-out normals carved from train (when no val split).
-  config.dataset.validation_seed = 0
-  config.dataset.num_threads = 2  # tf.data decoding threads per process.
+
+def _dataset() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = 'textures/brick'  # '<builder>/<config>', see vivano_jax/datasets.
+  c.data_dir = ''  # tfds data dir; '' = tfds default (~/tensorflow_datasets).
+  c.manual_dir = ''  # Root of local files for builders that read them (mvtec_ad, folder).
+  c.image_size = 128  # Model input S x S (images resized to it).
+  c.channels = 1  # Model input channels (images converted: gray <-> RGB).
+  c.validation_fraction = 0.0  # Held-out normals carved from train (when no val split).
+  c.validation_seed = 0
+  c.num_threads = 2  # tf.data decoding threads per process.
   # Training images are decoded and resized once and kept in memory when they fit in this many MiB
   # (float32 at the model size); else they are decoded per sample.
-  config.dataset.cache_max_mib = 2048
-  config.dataset.augment = ml_collections.ConfigDict(dict(hflip=True, vflip=True, rot90=True))
+  c.cache_max_mib = 2048
+  c.augment = ml_collections.ConfigDict(dict(hflip=True, vflip=True, rot90=True))
+  return c
 
-  config.model = ml_collections.ConfigDict()
-  config.model.encoder = 'vit'  # 'vit' (the paper) or 'cnn' (ablation).
-  config.model.patch_size = 16  # P; the decoder needs a power of two.
-  config.model.width = 192  # D.
-  config.model.depth = 4  # L.
-  config.model.num_heads = 4
-  config.model.mlp_dim = 384
-  config.model.cnn_base_features = 32  # Only for encoder='cnn'.
-  config.model.latent_dim = 32  # d_z per patch.
-  config.model.variational = True  # VAE (True) or deterministic autoencoder.
-  config.model.decoder_base_features = 64  # Channels of the first x2 stage, halved per stage...
-  config.model.decoder_min_features = 8  # ...but never below this.
-  config.model.decoder_norm = 'batch'  # 'batch' (paper: BatchNorm + ReLU) | 'none'.
-  config.model.remat = False  # Rematerialise encoder blocks (less memory, more compute).
 
-  config.density = ml_collections.ConfigDict()
-  config.density.num_components = 10  # K Gaussians.
-  config.density.hidden_dim = 128
-  config.density.num_layers = 2
-  config.density.condition = 'position'  # 'position' | 'none' | 'class_token' | 'self' (mixture.py).
-  config.density.target = 'latent'  # 'latent' (VAE mean per patch) | 'token' (encoder token).
-  config.density.stop_gradient = True  # The head does not shape the representation.
-  config.density.min_scale = 1e-3  # Floor of the mixture scales.
-  config.density.position_embed_dim = 64
+def _model() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.encoder = 'vit'  # 'vit' (the paper) or 'cnn' (ablation).
+  c.patch_size = 16  # P; the decoder needs a power of two.
+  c.width = 192  # D.
+  c.depth = 4  # L.
+  c.num_heads = 4
+  c.mlp_dim = 384
+  c.cnn_base_features = 32  # Only for encoder='cnn'.
+  c.latent_dim = 32  # d_z per patch.
+  c.variational = True  # VAE (True) or deterministic autoencoder.
+  c.decoder_base_features = 64  # Channels of the first x2 stage, halved per stage...
+  c.decoder_min_features = 8  # ...but never below this.
+  c.decoder_norm = 'batch'  # 'batch' (paper: BatchNorm + ReLU) | 'none'.
+  c.remat = False  # Rematerialise encoder blocks (less memory, more compute).
+  return c
 
-  config.loss = ml_collections.ConfigDict()
-  config.loss.recon_weight = 1.0
-  # beta, per input value: the KL of a patch is divided by the P * P * C values it covers (losses.py),
+
+def _density() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.num_components = 10  # K Gaussians.
+  c.hidden_dim = 128
+  c.num_layers = 2
+  c.condition = 'position'  # 'position' | 'none' | 'class_token' | 'self' (model/mixture.py).
+  c.target = 'latent'  # 'latent' (VAE mean per patch) | 'token' (encoder token).
+  c.stop_gradient = True  # The head does not shape the representation.
+  c.min_scale = 1e-3  # Floor of the mixture scales.
+  c.position_embed_dim = 64
+  return c
+
+
+def _loss() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.recon_weight = 1.0
+  # beta, per input value: the KL of a patch is divided by the P * P * C values it covers (model/losses.py),
   # so the weight means the same at every patch size. 0.25 at patch 16, gray, is 1e-3 nats per patch.
-  config.loss.kl_weight = 0.25
-  config.loss.nll_weight = 1.0  # lambda.
-  config.loss.ssim_weight = 0.0  # Weight of mean(1 - SSIM(x, x_hat)) beside the MSE (VT-ADL's loss).
+  c.kl_weight = 0.25
+  c.nll_weight = 1.0  # lambda.
+  c.ssim_weight = 0.0  # Weight of mean(1 - SSIM(x, x_hat)) beside the MSE (VT-ADL's loss).
+  return c
 
-  config.score = ml_collections.ConfigDict()
+
+def _score() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
   # The paper scores by the mixture NLL ('nll_max' / 'nll'). On the default data the reconstruction
   # error detects and localises far better (README, RESULTS.md), so it is the default here.
   # Every kind is described in vivano_jax/scoring.py.
-  config.score.image = 'recon'  # 'nll_max' (paper) | 'nll_mean' | 'recon' | 'ssim' | 'combined'
+  c.image = 'recon'  # 'nll_max' (paper) | 'nll_mean' | 'recon' | 'ssim' | 'combined'
   #                               | 'map_max' | 'map_topk' (from the final pixel map).
-  config.score.pixel = 'recon'  # 'nll' (paper) | 'recon' | 'ssim' | 'combined'.
-  config.score.combine = ('nll', 'recon')  # Components summed by 'combined' (each standardised).
-  config.score.normalize = 'global'  # 'global' | 'pixel' (per-position standardisation of maps).
-  config.score.topk_fraction = 0.01  # 'map_topk': the mean of this fraction of highest pixels.
-  config.score.image_map = ''  # The map 'map_*' image scores use: '' = score.pixel, or a pixel kind.
-  config.score.image_normalize = ''  # ...and its normalisation: '' = score.normalize.
-  config.score.smoothing_sigma = 4.0  # Gaussian smoothing of pixel maps, pixels; 0 = off.
+  c.pixel = 'recon'  # 'nll' (paper) | 'recon' | 'ssim' | 'combined'.
+  c.combine = ('nll', 'recon')  # Components summed by 'combined' (each standardised).
+  c.normalize = 'global'  # 'global' | 'pixel' (per-position standardisation of maps).
+  c.topk_fraction = 0.01  # 'map_topk': the mean of this fraction of highest pixels.
+  c.image_map = ''  # The map 'map_*' image scores use: '' = score.pixel, or a pixel kind.
+  c.image_normalize = ''  # ...and its normalisation: '' = score.normalize.
+  c.smoothing_sigma = 4.0  # Gaussian smoothing of pixel maps, pixels; 0 = off.
   # 'synthetic': choose the image score among `image_candidates` and the pixel map among
   # `pixel_candidates` on held-out normals with synthetic anomalies (vivano_jax/score_selection.py,
   # which gives the candidates' syntax); 'none': the fields above as they are.
-  config.score.select = 'none'
-  config.score.image_candidates = ('recon', 'ssim', 'nll_max', 'combined', 'map_max:recon:global',
+  c.select = 'none'
+  c.image_candidates = ('recon', 'ssim', 'nll_max', 'combined', 'map_max:recon:global',
                                    'map_max:recon:pixel', 'map_max:combined:pixel',
                                    'map_topk:combined:pixel')
-  config.score.pixel_candidates = ('recon:global', 'ssim:global', 'nll:global', 'combined:global',
+  c.pixel_candidates = ('recon:global', 'ssim:global', 'nll:global', 'combined:global',
                                    'recon:pixel', 'combined:pixel')
-  config.score.native_resolution = True  # Pixel metrics at the masks' native size (MVTec protocol).
+  c.native_resolution = True  # Pixel metrics at the masks' native size (MVTec protocol).
+  return c
 
-  config.train = ml_collections.ConfigDict()
-  config.train.batch_size = 32  # Global batch; must divide by the number of devices.
-  config.train.num_steps = 800  # > 0: train this many steps; else num_epochs * steps per epoch.
-  config.train.num_epochs = 0
-  config.train.learning_rate = 1e-3  # Peak, after linear warmup; cosine decay to 0 after it.
-  config.train.schedule = 'warmup_cosine'  # 'warmup_cosine' | 'constant' (learning_rate throughout).
-  config.train.warmup_steps = 100  # Only for 'warmup_cosine'.
-  config.train.weight_decay = 1e-4  # AdamW, on weight matrices and kernels only.
-  config.train.grad_clip_norm = 1.0  # Global norm of each part (autoencoder, density head); 0 = off.
+
+def _train() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.batch_size = 32  # Global batch; must divide by the number of devices.
+  c.num_steps = 800  # > 0: train this many steps; else num_epochs * steps per epoch.
+  c.num_epochs = 0
+  c.learning_rate = 1e-3  # Peak, after linear warmup; cosine decay to 0 after it.
+  c.schedule = 'warmup_cosine'  # 'warmup_cosine' | 'constant' (learning_rate throughout).
+  c.warmup_steps = 100  # Only for 'warmup_cosine'.
+  c.weight_decay = 1e-4  # AdamW, on weight matrices and kernels only.
+  c.grad_clip_norm = 1.0  # Global norm of each part (autoencoder, density head); 0 = off.
   # Fraction of training inputs given a synthetic anomaly, the clean image staying the target
   # (denoising; vivano_jax/synthetic.py). 0 = plain reconstruction, as the paper.
-  config.train.synthetic_anomalies = 0.0
-  config.train.grad_accum_steps = 1  # Microbatches per step (same memory as batch / this).
-  config.train.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (parameters stay float32).
-  config.train.log_every_steps = 50
-  config.train.checkpoint_every_steps = 200
-  config.train.keep_checkpoints = 3
-  config.train.eval_batch_size = 32  # Global; must divide by the number of devices.
-  config.train.num_tensorboard_images = 8
+  c.synthetic_anomalies = 0.0
+  c.grad_accum_steps = 1  # Microbatches per step (same memory as batch / this).
+  c.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (parameters stay float32).
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 200
+  c.keep_checkpoints = 3
+  c.eval_batch_size = 32  # Global; must divide by the number of devices.
+  c.num_tensorboard_images = 8
+  return c
 
-  # Export of scores, maps, thresholds and the HTML report (export.py; main --mode=export).
-  config.export = ml_collections.ConfigDict()
-  config.export.at_end = True  # main --mode=train exports after training.
-  config.export.splits = ('test',)  # Each to WORKDIR/export/<split>/.
-  config.export.threshold_quantile = 0.99  # Of held-out normal image scores (thresholds.py).
-  config.export.threshold = 'quantile'  # Decision threshold used: 'quantile' | 'f1'.
-  config.export.max_overlays = -1  # Overlay PNGs per split: -1 all, n: n most + n least anomalous.
-  config.export.report_images = 4  # Most and least anomalous test images shown in the report.
-  config.export.display_images = 16  # Held-out normals whose maps fix the heatmap colour scale.
-  return config
+
+def _export() -> ml_collections.ConfigDict:
+  """Export of scores, maps, thresholds and the HTML report (export.py; vivano export)."""
+  c = ml_collections.ConfigDict()
+  c.at_end = True  # main --mode=train exports after training.
+  c.splits = ('test',)  # Each to WORKDIR/export/<split>/.
+  c.threshold_quantile = 0.99  # Of held-out normal image scores (thresholds.py).
+  c.threshold = 'quantile'  # Decision threshold used: 'quantile' | 'f1'.
+  c.max_overlays = -1  # Overlay PNGs per split: -1 all, n: n most + n least anomalous.
+  c.report_images = 4  # Most and least anomalous test images shown in the report.
+  c.display_images = 16  # Held-out normals whose maps fix the heatmap colour scale.
+  return c
 
 
 def paper_config() -> ml_collections.ConfigDict:
@@ -129,32 +157,21 @@ def paper_config() -> ml_collections.ConfigDict:
       paper builds on, with nothing the paper does not mention added to it;
     * no augmentation: the paper mentions none;
     * latent size, mixture size K, the KL and NLL weights and the density's condition keep
-      `base_config()`'s values (vivano_jax/mixture.py says which reading of p(y | x) they implement).
+      `base_config()`'s values (vivano_jax/model/mixture.py says which reading of p(y | x) they
+      implement).
   """
   config = base_config()
   config.dataset.image_size = 512
   config.dataset.channels = 3
-  config.dataset.augment.hflip = False
-  config.dataset.augment.vflip = False
-  config.dataset.augment.rot90 = False
-  config.model.patch_size = 64
-  config.model.width = 512
-  config.model.depth = 6
-  config.model.num_heads = 8
-  config.model.mlp_dim = 1024
-  config.model.decoder_base_features = 256
+  config.dataset.augment = ml_collections.ConfigDict(dict(hflip=False, vflip=False, rot90=False))
+  config.model.update(dict(patch_size=64, width=512, depth=6, num_heads=8, mlp_dim=1024,
+                           decoder_base_features=256))
   config.score.image = 'nll_max'
   config.score.pixel = 'nll'
   config.score.smoothing_sigma = 0.0
-  config.train.batch_size = 16
-  config.train.eval_batch_size = 16
-  config.train.learning_rate = 1e-5
-  config.train.schedule = 'constant'
-  config.train.weight_decay = 0.0
-  config.train.grad_clip_norm = 0.0
-  config.train.num_steps = 0
-  config.train.num_epochs = 200
-  config.train.checkpoint_every_steps = 2000
+  config.train.update(dict(batch_size=16, eval_batch_size=16, learning_rate=1e-5,
+                           schedule='constant', weight_decay=0.0, grad_clip_norm=0.0, num_steps=0,
+                           num_epochs=200, checkpoint_every_steps=2000))
   return config
 
 
@@ -176,23 +193,13 @@ def small_128px_config() -> ml_collections.ConfigDict:
   """
   config = base_config()
   config.dataset.validation_fraction = 0.1
-  config.score.image = 'map_max'
-  config.score.pixel = 'combined'
-  config.score.normalize = 'pixel'
-  config.score.combine = ('recon', 'nll')
+  config.score.update(dict(image='map_max', pixel='combined', normalize='pixel',
+                           combine=('recon', 'nll')))
   config.dataset.image_size = 128
-  config.model.patch_size = 16
-  config.model.width = 128
-  config.model.depth = 3
-  config.model.num_heads = 4
-  config.model.mlp_dim = 256
-  config.model.latent_dim = 32
-  config.model.decoder_base_features = 64
-  config.train.batch_size = 16
-  config.train.eval_batch_size = 32
-  config.train.num_steps = 600
-  config.train.warmup_steps = 50
-  config.train.checkpoint_every_steps = 300
+  config.model.update(dict(patch_size=16, width=128, depth=3, num_heads=4, mlp_dim=256,
+                           latent_dim=32, decoder_base_features=64))
+  config.train.update(dict(batch_size=16, eval_batch_size=32, num_steps=600, warmup_steps=50,
+                           checkpoint_every_steps=300))
   return config
 
 
@@ -202,16 +209,9 @@ def small_32px_config() -> ml_collections.ConfigDict:
   augmentation, 1 px map smoothing (4 px would blur a 32 px image away), metrics only at the end."""
   config = base_config()
   config.dataset.image_size = 32
-  config.dataset.augment.hflip = False
-  config.dataset.augment.vflip = False
-  config.dataset.augment.rot90 = False
-  config.model.patch_size = 8
-  config.model.width = 64
-  config.model.depth = 2
-  config.model.num_heads = 4
-  config.model.mlp_dim = 128
-  config.model.latent_dim = 16
-  config.model.decoder_base_features = 32
+  config.dataset.augment = ml_collections.ConfigDict(dict(hflip=False, vflip=False, rot90=False))
+  config.model.update(dict(patch_size=8, width=64, depth=2, num_heads=4, mlp_dim=128,
+                           latent_dim=16, decoder_base_features=32))
   config.density.hidden_dim = 64
   config.density.position_embed_dim = 16
   config.score.smoothing_sigma = 1.0
@@ -222,5 +222,5 @@ def small_32px_config() -> ml_collections.ConfigDict:
   config.train.warmup_steps = 30
   config.train.checkpoint_every_steps = 300
   config.train.num_tensorboard_images = 4
-  config.export.at_end = False  # Metrics only; `main --mode=export` writes maps on demand.
+  config.export.at_end = False  # Metrics only; `vivano export` writes maps on demand.
   return config

@@ -1,15 +1,17 @@
 """Export of a trained run for offline evaluation: scores, anomaly maps, masks, thresholds, report.
 
-One code path for the end of training (`main --mode=train` with `export.at_end`) and for
-`main --mode=export` (a checkpoint, no training):
+  vivano export --workdir=RUN [--step=N] [--config=configs/x.py]   (default config: RUN/config.json)
 
-1. restore the checkpoint (latest or a given step);
-2. score the training normals when the score needs their statistics ('combined'), as training's
-   evaluation does, and the held-out normals (thresholds.py says which) to choose the thresholds;
-3. score each split of `export.splits` exactly as training's evaluation does (`train.score_split`,
-   `train.evaluate_scores`) and write WORKDIR/export/<split>/ in the format of evaluate.py,
-   atomically: maps float32 at the masks' native size, so that the offline evaluation reproduces
-   the in-training metrics exactly (float16 would save half the space but change the metrics);
+One code path for the end of training (`main` with `export.at_end`) and for exporting a checkpoint
+without training:
+
+1. restore the checkpoint (latest or a given step; checkpoints.py);
+2. score the held-out normals when the score needs their statistics, as training's evaluation does,
+   and to choose the thresholds (thresholds.py says which images);
+3. score each split of `export.splits` exactly as training's evaluation does (scorer.py) and write
+   WORKDIR/export/<split>/ (export_format.py), atomically: maps float32 at the masks' native size,
+   so that the offline evaluation reproduces the in-training metrics exactly (float16 would save
+   half the space but change the metrics);
 4. write WORKDIR/thresholds.json (last, so a failed export leaves the previous one) and the HTML
    report (report.py) from the exported test split.
 
@@ -17,7 +19,6 @@ With several processes every process scores its shard, rows are gathered in spli
 process 0 writes.
 """
 
-import csv
 import io
 import json
 import os
@@ -26,50 +27,29 @@ import re
 import time
 from typing import Any, Optional
 
+from absl import flags
 from absl import logging
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
 from vivano_jax import atomic_files
-from vivano_jax import evaluate
+from vivano_jax import checkpoints
+from vivano_jax import export_format
 from vivano_jax import input_pipeline
-from vivano_jax import model as model_lib
 from vivano_jax import report
 from vivano_jax import score_selection
+from vivano_jax import scorer as scorer_lib
 from vivano_jax import scoring
+from vivano_jax import sharding
+from vivano_jax import tables
 from vivano_jax import thresholds as thresholds_lib
-from vivano_jax import train
+from vivano_jax import workdir as workdir_lib
 
 EXPORT_DIR = 'export'
 FORMAT_VERSION = 1
-
-# train's atomic, numpy-aware JSON writer and its multi-process row gathering, reused as they are.
-
-
-def restore_state(config: ml_collections.ConfigDict, workdir: str, step: Optional[int], mesh: Mesh
-                  ) -> tuple[train.TrainState, int]:
-  """The run's checkpoint at `step` (default the latest) and its step; a clear error if absent."""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    raise ValueError(f'{ckpt_dir}: no checkpoints; is {workdir} a trained run?')
-  mngr = train.checkpoint_manager(workdir, config)
-  steps = mngr.all_steps()
-  if not steps:
-    raise ValueError(f'{ckpt_dir}: no finished checkpoint')
-  if step is not None and step not in steps:
-    raise ValueError(f'{ckpt_dir}: no checkpoint for step {step}; there are {sorted(steps)}')
-  # Shapes only (no init compiled); the schedule length changes no shape, only restored values.
-  abstract = jax.eval_shape(
-      lambda: train.create_train_state(config, model_lib.create_model(config), 1, mesh))
-  replicated = NamedSharding(mesh, P())
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          abstract)
-  state, meta = train.restore_checkpoint(mngr, abstract, step)
-  mngr.close()
-  return state, int(meta['step'])
 
 
 def safe_stem(filename: str) -> str:
@@ -79,46 +59,38 @@ def safe_stem(filename: str) -> str:
   return re.sub(r'[^A-Za-z0-9._-]+', '_', stem).strip('._')[:80] or 'image'
 
 
-def _whole_split(config, split: str, local: input_pipeline.SplitData) -> input_pipeline.SplitData:
-  """The whole split (rows gathered from all processes are in this order)."""
-  if jax.process_count() == 1:
-    return local
-  return input_pipeline.load(config, (split,), process_index=0, process_count=1)[split]
+def _display_range(state, scorer: scorer_lib.Scorer, local: input_pipeline.SplitData,
+                   whole: input_pipeline.SplitData, stats) -> list[float]:
+  """The heatmaps' colour scale: the (1 %, 99.9 %) quantiles of the pixel scores of the first
+  `export.display_images` normals of the whole split, whichever processes hold them."""
+  normal = np.flatnonzero(whole.labels == 0)
+  shown_names = whole.filenames[normal[:max(scorer.config.export.display_images, 1)]]
+  keep = np.flatnonzero(np.isin(local.filenames, shown_names))
+  shown = scorer.split(state, local.subset(keep), decode=True).gathered()
+  _, pix = scorer.final(shown, stats)
+  lo, hi = np.quantile(np.asarray(pix, np.float64), [0.01, 0.999])
+  return [float(lo), float(max(hi, lo + 1e-6))]
 
 
-def _gather_image(scored: dict[str, Any]) -> dict[str, np.ndarray]:
-  if jax.process_count() == 1:
-    return scored['image']
-  return {k: train.gather_rows(v) for k, v in scored['image'].items()}
-
-
-def choose_thresholds(state, data: dict[str, input_pipeline.SplitData], heldout: str,
-                      config: ml_collections.ConfigDict, mesh: Mesh,
+def choose_thresholds(state, scorer: scorer_lib.Scorer,
+                      data: dict[str, input_pipeline.SplitData], heldout: str,
                       stats: Optional[scoring.ScoreStats]) -> dict[str, Any]:
-  """thresholds.choose on the held-out split, plus the heatmaps' display range (pixel scores).
-
-  The display range is the (1 %, 99.9 %) quantiles of the pixel scores of the first
-  `export.display_images` held-out normals.
-  """
+  """thresholds.choose on the held-out split, plus the heatmaps' display range (pixel scores)."""
+  config = scorer.config
   note = None
-  if heldout == 'validation' and not (
-      _whole_split(config, heldout, data[heldout]).labels == 0).any():
+  whole = input_pipeline.whole_split(config, heldout, data[heldout])
+  if heldout == 'validation' and not (whole.labels == 0).any():
     note = 'the validation split has no normal image; thresholds from the training normals'
     logging.warning('%s', note)
     heldout = 'train'
+    whole = input_pipeline.whole_split(config, heldout, data[heldout])
   from_maps = config.score.image in scoring.MAP_SCORES
-  scored = train.score_split(state, data[heldout], config, mesh, decode=True, keep_maps=from_maps)
-  whole = _whole_split(config, heldout, data[heldout])
-  if from_maps:
-    if jax.process_count() > 1:
-      scored = train.gather_scored(scored)
-    scores = np.asarray(scoring.final_scores(scored['image'], scored['pixel'], config.score,
-                                             stats)[0])
-  else:
-    scores = np.asarray(scoring.image_scores(_gather_image(scored), config.score, stats))
+  scored = scorer.split(state, data[heldout], decode=True, keep_maps=from_maps).gathered()
+  scores = scorer.image_scores(scored, stats)
   normal = whole.labels == 0
   if not normal.any():
-    raise ValueError(f'the {heldout} split has no normal image to choose a threshold on')
+    raise export_format.ExportError(
+        f'the {heldout} split has no normal image to choose a threshold on')
   # Only validation labels may pick an F1 threshold: training images are all normal.
   labelled = heldout == 'validation'
   record = thresholds_lib.choose(
@@ -127,67 +99,62 @@ def choose_thresholds(state, data: dict[str, input_pipeline.SplitData], heldout:
   record['score'] = config.score.image
   if note:
     record['source_note'] = note
-
-  # The first normals of the whole split, whichever processes hold them.
-  shown_names = whole.filenames[np.flatnonzero(normal)[:max(config.export.display_images, 1)]]
-  local = data[heldout]
-  keep = np.flatnonzero(np.isin(local.filenames, shown_names))
-  shown = train.score_split(state, local.subset(keep), config, mesh, decode=True)
-  if jax.process_count() > 1:
-    shown = train.gather_scored(shown)
-  _, pix = scoring.final_scores(shown['image'], shown['pixel'], config.score, stats)
-  lo, hi = np.quantile(np.asarray(pix, np.float64), [0.01, 0.999])
-  record['pixel_display_range'] = [float(lo), float(max(hi, lo + 1e-6))]
+  record['pixel_display_range'] = _display_range(state, scorer, data[heldout], whole, stats)
   return record
 
 
-def write_split(directory: pathlib.Path, data: input_pipeline.SplitData, scores: np.ndarray,
-                components: dict[str, np.ndarray], maps: list[np.ndarray], masks: list[np.ndarray],
-                metrics: Optional[dict[str, Any]], run: dict[str, Any],
-                display_range: tuple[float, float], max_overlays: int) -> None:
-  """Writes one exported split (format: evaluate.py) atomically.
-
-  Args:
-    directory: WORKDIR/export/<split>.
-    data: the whole split (file names, labels, images for the overlays).
-    scores: [n] final image scores; components: {name: [n]} image score components.
-    maps, masks: n float32 / bool [H_i, W_i].
-    metrics: per defect type (train.evaluate_scores), or None for a split without both classes.
-    run: the run.json record.
-    display_range: map values drawn blue / red in the overlays.
-    max_overlays: -1 every image, else the n most and n least anomalous.
-  """
+def write_split(directory: pathlib.Path, data: input_pipeline.SplitData,
+                result: scorer_lib.Evaluation, components: dict[str, np.ndarray],
+                run: dict[str, Any], display_range: tuple[float, float], max_overlays: int) -> None:
+  """Writes one exported split (export_format.py), with the overlays of the `max_overlays` most
+  and least anomalous images (-1: every image)."""
   n = len(data)
-  order = np.argsort(-scores, kind='stable')
+  order = np.argsort(-result.scores, kind='stable')
   drawn = set(range(n)) if max_overlays < 0 else set(order[:max_overlays]) | set(
       order[::-1][:max_overlays])
-  keys = [evaluate.array_key(i) for i in range(n)]
-  overlay_names = [f'{evaluate.OVERLAYS}/{keys[i]}_{safe_stem(data.filenames[i])}.png'
-                   if i in drawn else '' for i in range(n)]
-  with evaluate.atomic_directory(directory) as tmp:
-    names = list(components)
-    with open(tmp / evaluate.SCORES_CSV, 'w', newline='') as f:
-      writer = csv.writer(f)
-      writer.writerow(evaluate.SCORE_COLUMNS + tuple(names) + (evaluate.OVERLAY_COLUMN,))
-      for i in range(n):
-        writer.writerow([i, data.filenames[i], int(data.labels[i]), data.defect_types[i],
-                         int(data.has_mask[i]), evaluate.format_float(scores[i])]
-                        + [evaluate.format_float(components[c][i]) for c in names]
-                        + [overlay_names[i]])
-    np.savez_compressed(tmp / evaluate.MAPS_NPZ,
-                        **{k: np.asarray(m, np.float32) for k, m in zip(keys, maps)})
-    np.savez_compressed(tmp / evaluate.MASKS_NPZ, **{k: np.asarray(m, bool) for k, m in
-                                                     zip(keys, masks)},
-                        **{evaluate.HAS_MASK_KEY: np.asarray(data.has_mask, bool)})
-    (tmp / evaluate.OVERLAYS).mkdir()
-    for i in sorted(drawn):
-      with Image.open(io.BytesIO(data.images[i])) as im:
-        image = np.asarray(im)
-      report.save_overlay(tmp / overlay_names[i], image, maps[i], masks[i], display_range,
-                          has_mask=bool(data.has_mask[i]))
-    if metrics is not None:
-      atomic_files.write_json(str(tmp / evaluate.METRICS_JSON), metrics)
-    atomic_files.write_json(str(tmp / evaluate.RUN_JSON), run)
+  overlays = {i: f'{export_format.array_key(i)}_{safe_stem(data.filenames[i])}.png'
+              for i in sorted(drawn)}
+
+  def draw(i: int, path: pathlib.Path) -> None:
+    with Image.open(io.BytesIO(data.images[i])) as im:
+      image = np.asarray(im)
+    report.save_overlay(path, image, result.native_maps[i], result.native_masks[i], display_range,
+                        has_mask=bool(data.has_mask[i]))
+
+  table = {'filename': data.filenames, 'label': data.labels, 'defect_type': data.defect_types,
+           'has_mask': data.has_mask, 'score': result.scores}
+  export_format.write_split(directory, table, components, result.native_maps,
+                            result.native_masks, overlays, draw, result.metrics, run)
+
+
+def _run_record(config, workdir, split, step, n, scored, stats, record) -> dict[str, Any]:
+  return {
+      'format_version': FORMAT_VERSION, 'workdir': workdir, 'split': split,
+      'checkpoint_step': step, 'num_images': n,
+      'score': {'image': config.score.image, 'pixel': config.score.pixel,
+                'components': sorted(scored.image)},
+      'maps': {'resolution': 'native' if config.score.native_resolution else 'model',
+               'dtype': 'float32'},
+      'score_stats': scoring.scalar_stats(stats), 'thresholds': record,
+      'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+      'config': json.loads(config.to_json_best_effort()),
+  }
+
+
+def _write_run_files(workdir: str, summary: dict[str, Any], stats, report_images: int) -> None:
+  """score_stats.npz, thresholds.json and the report, after the splits. The per-pixel statistics
+  go first, so thresholds.json never points at statistics of another export."""
+  stats_path = os.path.join(workdir, scoring.STATS_FILENAME)
+  if stats:
+    scoring.save_stats(stats_path, stats)
+  elif os.path.exists(stats_path):
+    os.remove(stats_path)
+  atomic_files.write_json(os.path.join(workdir, thresholds_lib.FILENAME), summary['thresholds'])
+  reported = [s for s, v in summary['splits'].items() if v['metrics'] is not None]
+  if reported:
+    split = 'test' if 'test' in reported else reported[0]
+    summary['report'] = str(report.write_report(workdir, summary['splits'][split]['directory'],
+                                                report_images))
 
 
 def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None
@@ -200,75 +167,37 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
   """
   start = time.perf_counter()
   workdir = os.path.abspath(workdir)
-  mesh = train.make_mesh()
-  train.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
-  state, step = restore_state(config, workdir, step, mesh)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
+  state, step = checkpoints.restore_run(config, workdir, step, mesh)
   heldout = input_pipeline.heldout_split(config)
   data = input_pipeline.load(config, tuple(dict.fromkeys(('train', heldout,
                                                           *config.export.splits))))
-  is_chief = jax.process_index() == 0
-  config, _ = score_selection.resolve(config, workdir, state, train.heldout_normals(data, config),
-                                     mesh)
-  stats = None
-  if scoring.needs_stats(config.score):  # As train.evaluate_run.
-    stats = train.score_stats(train.score_split(state, train.heldout_normals(data, config), config,
-                                                mesh, decode=True, keep_maps=False))
-  record = choose_thresholds(state, data, heldout, config, mesh, stats)
-  record['checkpoint_step'] = step
-  record['score_stats'] = scoring.scalar_stats(stats)
+  config, _ = score_selection.resolve(config, workdir, state,
+                                     scorer_lib.heldout_normals(data, config), mesh)
+  scorer = scorer_lib.Scorer(config, mesh)
+  stats = scorer.statistics(state, scorer_lib.heldout_normals(data, config))
+  record = choose_thresholds(state, scorer, data, heldout, stats)
+  record.update(checkpoint_step=step, score_stats=scoring.scalar_stats(stats))
   logging.info('Thresholds (%s normals, step %d): %s %.6g', heldout, step, record['chosen'],
                record['threshold'])
 
   summary = {'workdir': workdir, 'checkpoint_step': step, 'thresholds': record, 'splits': {},
              'report': None}
   for split in config.export.splits:
-    scored = train.score_split(state, data[split], config, mesh, decode=True)
-    if jax.process_count() > 1:
-      scored = train.gather_scored(scored)
-    whole = _whole_split(config, split, data[split])
-    if np.unique(whole.labels).size == 2:
-      scores, _, maps, masks, metrics = train.evaluate_scores(scored, whole, config, stats)
-    else:  # e.g. the training normals: scores and maps, but no metrics.
-      scores, pix = map(np.asarray, scoring.final_scores(
-          scored['image'], scored['pixel'], config.score, stats))
-      maps, masks = train.evaluation_maps(pix, scored['mask'], whole, config)
-      metrics = None
+    scored = scorer.split(state, data[split], decode=True).gathered()
+    whole = input_pipeline.whole_split(config, split, data[split])
+    result = scorer.evaluate(scored, whole, stats)  # No metrics without both classes.
     directory = pathlib.Path(workdir) / EXPORT_DIR / split
-    run = {
-        'format_version': FORMAT_VERSION,
-        'workdir': workdir,
-        'split': split,
-        'checkpoint_step': step,
-        'num_images': len(whole),
-        'score': {'image': config.score.image, 'pixel': config.score.pixel,
-                  'components': sorted(scored['image'])},
-        'maps': {'resolution': 'native' if config.score.native_resolution else 'model',
-                 'dtype': 'float32'},
-        'score_stats': scoring.scalar_stats(stats),
-        'thresholds': record,
-        'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-        'config': json.loads(config.to_json_best_effort()),
-    }
-    if is_chief:
-      write_split(directory, whole, scores, scored['image'], maps, masks, metrics, run,
-                  record['pixel_display_range'], config.export.max_overlays)
+    if jax.process_index() == 0:
+      run = _run_record(config, workdir, split, step, len(whole), scored, stats, record)
+      write_split(directory, whole, result, scored.image, run, record['pixel_display_range'],
+                  config.export.max_overlays)
       logging.info('Exported %d %s images to %s', len(whole), split, directory)
     summary['splits'][split] = {'directory': str(directory), 'num_images': len(whole),
-                                'metrics': metrics}
-  if is_chief:
-    # Last: a failed export leaves the previous thresholds with the previous export. The per-pixel
-    # statistics go first, so thresholds.json never points at statistics of another export.
-    stats_path = os.path.join(workdir, scoring.STATS_FILENAME)
-    if stats:
-      scoring.save_stats(stats_path, stats)
-    elif os.path.exists(stats_path):
-      os.remove(stats_path)
-    atomic_files.write_json(os.path.join(workdir, thresholds_lib.FILENAME), record)
-    reported = [s for s, v in summary['splits'].items() if v['metrics'] is not None]
-    if reported:
-      split = 'test' if 'test' in reported else reported[0]
-      summary['report'] = str(report.write_report(workdir, summary['splits'][split]['directory'],
-                                                  config.export.report_images))
+                                'metrics': result.metrics}
+  if jax.process_index() == 0:
+    _write_run_files(workdir, summary, stats, config.export.report_images)
   summary['seconds'] = time.perf_counter() - start
   return summary
 
@@ -280,7 +209,7 @@ def format_export(summary: dict[str, Any]) -> str:
   for split, s in summary['splits'].items():
     lines.append(f"export/{split}: {s['num_images']} images -> {s['directory']}")
     if s['metrics'] is not None:
-      lines += [evaluate.format_table(s['metrics']), '']
+      lines += [tables.metrics_table(s['metrics']), '']
   lines += [
       f"threshold: {t['chosen']} {t['threshold']:.6g} ({t['rule']}; {t['num_normal']} "
       f"{t['source']} normals, checkpoint step {summary['checkpoint_step']}) -> "
@@ -289,3 +218,25 @@ def format_export(summary: dict[str, Any]) -> str:
   if summary['report']:
     lines.append(f"report: {summary['report']}")
   return '\n'.join(lines)
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string('workdir', None, 'The trained run.', flag_values=fv)
+  flags.DEFINE_integer('step', None, 'The checkpoint step (default: the latest).', flag_values=fv)
+  config_flags.DEFINE_config_file(
+      'config', None, 'A config file to export with (default: the run\'s config.json), e.g. with '
+      'another score.*; fields can be overridden (--config.score.image=recon).', flag_values=fv,
+      lock_config=True)
+  flags.mark_flag_as_required('workdir', flag_values=fv)
+
+
+def run(fv: flags.FlagValues) -> None:
+  config = fv.config if fv.config is not None else workdir_lib.load_config(fv.workdir)
+  exported = export_run(config, fv.workdir, step=fv.step)
+  if jax.process_index() == 0:
+    print(format_export(exported), flush=True)
+
+
+if __name__ == '__main__':
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.main_for('export')

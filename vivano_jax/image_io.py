@@ -53,3 +53,15 @@ def format_problems(problems: Sequence[str], where: str | os.PathLike) -> str:
   if len(problems) > MAX_LISTED_PROBLEMS:
     shown.append(f'  ... and {len(problems) - MAX_LISTED_PROBLEMS} more')
   return f'{len(problems)} problem(s) in {where}:\n' + '\n'.join(shown)
+
+
+def resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+  """[h, w] float map -> shape [H, W], bilinear with half-pixel centres (as scoring.upsample);
+  a bool mask -> nearest neighbour. Returned as is when already of that shape."""
+  if x.shape == tuple(shape):
+    return x
+  if x.dtype == bool:
+    return np.asarray(Image.fromarray(x.astype(np.uint8) * 255).resize(
+        (shape[1], shape[0]), Image.NEAREST)) > 0
+  return np.asarray(Image.fromarray(x.astype(np.float32), mode='F').resize(
+      (shape[1], shape[0]), Image.BILINEAR))

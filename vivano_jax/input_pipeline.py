@@ -28,8 +28,11 @@ import tensorflow_datasets as tfds
 
 from vivano_jax import datasets
 
-# TF must not grab accelerators that JAX uses.
-tf.config.set_visible_devices([], 'GPU')
+
+def keep_tensorflow_off_accelerators() -> None:
+  """TensorFlow (tf.data only, here) must not grab the accelerators JAX uses: the entry point calls
+  this before anything runs."""
+  tf.config.set_visible_devices([], 'GPU')
 
 
 def _options(threads: int) -> tf.data.Options:
@@ -274,3 +277,11 @@ def load(config: ml_collections.ConfigDict, splits: tuple[str, ...],
   shard given by process_index / process_count: (0, 1) reads whole splits)."""
   builder = datasets.get_builder(config.dataset)
   return {s: load_split(builder, s, config.dataset, process_index, process_count) for s in splits}
+
+
+def whole_split(config: ml_collections.ConfigDict, split: str, local: SplitData) -> SplitData:
+  """The whole split, given this process's shard of it: rows gathered from every process
+  (`sharding.gather_rows`) are in this order."""
+  if jax.process_count() == 1:
+    return local
+  return load(config, (split,), process_index=0, process_count=1)[split]

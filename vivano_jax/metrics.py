@@ -21,22 +21,15 @@ Pixel scores are compared at float32 precision (the precision of the model's map
 are rounded to float32 first, so scores that differ only beyond float32 precision tie.
 """
 
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 import warnings
 
 import numpy as np
-import scipy.ndimage
 import sklearn.metrics
 
+from vivano_jax import pixel_keys
+
 ArrayOrSeq = Union[np.ndarray, Sequence[np.ndarray]]
-
-# Keys are scanned in chunks of this many pixels: bounds the temporaries to a few tens of MB.
-_CHUNK = 1 << 21
-_ID_BITS = 32
-_ID_MASK = np.uint64((1 << _ID_BITS) - 1)
-# 8-connectivity, as in the official evaluation.
-_STRUCTURE = np.ones((3, 3), dtype=int)
-
 
 def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
   """Image-level AUROC.
@@ -76,8 +69,8 @@ def pixel_auroc(maps: ArrayOrSeq, masks: ArrayOrSeq) -> float:
   Raises:
     ValueError: on shape mismatches, NaN scores, or if all pixels are of one class.
   """
-  keys, _, _ = _sorted_keys(maps, masks, regions=False)
-  return _auroc_from_keys(keys)
+  keys, _, _ = pixel_keys.sorted_keys(maps, masks, regions=False)
+  return pixel_keys.auroc_from_keys(keys)
 
 
 def pro_curve(maps: ArrayOrSeq, masks: ArrayOrSeq) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +92,8 @@ def pro_curve(maps: ArrayOrSeq, masks: ArrayOrSeq) -> tuple[np.ndarray, np.ndarr
   Raises:
     ValueError: on shape mismatches, NaN scores, no defect region or no defect-free pixel.
   """
-  keys, inv_sizes, n_ok = _sorted_keys(maps, masks, regions=True)
-  return _pro_from_keys(keys, inv_sizes, n_ok)
+  keys, inv_sizes, n_ok = pixel_keys.sorted_keys(maps, masks, regions=True)
+  return pixel_keys.pro_from_keys(keys, inv_sizes, n_ok)
 
 
 def trapezoid(x: np.ndarray, y: np.ndarray, x_max: Optional[float] = None) -> float:
@@ -152,7 +145,7 @@ def au_pro(maps: ArrayOrSeq, masks: ArrayOrSeq, fpr_limit: float = 0.3) -> float
   Returns:
     `trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit`, in [0, 1].
   """
-  keys, inv_sizes, n_ok = _sorted_keys(maps, masks, regions=True)
+  keys, inv_sizes, n_ok = pixel_keys.sorted_keys(maps, masks, regions=True)
   return _au_pro_from_keys(keys, inv_sizes, n_ok, fpr_limit)
 
 
@@ -186,7 +179,7 @@ def compute_all(image_scores: np.ndarray,
   if maps is None or masks is None:
     return result
   n = len(np.asarray(labels).reshape(-1))
-  maps_l, masks_l = _as_list(maps, 'maps'), _as_list(masks, 'masks')
+  maps_l, masks_l = pixel_keys.as_list(maps, 'maps'), pixel_keys.as_list(masks, 'masks')
   if len(maps_l) != n or len(masks_l) != n:
     raise ValueError(
         f'{n} labels but {len(maps_l)} maps and {len(masks_l)} masks; they must all match.')
@@ -195,10 +188,10 @@ def compute_all(image_scores: np.ndarray,
   masks_l = [m for m, s in zip(masks_l, sel) if s]
   if not any(np.any(np.asarray(m) > 0) for m in masks_l):
     return result
-  keys, inv_sizes, n_ok = _sorted_keys(maps_l, masks_l, regions=True)
+  keys, inv_sizes, n_ok = pixel_keys.sorted_keys(maps_l, masks_l, regions=True)
   if n_ok == 0:
     return result
-  result['pixel_auroc'] = _auroc_from_keys(keys)
+  result['pixel_auroc'] = pixel_keys.auroc_from_keys(keys)
   result['au_pro'] = _au_pro_from_keys(keys, inv_sizes, n_ok, fpr_limit)
   return result
 
@@ -233,8 +226,8 @@ def per_defect_type(image_scores: np.ndarray,
   if image_scores.size != n or types.size != n:
     raise ValueError(
         f'{image_scores.size} scores, {n} labels and {types.size} defect types; they must match.')
-  maps_l = None if maps is None else _as_list(maps, 'maps')
-  masks_l = None if masks is None else _as_list(masks, 'masks')
+  maps_l = None if maps is None else pixel_keys.as_list(maps, 'maps')
+  masks_l = None if masks is None else pixel_keys.as_list(masks, 'masks')
   sel = _has_mask(has_mask, n)
 
   def subset(idx: np.ndarray) -> dict[str, Optional[float]]:
@@ -258,14 +251,6 @@ def per_defect_type(image_scores: np.ndarray,
 # Implementation.
 
 
-def _as_list(arrays: ArrayOrSeq, name: str) -> list[Any]:
-  """[N, H, W] array or sequence of [H, W] arrays -> list of N entries (views, no copies)."""
-  if isinstance(arrays, np.ndarray) and arrays.ndim != 3:
-    raise ValueError(f'{name} must be [N, H, W] or a sequence of [H, W] arrays; '
-                     f'got an array of shape {arrays.shape}.')
-  return list(arrays)
-
-
 def _has_mask(has_mask: Optional[np.ndarray], n: int) -> np.ndarray:
   if has_mask is None:
     return np.ones(n, dtype=bool)
@@ -275,198 +260,9 @@ def _has_mask(has_mask: Optional[np.ndarray], n: int) -> np.ndarray:
   return has_mask
 
 
-def _desc_bits(scores: np.ndarray) -> np.ndarray:
-  """[...] float32 -> [...] uint32 whose ascending order is the scores' descending order.
-
-  Equal scores (including 0.0 and -0.0) get equal bits, so ties are detected on the bits.
-  """
-  bits = (scores + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0.
-  negative = (bits >> np.uint32(31)).astype(bool)
-  # Positive floats order like their bits, negative ones reversed; flip so larger comes first.
-  return np.where(negative, bits, ~bits & np.uint32(0x7FFFFFFF))
-
-
-def _sorted_keys(maps: ArrayOrSeq, masks: ArrayOrSeq,
-                 regions: bool) -> tuple[np.ndarray, np.ndarray, int]:
-  """Builds and sorts one uint64 key per pixel.
-
-  Args:
-    maps: anomaly maps, see `pro_curve`.
-    masks: ground-truth masks, see `pro_curve`.
-    regions: if True the low 32 bits hold the global 1-based id of the pixel's 8-connected
-      ground-truth region; if False just 1 for defective pixels. 0 for defect-free pixels.
-
-  Returns:
-    keys: [P] uint64, sorted ascending = scores descending, P the total number of pixels.
-    inv_sizes: [R + 1] float64, 1 / size of region r at index r, 0 at index 0 (R = 1 if not
-      `regions`).
-    n_ok: number of defect-free pixels.
-  """
-  maps_l, masks_l = _as_list(maps, 'maps'), _as_list(masks, 'masks')
-  if len(maps_l) != len(masks_l):
-    raise ValueError(f'Got {len(maps_l)} maps but {len(masks_l)} masks.')
-  if not maps_l:
-    raise ValueError('No maps given.')
-  shapes = []
-  for i, (a, m) in enumerate(zip(maps_l, masks_l)):
-    a_shape, m_shape = np.shape(a), np.shape(m)
-    if len(a_shape) != 2 or a_shape != m_shape:
-      raise ValueError(f'Image {i}: the map has shape {a_shape} and the mask has shape {m_shape}; '
-                       f'both must be the same [H, W].')
-    shapes.append(a_shape)
-  total = sum(h * w for h, w in shapes)
-  keys = np.empty(total, dtype=np.uint64)
-  sizes = [np.zeros(1, dtype=np.int64)]  # Index 0: defect-free pixels (weight 0).
-  n_regions, n_ok, start = 0, 0, 0
-  for i, (a, m) in enumerate(zip(maps_l, masks_l)):
-    a = np.asarray(a, dtype=np.float32)
-    if np.isnan(a).any():
-      raise ValueError(f'Image {i}: the map contains NaN.')
-    defect = np.asarray(m) > 0
-    if regions:
-      ids, n = scipy.ndimage.label(defect, structure=_STRUCTURE)
-      counts = np.bincount(ids.reshape(-1), minlength=n + 1)
-      sizes.append(counts[1:])
-      n_ok += int(counts[0])
-      ids = ids.astype(np.uint64).reshape(-1)
-      ids[ids > 0] += np.uint64(n_regions)  # Local -> global region ids.
-      n_regions += n
-      if n_regions >= 1 << _ID_BITS:
-        raise ValueError(f'Too many ground-truth regions ({n_regions}).')
-    else:
-      ids = defect.reshape(-1).astype(np.uint64)
-      n_ok += int(ids.size - np.count_nonzero(ids))
-    out = keys[start:start + a.size]
-    out[:] = _desc_bits(a).reshape(-1)
-    out <<= np.uint64(_ID_BITS)
-    out |= ids
-    start += a.size
-  keys.sort()
-  if regions:
-    inv_sizes = 1.0 / np.maximum(np.concatenate(sizes), 1)
-    inv_sizes[0] = 0.0
-  else:
-    inv_sizes = np.array([0.0, 1.0])
-  return keys, inv_sizes, n_ok
-
-
-def _chunk_bounds(n: int):
-  for s in range(0, n, _CHUNK):
-    yield s, min(s + _CHUNK, n)
-
-
-def _group_ends(keys: np.ndarray, s: int, e: int, end: int) -> np.ndarray:
-  """[e - s] bool: True where keys[j] is the last of its tie group among keys[:end]."""
-  scores = keys[s:min(e + 1, end)] >> np.uint64(_ID_BITS)
-  last = np.empty(e - s, dtype=bool)
-  np.not_equal(scores[:e - s - 1], scores[1:e - s], out=last[:-1])
-  last[-1] = True if e >= end else scores[e - s - 1] != scores[e - s]
-  return last
-
-
-def _auroc_from_keys(keys: np.ndarray) -> float:
-  """AUROC of sorted keys (low bits != 0 = positive), ties counting one half.
-
-  Sums, over tie groups g in descending score order, neg_g * (2 * pos_through_g - pos_g), which
-  is twice the number of (positive, negative) pairs ranked correctly plus the tied pairs. All in
-  int64, so exact; this is the trapezoidal area under the ROC curve that sklearn computes.
-  """
-  n = keys.size
-  # pos_run: positives up to the end of the previous chunk; *_carry: up to its last group end.
-  twice_pairs, pos_run, pos_carry, neg_carry = 0, 0, 0, 0
-  for s, e in _chunk_bounds(n):
-    last = _group_ends(keys, s, e, n)
-    pos = np.cumsum((keys[s:e] & _ID_MASK) != 0, dtype=np.int64)
-    pos += pos_run
-    pos_run = int(pos[-1])
-    ends = np.flatnonzero(last)
-    pos_end = pos[ends]
-    neg_end = ends + (s + 1) - pos_end  # Pixels seen so far minus positives.
-    pos_g = np.diff(pos_end, prepend=pos_carry)
-    neg_g = np.diff(neg_end, prepend=neg_carry)
-    twice_pairs += int(np.dot(neg_g, 2 * pos_end - pos_g))
-    if ends.size:
-      pos_carry, neg_carry = int(pos_end[-1]), int(neg_end[-1])
-  n_pos = pos_run
-  n_neg = n - n_pos
-  if n_pos == 0 or n_neg == 0:
-    raise ValueError('pixel_auroc needs both defective and defect-free pixels; the masks contain '
-                     f'{n_pos} defective and {n_neg} defect-free pixels.')
-  return twice_pairs / (2.0 * n_pos * n_neg)
-
-
-def _check_pro_inputs(inv_sizes: np.ndarray, n_ok: int) -> None:
-  if inv_sizes.size <= 1:
-    raise ValueError('The masks contain no defect region; the PRO curve is undefined.')
-  if n_ok == 0:
-    raise ValueError('The masks contain no defect-free pixel; the PRO curve is undefined.')
-
-
-def _stop_index(keys: np.ndarray, n_ok: int, max_fpr: float) -> int:
-  """End (exclusive) of the sorted keys needed for the PRO curve up to FPR `max_fpr`.
-
-  That is up to and including the tie group of the first point with FPR > max_fpr, so that
-  `trapezoid` can interpolate at max_fpr exactly as on the full curve.
-  """
-  # Smallest count of false positives c with c / n_ok > max_fpr (same float test as the FPRs).
-  c = int(np.floor(max_fpr * n_ok))
-  while c > 0 and (c - 1) / n_ok > max_fpr:
-    c -= 1
-  while c / n_ok <= max_fpr:
-    c += 1
-  if c > n_ok or c <= 0:
-    return keys.size
-  seen = 0
-  for s, e in _chunk_bounds(keys.size):
-    ok = np.flatnonzero((keys[s:e] & _ID_MASK) == 0)
-    if seen + ok.size >= c:
-      score = keys[s + ok[c - seen - 1]] >> np.uint64(_ID_BITS)
-      if score == np.uint64(0xFFFFFFFF):
-        return keys.size
-      # The tie group ends before the first key with a larger score part.
-      nxt = (score + np.uint64(1)) << np.uint64(_ID_BITS)
-      return int(np.searchsorted(keys, nxt, side='left'))
-    seen += ok.size
-  return keys.size
-
-
-def _pro_from_keys(keys: np.ndarray, inv_sizes: np.ndarray, n_ok: int,
-                   max_fpr: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
-  """(fprs, pros) from sorted keys; with `max_fpr`, only as far as `trapezoid` needs."""
-  _check_pro_inputs(inv_sizes, n_ok)
-  n_regions = inv_sizes.size - 1
-  end = keys.size if max_fpr is None else _stop_index(keys, n_ok, max_fpr)
-  # First pass: count the tie groups to allocate the curve exactly once.
-  n_points = sum(int(np.count_nonzero(_group_ends(keys, s, e, end)))
-                 for s, e in _chunk_bounds(end))
-  fprs = np.empty(n_points + 2)
-  pros = np.empty(n_points + 2)
-  fprs[0] = pros[0] = 0.0
-  fprs[-1] = pros[-1] = 1.0
-  o, ok_carry, pro_carry = 1, 0, 0.0
-  for s, e in _chunk_bounds(end):
-    last = _group_ends(keys, s, e, end)
-    ids = (keys[s:e] & _ID_MASK).astype(np.intp)
-    ok = np.cumsum(ids == 0, dtype=np.int64)
-    ok += ok_carry
-    # Sequential running sum across chunks (adding the carry first), as one np.cumsum would do.
-    pro = inv_sizes[ids]
-    pro[0] += pro_carry
-    np.cumsum(pro, out=pro)
-    ok_carry, pro_carry = int(ok[-1]), float(pro[-1])
-    k = int(np.count_nonzero(last))
-    np.divide(ok[last], n_ok, out=fprs[o:o + k])
-    np.divide(pro[last], n_regions, out=pros[o:o + k])
-    o += k
-  # Rounding in the running sums could push the last points above 1.
-  np.minimum(fprs, 1.0, out=fprs)
-  np.minimum(pros, 1.0, out=pros)
-  return fprs, pros
-
-
 def _au_pro_from_keys(keys: np.ndarray, inv_sizes: np.ndarray, n_ok: int,
                       fpr_limit: float) -> float:
   if not 0.0 < fpr_limit <= 1.0:
     raise ValueError(f'fpr_limit must be in (0, 1]; got {fpr_limit}.')
-  fprs, pros = _pro_from_keys(keys, inv_sizes, n_ok, max_fpr=fpr_limit)
+  fprs, pros = pixel_keys.pro_from_keys(keys, inv_sizes, n_ok, max_fpr=fpr_limit)
   return trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit

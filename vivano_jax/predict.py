@@ -1,13 +1,13 @@
 """Scores new images with a trained run and decides against its stored threshold.
 
-  python -m vivano_jax.predict --workdir=RUN --input=PATH_OR_GLOB --output=DIR [--step=N]
-      [--batch_size=N]
+  vivano predict --workdir=RUN --input=PATH_OR_GLOB --output=DIR [--step=N] [--batch_size=N]
+  (or python -m vivano_jax.predict with the same flags)
 
 --input is an image file, a folder (its image files, recursively) or a glob ('imgs/**/*.png').
 Images may have any size and be grayscale or colour: each is read as the dataset builders read
 files (datasets/image_files.py) and goes through the training input pipeline's decoding, channel
 conversion, antialiased resize and normalisation (`input_pipeline.eval_batches`), then through
-`train.score_split`, batched and sharded over all devices (the batch rounded up to a multiple of the
+the scorer (scorer.py), batched and sharded over all devices (the batch rounded up to a multiple of the
 device count, the last one padded). One process.
 
 The run's config comes from RUN/config.json (fields added to the code since then take their
@@ -21,49 +21,32 @@ image is printed.
 import csv
 import glob
 import io
-import json
 import os
 import pathlib
 import sys
 from typing import Any, Optional
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from absl import flags
+import jax
+import numpy as np
+from PIL import Image
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from vivano_jax import config_defaults  # noqa: E402
-from vivano_jax import evaluate  # noqa: E402
-from vivano_jax import export  # noqa: E402
-from vivano_jax import input_pipeline  # noqa: E402
-from vivano_jax import report  # noqa: E402
-from vivano_jax import score_selection  # noqa: E402
-from vivano_jax import scoring  # noqa: E402
-from vivano_jax import thresholds as thresholds_lib  # noqa: E402
-from vivano_jax import train  # noqa: E402
-from vivano_jax.datasets import image_files  # noqa: E402
+from vivano_jax import checkpoints
+from vivano_jax import errors
+from vivano_jax import export
+from vivano_jax import export_format
+from vivano_jax import image_io
+from vivano_jax import input_pipeline
+from vivano_jax import report
+from vivano_jax import score_selection
+from vivano_jax import scorer as scorer_lib
+from vivano_jax import scoring
+from vivano_jax import sharding
+from vivano_jax import thresholds as thresholds_lib
+from vivano_jax import workdir as workdir_lib
+from vivano_jax.datasets import image_files
 
 PREDICTIONS_CSV = 'predictions.csv'
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """RUN/config.json over the current defaults (so a field added since the run has its default)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise ValueError(f'{path} does not exist: {workdir} is not a run folder (--workdir of main)')
-  with open(path) as f:
-    saved = json.load(f)
-
-  def merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-      base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return base
-
-  return ml_collections.ConfigDict(merge(config_defaults.base_config().to_dict(), saved))
 
 
 def find_images(spec: str) -> list[pathlib.Path]:
@@ -77,7 +60,7 @@ def find_images(spec: str) -> list[pathlib.Path]:
   else:
     found = [pathlib.Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
   if not found:
-    raise ValueError(f'--input={spec!r} names no image file (a file, a folder of images or a glob)')
+    raise errors.DataError(f'--input={spec!r} names no image file (a file, a folder of images or a glob)')
   return sorted(found)
 
 
@@ -107,16 +90,16 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   [H_i, W_i] at native size), 'images' (n uint8 [H_i, W_i, C_i]), 'anomalous' [n] bool,
   'thresholds' (the thresholds.json record), 'checkpoint_step'}.
   """
-  config, _ = score_selection.resolve(load_run_config(workdir), workdir)
+  config, _ = score_selection.resolve(workdir_lib.load_config(workdir), workdir)
   record = thresholds_lib.load(workdir)
   images = read_images(paths)
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   n_dev = mesh.devices.size
   batch = batch_size or config.train.eval_batch_size
   if batch <= 0:
-    raise ValueError(f'--batch_size must be positive, got {batch}')
+    raise errors.UsageError(f'--batch_size must be positive, got {batch}')
   config.train.eval_batch_size = -(-batch // n_dev) * n_dev
-  state, step = export.restore_state(config, workdir, step, mesh)
+  state, step = checkpoints.restore_run(config, workdir, step, mesh)
   if step != record.get('checkpoint_step'):
     print(f'warning: thresholds.json was chosen at step {record.get("checkpoint_step")}, the '
           f'checkpoint used is step {step}', file=sys.stderr)
@@ -124,9 +107,10 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   if scoring.needs_stats(config.score):
     stats_path = os.path.join(workdir, scoring.STATS_FILENAME)
     if not os.path.exists(stats_path):
-      raise ValueError(f'{stats_path}: missing; the configured score needs the statistics the '
-                       f'export writes (run main --mode=export)')
+      raise errors.DataError(f'{stats_path}: missing; the configured score needs the statistics '
+                             'the export writes (run vivano export)')
     stats = scoring.load_stats(stats_path)
+  scorer = scorer_lib.Scorer(config, mesh)
   n = len(paths)
   scores, maps = np.zeros(n, np.float64), [None] * n
   components = {}
@@ -140,14 +124,13 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
         defect_types=np.array(['unknown'] * len(rows), dtype=object),
         filenames=np.array([str(paths[i]) for i in rows], dtype=object),
         has_mask=np.zeros(len(rows), bool), channels=channels)
-    scored = train.score_split(state, data, config, mesh, decode=True)
-    img, pix = scoring.final_scores(scored['image'], scored['pixel'], config.score, stats)
-    img, pix = np.asarray(img), np.asarray(pix)
+    scored = scorer.split(state, data, decode=True)
+    img, pix = scorer.final(scored, stats)
     scores[rows] = img
-    for name, v in scored['image'].items():
+    for name, v in scored.image.items():
       components.setdefault(name, np.zeros(n, np.float64))[rows] = v
     for j, i in enumerate(rows):
-      maps[i] = train.resize_map(pix[j], images[i][2]).astype(np.float32)
+      maps[i] = image_io.resize(pix[j], images[i][2]).astype(np.float32)
   decoded = [np.asarray(Image.open(io.BytesIO(png))) for png, _, _ in images]
   return {'scores': scores, 'components': components, 'maps': maps, 'images': decoded,
           'anomalous': thresholds_lib.is_anomalous(scores, record['threshold']),
@@ -167,42 +150,37 @@ def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, 
     writer.writerow(['index', 'path', 'height', 'width', 'score', 'threshold', 'decision',
                      *names, 'map', 'overlay'])
     for i, path in enumerate(paths):
-      base = f'{evaluate.array_key(i)}_{export.safe_stem(path.name)}'
+      base = f'{export_format.array_key(i)}_{export.safe_stem(path.name)}'
       amap = result['maps'][i]
       np.save(out / 'maps' / f'{base}.npy', amap)
       report.save_overlay(out / 'overlays' / f'{base}.png', result['images'][i], amap, None,
                           record['pixel_display_range'])
-      writer.writerow([i, str(path), *amap.shape, evaluate.format_float(result['scores'][i]),
-                       evaluate.format_float(record['threshold']),
+      writer.writerow([i, str(path), *amap.shape, export_format.format_float(result['scores'][i]),
+                       export_format.format_float(record['threshold']),
                        'anomalous' if result['anomalous'][i] else 'normal',
-                       *(evaluate.format_float(result['components'][c][i]) for c in names),
+                       *(export_format.format_float(result['components'][c][i]) for c in names),
                        f'maps/{base}.npy', f'overlays/{base}.png'])
   return str(csv_path)
 
 
-def define_flags() -> None:
-  """Defined only when run as a program, so importing this module defines no flags."""
-  flags.DEFINE_string('workdir', None, 'The trained run (main --workdir).')
-  flags.DEFINE_string('input', None, 'An image file, a folder of images, or a glob.')
-  flags.DEFINE_string('output', None, 'Folder for maps/, overlays/ and predictions.csv.')
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string('workdir', None, 'The trained run (main --workdir).', flag_values=fv)
+  flags.DEFINE_string('input', None, 'An image file, a folder of images, or a glob.',
+                      flag_values=fv)
+  flags.DEFINE_string('output', None, 'Folder for maps/, overlays/ and predictions.csv.',
+                      flag_values=fv)
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).', flag_values=fv)
   flags.DEFINE_integer('batch_size', None, 'Images per batch, rounded up to a multiple of the '
-                       'device count (default: the run\'s train.eval_batch_size).')
-  flags.mark_flags_as_required(['workdir', 'input', 'output'])
+                       'device count (default: the run\'s train.eval_batch_size).', flag_values=fv)
+  flags.mark_flags_as_required(['workdir', 'input', 'output'], flag_values=fv)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  args = flags.FLAGS
-  try:
-    if not os.path.isdir(args.workdir):
-      raise ValueError(f'--workdir={args.workdir}: no such run folder')
-    paths = find_images(args.input)
-    result = predict(args.workdir, paths, args.step, args.batch_size)
-  except ValueError as e:  # Missing run, no or unreadable images, bad step: one message.
-    sys.exit(f'error: {e}')
-  csv_path = write_predictions(args.output, paths, result)
+def run(fv: flags.FlagValues) -> None:
+  if not os.path.isdir(fv.workdir):
+    raise errors.DataError(f'--workdir={fv.workdir}: no such run folder')
+  paths = find_images(fv.input)
+  result = predict(fv.workdir, paths, fv.step, fv.batch_size)
+  csv_path = write_predictions(fv.output, paths, result)
   t = result['thresholds']
   print(f"threshold {t['threshold']:.6g} ({t['chosen']}, {t['rule']}), checkpoint step "
         f"{result['checkpoint_step']}, {len(jax.devices())} device(s)")
@@ -212,5 +190,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.main_for('predict')

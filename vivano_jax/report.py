@@ -6,21 +6,19 @@ pixel annotation; left out for new images). The map's colours run from blue at `
 to red at `display_range[1]`, one scale for every image of a run (export.py takes it from held-out
 normal images), so colours compare across images.
 
-The report reads only the exported files (evaluate.read_export): the metrics table, the image-level
+The report reads only the exported files (export_format.read_export): the metrics table, the image-level
 ROC curve, the PRO curve (which AU-PRO integrates up to an FPR of 0.3) and the overlays of the most
 and least anomalous images. Plots use matplotlib's Agg canvas (no display, no pyplot state); no JAX.
 
-  python -m vivano_jax.report --workdir=RUN [--split=test]   # rebuild from RUN/export/<split>
+  vivano report --workdir=RUN [--split=test]   # rebuild from RUN/export/<split>
 """
 
 import html
 import os
 import pathlib
 import shutil
-import sys
 from typing import Any, Optional
 
-from absl import app
 from absl import flags
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -29,25 +27,17 @@ import numpy as np
 from PIL import Image
 import sklearn.metrics
 
-from vivano_jax import evaluate
+from vivano_jax import atomic_files
+from vivano_jax import export_format
+from vivano_jax import image_io
 from vivano_jax import metrics as metrics_lib
+from vivano_jax import tables
 
 REPORT_DIR = 'report'
 _GAP = 4  # White pixels between panels.
 _MASK_UNKNOWN = 128  # Grey mask panel: no pixel ground truth for this image.
 _MAX_CURVE_POINTS = 4096  # Curves are thinned to this many points for plotting.
 _COLORS = (matplotlib.colormaps['jet'](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.float32)
-
-
-def _resize(x: np.ndarray, shape: tuple[int, int], resample) -> np.ndarray:
-  """[h, w] float32 or bool -> shape [H, W], for display only."""
-  if x.shape == tuple(shape):
-    return x
-  if x.dtype == bool:
-    return np.asarray(Image.fromarray(x.astype(np.uint8) * 255).resize(
-        (shape[1], shape[0]), Image.NEAREST)) > 0
-  return np.asarray(Image.fromarray(x.astype(np.float32), mode='F').resize(
-      (shape[1], shape[0]), resample))
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, mask: Optional[np.ndarray],
@@ -67,14 +57,14 @@ def overlay(image: np.ndarray, amap: np.ndarray, mask: Optional[np.ndarray],
   rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
   h, w = rgb.shape[:2]
   lo, hi = float(display_range[0]), float(display_range[1])
-  level = np.clip((_resize(np.asarray(amap, np.float32), (h, w), Image.BILINEAR) - lo)
+  level = np.clip((image_io.resize(np.asarray(amap, np.float32), (h, w)) - lo)
                   / max(hi - lo, 1e-12), 0.0, 1.0)
   heat = _COLORS[np.round(level * 255).astype(np.int32)]
   gray = rgb.astype(np.float32).mean(axis=-1, keepdims=True)
   panels = [rgb.astype(np.uint8), np.round(0.5 * gray + 0.5 * heat).astype(np.uint8)]
   if mask is not None:
     if has_mask:
-      m = _resize(np.asarray(mask, bool), (h, w), Image.NEAREST).astype(np.uint8) * 255
+      m = image_io.resize(np.asarray(mask, bool), (h, w)).astype(np.uint8) * 255
     else:
       m = np.full((h, w), _MASK_UNKNOWN, np.uint8)
     panels.append(np.repeat(m[..., None], 3, axis=-1))
@@ -112,16 +102,7 @@ def _plot(path: pathlib.Path, x: np.ndarray, y: np.ndarray, title: str, xlabel: 
   fig.savefig(path)
 
 
-def _metrics_table(per_type: dict[str, dict[str, Any]]) -> str:
-  rows = ''.join(
-      f'<tr><td>{html.escape(name)}</td><td>{m.get("num_images", "")}</td>'
-      + ''.join(f'<td>{evaluate.format_metric(m[k])}</td>' for k in evaluate.METRIC_NAMES) + '</tr>'
-      for name, m in per_type.items())
-  return ('<table><tr><th>defect type</th><th>images</th><th>image AUROC</th>'
-          f'<th>pixel AUROC</th><th>AU-PRO</th></tr>{rows}</table>')
-
-
-def _image_cards(export: evaluate.Export, idx: np.ndarray, out: pathlib.Path) -> str:
+def _image_cards(export: export_format.Export, idx: np.ndarray, out: pathlib.Path) -> str:
   cards = []
   for i in idx:
     src = export.directory / export.overlays[i]
@@ -144,11 +125,11 @@ def write_report(workdir: str | os.PathLike, split_dir: str | os.PathLike, num_i
   Returns:
     The path of index.html.
   """
-  export = evaluate.read_export(split_dir)
+  export = export_format.read_export(split_dir)
   run = export.run
   per_type = export.metrics or {}
   final = pathlib.Path(workdir) / REPORT_DIR
-  with evaluate.atomic_directory(final) as out:
+  with atomic_files.atomic_directory(final) as out:
     (out / 'images').mkdir()
     parts = [f'<h1>ViV-Ano run {html.escape(str(run.get("workdir", workdir)))}</h1>',
              f'<p>split <b>{html.escape(str(run.get("split", "")))}</b>, {len(export)} images, '
@@ -156,13 +137,13 @@ def write_report(workdir: str | os.PathLike, split_dir: str | os.PathLike, num_i
              f'<code>{html.escape(str(run.get("score", {}).get("image")))}</code>, pixel map '
              f'<code>{html.escape(str(run.get("score", {}).get("pixel")))}</code></p>']
     if per_type:
-      parts += ['<h2>Metrics</h2>', _metrics_table(per_type)]
+      parts += ['<h2>Metrics</h2>', tables.metrics_table(per_type, 'html')]
     parts.append(_threshold_html(run.get('thresholds'), export))
     plots = []
     if np.unique(export.labels).size == 2:
       fpr, tpr, _ = sklearn.metrics.roc_curve(export.labels, export.scores)
       auroc = per_type.get('overall', {}).get('image_auroc')
-      _plot(out / 'roc.png', fpr, tpr, f'image ROC (AUROC {evaluate.format_metric(auroc)})',
+      _plot(out / 'roc.png', fpr, tpr, f'image ROC (AUROC {tables.format_metric(auroc)})',
             'false positive rate', 'true positive rate')
       plots.append('<img src="roc.png" alt="ROC curve">')
     sel = [i for i in range(len(export)) if export.has_mask[i]]
@@ -193,7 +174,7 @@ def write_report(workdir: str | os.PathLike, split_dir: str | os.PathLike, num_i
   return final / 'index.html'
 
 
-def _threshold_html(record: Optional[dict[str, Any]], export: evaluate.Export) -> str:
+def _threshold_html(record: Optional[dict[str, Any]], export: export_format.Export) -> str:
   if not record:
     return ''
   t = record['threshold']
@@ -211,26 +192,17 @@ def _threshold_html(record: Optional[dict[str, Any]], export: evaluate.Export) -
   return ''.join(lines)
 
 
-def define_flags() -> None:
-  """Defined only when run as a program, so importing this module defines no flags."""
-  flags.DEFINE_string('workdir', None, 'The run folder.')
-  flags.DEFINE_string('split', 'test', 'The exported split to report on.')
-  flags.DEFINE_integer('num_images', 4, 'Most / least anomalous images to show.')
-  flags.mark_flag_as_required('workdir')
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string('workdir', None, 'The run folder.', flag_values=fv)
+  flags.DEFINE_string('split', 'test', 'The exported split to report on.', flag_values=fv)
+  flags.DEFINE_integer('num_images', 4, 'Most / least anomalous images to show.', flag_values=fv)
+  flags.mark_flag_as_required('workdir', flag_values=fv)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  args = flags.FLAGS
-  try:
-    path = write_report(args.workdir, os.path.join(args.workdir, 'export', args.split),
-                        args.num_images)
-  except ValueError as e:
-    sys.exit(f'error: {e}')
-  print(path)
+def run(fv: flags.FlagValues) -> None:
+  print(write_report(fv.workdir, os.path.join(fv.workdir, 'export', fv.split), fv.num_images))
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.main_for('report')

@@ -25,8 +25,10 @@ import ml_collections
 import numpy as np
 
 from vivano_jax import atomic_files
+from vivano_jax import errors
 from vivano_jax import input_pipeline
 from vivano_jax import metrics as metrics_lib
+from vivano_jax import scorer as scorer_lib
 from vivano_jax import scoring
 from vivano_jax import synthetic
 
@@ -43,7 +45,7 @@ def parse_image_candidate(text: str) -> dict[str, str]:
       and parts[2] in scoring.NORMALIZE):
     return {'image': parts[0], 'image_map': parts[1], 'image_normalize': parts[2]}
   components = [k for k in scoring.IMAGE_SCORES if k not in scoring.MAP_SCORES]
-  raise ValueError(f'score.image_candidates: {text!r} is neither one of {components} nor '
+  raise errors.UsageError(f'score.image_candidates: {text!r} is neither one of {components} nor '
                    f"'MAP:KIND:NORMALIZE' with MAP in {scoring.MAP_SCORES}, KIND in "
                    f'{scoring.PIXEL_MAPS}, NORMALIZE in {scoring.NORMALIZE}')
 
@@ -53,7 +55,7 @@ def parse_pixel_candidate(text: str) -> dict[str, str]:
   parts = str(text).split(':')
   if len(parts) == 2 and parts[0] in scoring.PIXEL_MAPS and parts[1] in scoring.NORMALIZE:
     return {'pixel': parts[0], 'normalize': parts[1]}
-  raise ValueError(f"score.pixel_candidates: {text!r} is not 'KIND:NORMALIZE' with KIND in "
+  raise errors.UsageError(f"score.pixel_candidates: {text!r} is not 'KIND:NORMALIZE' with KIND in "
                    f'{scoring.PIXEL_MAPS}, NORMALIZE in {scoring.NORMALIZE}')
 
 
@@ -70,10 +72,10 @@ def with_choice(config: ml_collections.ConfigDict, image: Optional[str] = None,
 
 def check_config(score: ml_collections.ConfigDict) -> None:
   if score.select not in SELECT:
-    raise ValueError(f'score.select must be one of {SELECT}, got {score.select!r}')
+    raise errors.UsageError(f'score.select must be one of {SELECT}, got {score.select!r}')
   if score.select != 'none':
     if not score.image_candidates or not score.pixel_candidates:
-      raise ValueError("score.select='synthetic' needs score.image_candidates and "
+      raise errors.UsageError("score.select='synthetic' needs score.image_candidates and "
                        'score.pixel_candidates')
     for c in score.image_candidates:
       parse_image_candidate(c)
@@ -88,22 +90,21 @@ def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return np.sort(perm[:half]), np.sort(perm[half:])
 
 
-def evaluate_candidates(stats_scored: dict[str, Any], clean: dict[str, Any], anomalous: dict[str, Any],
-                        masks: np.ndarray, config: ml_collections.ConfigDict
+def evaluate_candidates(stats_scored: scorer_lib.ScoredSplit, clean: scorer_lib.ScoredSplit,
+                        anomalous: scorer_lib.ScoredSplit, masks: np.ndarray, config: ml_collections.ConfigDict
                         ) -> dict[str, dict[str, float]]:
   """{'image': {candidate: image AUROC}, 'pixel': {candidate: AU-PRO}}: B clean (normal) against B
   with anomalies.
 
-  stats_scored: scored A (as train.score_split, for the statistics); clean / anomalous: {'image':
-  {component: [n]}, 'pixel': {component: [n, S, S]}} of B; masks: bool [n, S, S] of the anomalies.
+  stats_scored: scored A (for the statistics); clean / anomalous: B, scored with maps; masks: bool
+  [n, S, S] of the anomalies.
   """
-  from vivano_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
-  stats = train.score_stats(stats_scored)
+  stats = stats_scored.stats()
   n = len(masks)
   labels = np.concatenate([np.zeros(n, int), np.ones(n, int)])
   all_masks = list(np.concatenate([np.zeros_like(masks), masks]))
-  image = {k: np.concatenate([clean['image'][k], anomalous['image'][k]]) for k in clean['image']}
-  pixel = {k: np.concatenate([clean['pixel'][k], anomalous['pixel'][k]]) for k in clean['pixel']}
+  image = {k: np.concatenate([clean.image[k], anomalous.image[k]]) for k in clean.image}
+  pixel = {k: np.concatenate([clean.pixel[k], anomalous.pixel[k]]) for k in clean.pixel}
   results = {'image': {}, 'pixel': {}}
   for cand in config.score.image_candidates:
     img, _ = scoring.final_scores(image, pixel, with_choice(config, image=cand).score, stats)
@@ -125,26 +126,25 @@ def select_score(state, heldout: input_pipeline.SplitData, config: ml_collection
   """Runs the selection on this process's held-out normals; returns the record saved to FILENAME:
   {'image', 'pixel' (the chosen candidates), 'image_auroc', 'au_pro' ({candidate: value}),
   'num_images' (the size of B)}."""
-  from vivano_jax import train  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1:
-    raise ValueError("score.select='synthetic' runs on one process; choose the score on one host "
-                     '(main --mode=export) and copy score_selection.json')
+    raise errors.UsageError("score.select='synthetic' runs on one process; choose the score on one "
+                            'host (vivano export) and copy score_selection.json')
   n = len(heldout)
   if n < 4:
-    raise ValueError(f'score.select: {n} held-out normal images; at least 4 are needed (set '
+    raise errors.DataError(f'score.select: {n} held-out normal images; at least 4 are needed (set '
                      'dataset.validation_fraction)')
   a, b = split_halves(n, config.seed)
   every = ml_collections.ConfigDict(config.to_dict())
   every.score.select = 'none'
   every.score.normalize = 'global'
-  stats_scored = train.score_split(state, heldout.subset(a), every, mesh, decode=True,
-                                   keep_maps=False)
+  scorer = scorer_lib.Scorer(every, mesh)
+  stats_scored = scorer.split(state, heldout.subset(a), decode=True, keep_maps=False)
   images = np.concatenate([batch['image'][batch['valid']] for batch in input_pipeline.eval_batches(
       heldout.subset(b), config.dataset, config.train.eval_batch_size)])
   rng = np.random.default_rng([config.seed, 3])
   anomalous, masks = synthetic.corrupt_batch(images, 1.0, rng)
-  clean = train.score_arrays(state, images, every, mesh)
-  bad = train.score_arrays(state, anomalous, every, mesh)
+  clean = scorer.arrays(state, images)
+  bad = scorer.arrays(state, anomalous)
   results = evaluate_candidates(stats_scored, clean, bad, masks, config)
   return {'image': choose(results['image']), 'pixel': choose(results['pixel']),
           'image_auroc': results['image'], 'au_pro': results['pixel'], 'num_images': int(len(b))}
@@ -167,7 +167,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, state=None,
       record = None  # Chosen among other candidates: choose again.
   if record is None:
     if state is None:
-      raise ValueError(f'{path}: missing; the score is chosen when the run is evaluated (main)')
+      raise errors.DataError(
+          f'{path}: missing; the score is chosen when the run is evaluated (main)')
     record = select_score(state, heldout, config, mesh)
     record['candidates_tried'] = _tried(config)
     if jax.process_index() == 0:

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vivano_jax import errors
+
 Array = jax.Array
 
 COMPONENTS = ('nll', 'recon', 'ssim')  # Pixel components; `score.combine` takes these names.
@@ -138,21 +140,21 @@ ScoreStats = dict[str, tuple[Any, Any]]
 def check_config(score: ml_collections.ConfigDict) -> None:
   """One clear error for a bad `config.score` field."""
   if score.image not in IMAGE_SCORES:
-    raise ValueError(f'score.image must be one of {IMAGE_SCORES}, got {score.image!r}')
+    raise errors.UsageError(f'score.image must be one of {IMAGE_SCORES}, got {score.image!r}')
   if score.pixel not in PIXEL_MAPS:
-    raise ValueError(f'score.pixel must be one of {PIXEL_MAPS}, got {score.pixel!r}')
+    raise errors.UsageError(f'score.pixel must be one of {PIXEL_MAPS}, got {score.pixel!r}')
   if score.normalize not in NORMALIZE:
-    raise ValueError(f'score.normalize must be one of {NORMALIZE}, got {score.normalize!r}')
+    raise errors.UsageError(f'score.normalize must be one of {NORMALIZE}, got {score.normalize!r}')
   if score.image_map not in ('',) + PIXEL_MAPS:
-    raise ValueError(f"score.image_map must be '' or one of {PIXEL_MAPS}, got {score.image_map!r}")
+    raise errors.UsageError(f"score.image_map must be '' or one of {PIXEL_MAPS}, got {score.image_map!r}")
   if score.image_normalize not in ('',) + NORMALIZE:
-    raise ValueError(f"score.image_normalize must be '' or one of {NORMALIZE}, got "
+    raise errors.UsageError(f"score.image_normalize must be '' or one of {NORMALIZE}, got "
                      f'{score.image_normalize!r}')
   combine = tuple(score.combine)
   if not combine or any(c not in COMPONENTS for c in combine) or len(set(combine)) != len(combine):
-    raise ValueError(f'score.combine must name distinct components of {COMPONENTS}, got {combine!r}')
+    raise errors.UsageError(f'score.combine must name distinct components of {COMPONENTS}, got {combine!r}')
   if not 0.0 < score.topk_fraction <= 1.0:
-    raise ValueError(f'score.topk_fraction must be in (0, 1], got {score.topk_fraction}')
+    raise errors.UsageError(f'score.topk_fraction must be in (0, 1], got {score.topk_fraction}')
 
 
 def _standardise(x, stat) -> Any:

@@ -97,6 +97,6 @@ def load(workdir: str) -> dict[str, Any]:
   path = os.path.join(workdir, FILENAME)
   if not os.path.isfile(path):
     raise ValueError(f'{path} does not exist: the run has no thresholds yet; export it first '
-                     f'(python -m vivano_jax.main --mode=export --config=... --workdir={workdir})')
+                     f'(vivano export --workdir={workdir})')
   with open(path) as f:
     return json.load(f)

@@ -7,6 +7,8 @@ from vivano_jax import scoring
 
 Array = jax.Array
 
+TERMS = ('loss', 'recon', 'kl', 'nll', 'ssim')  # What `vivano_loss` returns besides the loss.
+
 
 def vivano_loss(outputs: dict[str, Array], images: Array, recon_weight: float, kl_weight: float,
                 nll_weight: float, ssim_weight: float = 0.0, patch_weights: Array | None = None

@@ -9,6 +9,7 @@ import shlex
 import sys
 from typing import Optional
 
+from vivano_jax import errors
 import vivano_jax.sweep as sweep_package
 from vivano_jax.sweep.plan import SweepError, load_sweep
 from vivano_jax.sweep.results import gather, summarize, write_results, write_summary
@@ -78,7 +79,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     status = run_sweep(sweep, args.root, only, launcher, dry_run=args.dry_run)
   except SweepError as e:
     print(f'error: {e}', file=sys.stderr)
-    return 2
+    return errors.EXIT_USAGE
+  except errors.DataError as e:  # A missing or unreadable sweep or config file.
+    print(f'error: {e}', file=sys.stderr)
+    return errors.EXIT_DATA
   except KeyboardInterrupt:
     return 130
   failed = [n for n, s in status.items() if s == 'failed']

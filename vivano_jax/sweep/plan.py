@@ -127,10 +127,8 @@ def run_names(overrides: Sequence[Mapping[str, Any]], labels: Optional[Mapping[s
 
 def _read_spec(path: str) -> dict[str, Any]:
   """get_sweep()'s dict, its keys checked."""
-  try:
-    get_sweep = config_files.load_function(path, 'get_sweep', 'sweep file')
-  except errors.DataError as e:
-    raise SweepError(str(e)) from e
+  # A missing or broken file stays a DataError (exit code 1).
+  get_sweep = config_files.load_function(path, 'get_sweep', 'sweep file')
   spec = get_sweep()
   if isinstance(spec, ml_collections.ConfigDict):
     spec = {k: spec[k] for k in spec.keys()}
@@ -221,7 +219,7 @@ def load_sweep(path: str, extra_flags: Optional[Mapping[str, str]] = None) -> Sw
   try:
     base = config_files.load_config(base_path, what='base config')
   except errors.DataError as e:
-    raise SweepError(f'{path}: {e}') from e
+    raise errors.DataError(f'{path}: {e}') from e
   overrides = _expand(path, spec)
   fixed = flatten(spec.get('fixed') or {})
   swept = list(dict.fromkeys(f for o in overrides for f in o))

@@ -1,0 +1,132 @@
+"""The `vivano` command: subcommands, help, and one exit code per kind of outcome.
+
+Every subcommand is run in-process through `cli.main` (as the console script calls it): --help
+exits 0, a bad flag 2 (usage), a missing file 1 (data), a correct call 0; each error is one line on
+stderr without a traceback unless --verbosity=1.
+"""
+
+import shutil
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_export import trained_folder_run
+from vivano_jax import cli
+from vivano_jax import errors
+
+TINY = str(REPO / 'configs' / 'tiny.py')
+
+
+@pytest.fixture
+def folder_run(tmp_path_factory, tfds_dir):
+  return trained_folder_run(tmp_path_factory.getbasetemp() / 'export_runs', tfds_dir)
+
+
+def _call(capsys, *args):
+  code = cli.main(['vivano', *args])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+  lines = [l for l in err.splitlines() if l.startswith('error: ')]
+  assert len(lines) == 1 and 'Traceback' not in err, err
+  return lines[0]
+
+
+def test_vivano_help_lists_every_subcommand(capsys):
+  code, out, _ = _call(capsys, '--help')
+  assert code == 0
+  for name in ('train', 'export', 'evaluate', 'predict', 'sweep', 'benchmark', 'report'):
+    assert f'  {name} ' in out
+  assert cli.main(['vivano']) == errors.EXIT_USAGE
+  code, _, err = _call(capsys, 'nope')
+  assert code == errors.EXIT_USAGE and 'unknown command' in _one_error_line(err)
+
+
+@pytest.mark.parametrize('command', sorted(set(cli.COMMANDS) - {'sweep'}))
+def test_help_and_bad_flag(capsys, command):
+  code, out, _ = _call(capsys, command, '--help')
+  assert code == 0 and f'usage: vivano {command}' in out and '--verbosity' in out
+  code, _, err = _call(capsys, command, '--no_such_flag=1')
+  assert code == errors.EXIT_USAGE and 'no_such_flag' in _one_error_line(err)
+
+
+def test_sweep_help_and_bad_argument(capsys):
+  code, out, _ = _call(capsys, 'sweep', '--help')
+  assert code == 0 and 'run' in out and 'gather' in out
+  code, _, err = _call(capsys, 'sweep', 'nope')
+  assert code == errors.EXIT_USAGE
+
+
+@pytest.mark.parametrize('command,args', [
+    ('train', [f'--config={REPO / "configs" / "missing.py"}', '--workdir=W']),
+    ('export', ['--workdir=/nonexistent/run']),
+    ('evaluate', ['--predictions=/nonexistent/run/export/test']),
+    ('predict', ['--workdir=/nonexistent/run', '--input=x.png', '--output=o']),
+    ('report', ['--workdir=/nonexistent/run']),
+    ('benchmark', ['--config=/nonexistent/config.py']),
+    ('sweep', ['run', '--sweep=/nonexistent/sweep.py', '--root=/tmp/r', '--dry_run']),
+])
+def test_missing_file_is_a_data_error(capsys, command, args):
+  code, _, err = _call(capsys, command, *args)
+  assert code == errors.EXIT_DATA, err
+  assert 'nonexistent' in _one_error_line(err) or 'missing.py' in err
+
+
+def test_unknown_config_field_names_it_and_a_close_match(capsys, tmp_path):
+  code, _, err = _call(capsys, 'train', f'--config={TINY}', f'--workdir={tmp_path}',
+                       '--config.seed=1', '--config.model.depthh=2')
+  assert code == errors.EXIT_USAGE
+  line = _one_error_line(err)
+  assert '--config.model.depthh' in line and "'depth'" in line
+  assert not (tmp_path / 'config.json').exists()  # Nothing written.
+
+
+def test_verbosity_1_shows_the_traceback(capsys):
+  code, _, err = _call(capsys, 'evaluate', '--predictions=/nonexistent', '--verbosity=1')
+  assert code == errors.EXIT_DATA and 'Traceback' in err and 'error: ' in err
+
+
+def test_ctrl_c_exits_130(capsys, monkeypatch):
+  from vivano_jax import evaluate  # pylint: disable=g-import-not-at-top
+
+  def interrupted(fv):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(evaluate, 'run', interrupted)
+  code, _, _ = _call(capsys, 'evaluate', '--predictions=x')
+  assert code == errors.EXIT_INTERRUPTED
+
+
+def test_os_error_is_one_line(capsys, folder_run, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  code, _, err = _call(capsys, 'evaluate', f'--predictions={folder_run / "export" / "test"}',
+                       f'--output={blocker / "sub"}')
+  assert code == errors.EXIT_DATA and str(blocker) in _one_error_line(err)
+
+
+def test_every_subcommand_succeeds(capsys, folder_run, tmp_path, tfds_dir):
+  split = folder_run / 'export' / 'test'
+  code, out, err = _call(capsys, 'evaluate', f'--predictions={split}', f'--output={tmp_path}')
+  assert code == 0 and 'overall' in out and (tmp_path / 'evaluation.csv').is_file(), err
+  code, out, err = _call(capsys, 'report', f'--workdir={folder_run}')
+  assert code == 0 and out.strip().endswith('index.html'), err
+  images = sorted((folder_run.parent / 'folder' / 'test' / 'spot').iterdir())[:2]
+  code, out, err = _call(capsys, 'predict', f'--workdir={folder_run}', f'--input={images[0]}',
+                         f'--output={tmp_path / "pred"}')
+  assert code == 0 and (tmp_path / 'pred' / 'predictions.csv').is_file(), err
+  run = tmp_path / 'run'
+  shutil.copytree(folder_run, run)
+  code, out, err = _call(capsys, 'export', f'--workdir={run}', '--step=5')
+  assert code == 0 and 'checkpoint step 5' in out, err
+  code, out, err = _call(capsys, 'benchmark', f'--config={TINY}', '--steps=1', '--warmup=0')
+  assert code == 0 and 'MFU' in out, err
+  code, out, err = _call(capsys, 'sweep', 'run', f'--sweep={REPO / "sweeps" / "example.py"}',
+                         f'--root={tmp_path / "sweep"}', '--dry_run')
+  assert code == 0, err
+  code, out, err = _call(capsys, 'train', f'--config={TINY}', f'--workdir={tmp_path / "train"}',
+                         f'--config.dataset.data_dir={tfds_dir}', '--config.train.num_steps=2',
+                         '--config.export.at_end=False')
+  assert code == 0 and 'image AUROC' in out, err

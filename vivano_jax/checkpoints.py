@@ -1,0 +1,80 @@
+"""Orbax checkpoints of a run: WORKDIR/checkpoints/<step>/{state, meta}.
+
+`state` is the whole train state (parameters, optimizer state, BatchNorm statistics, rng); `meta`
+holds the step and the data position, so a resumed run continues the same batch sequence. Training
+(resume), export and predict all restore through `restore`, into the shapes and shardings of the
+configured model.
+"""
+
+import os
+from typing import Any, Optional
+
+import jax
+from jax.sharding import Mesh
+import ml_collections
+import orbax.checkpoint as ocp
+
+from vivano_jax import errors
+from vivano_jax import model as model_lib
+from vivano_jax import sharding
+from vivano_jax import train_step
+
+CHECKPOINT_DIR = 'checkpoints'
+
+
+def directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory(workdir),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True))
+
+
+def save(mngr: ocp.CheckpointManager, state: train_step.TrainState, meta: dict[str, Any]) -> None:
+  mngr.save(int(meta['step']), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int
+                   ) -> train_step.TrainState:
+  """The configured train state's shapes, dtypes and (replicated) shardings; nothing is computed.
+  `total_steps` sets the optimizer's schedule, which holds no array."""
+  abstract = jax.eval_shape(lambda: train_step.create_train_state(
+      config, model_lib.create_model(config), total_steps, mesh))
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                      abstract)
+
+
+def restore(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh: Mesh,
+            step: Optional[int] = None, total_steps: int = 1
+            ) -> tuple[train_step.TrainState, dict[str, Any]]:
+  """Checkpoint `step` (default the latest) as the configured train state, and its meta record."""
+  step = mngr.latest_step() if step is None else step
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state(config, mesh, total_steps)),
+      meta=ocp.args.JsonRestore()))
+  return restored['state'], dict(restored['meta'])
+
+
+def restore_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[int], mesh: Mesh
+                ) -> tuple[train_step.TrainState, int]:
+  """A trained run's checkpoint at `step` (default the latest) and its step, for scoring; one
+  clear error when the run has none."""
+  ckpt_dir = directory(workdir)
+  if not os.path.isdir(ckpt_dir):
+    raise errors.DataError(f'{ckpt_dir}: no checkpoints; is {workdir} a trained run?')
+  mngr = manager(workdir, config)
+  try:
+    steps = mngr.all_steps()
+    if not steps:
+      raise errors.DataError(f'{ckpt_dir}: no finished checkpoint')
+    if step is not None and step not in steps:
+      raise errors.UsageError(
+          f'--step={step}: {ckpt_dir} has no checkpoint for it; there are {sorted(steps)}')
+    state, meta = restore(mngr, config, mesh, step)
+  finally:
+    mngr.close()
+  return state, int(meta['step'])

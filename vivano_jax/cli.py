@@ -1,0 +1,175 @@
+"""The `vivano` command: one entry point, one flag style, one way to report a mistake.
+
+  vivano <command> --flag=value ...      vivano --help      vivano <command> --help
+
+Every command takes `--name=value` flags and `--verbosity` (0: errors as one line; 1: with their
+traceback, and debug logs). A mistake in the command line or a config field prints one line on
+stderr and exits with 2; a missing, unreadable or invalid file or dataset, a full or read-only disk,
+or a diverged run prints one line and exits with 1; Ctrl-C exits with 130. `python -m
+vivano_jax.<module>` runs the same commands (`python -m vivano_jax.main` is `vivano train`).
+
+The process environment is set up here, before a command's modules are imported: TensorFlow's C++
+logs are quietened and TensorFlow is kept off the accelerators JAX uses.
+"""
+
+import importlib
+import os
+import re
+import sys
+import traceback
+from typing import Optional, Sequence
+
+from vivano_jax import errors
+
+COMMANDS = {  # name -> (module, what it does)
+    'train': ('vivano_jax.main', 'train a config and evaluate it, then export (as python -m '
+              'vivano_jax.main)'),
+    'export': ('vivano_jax.export', 'export a trained checkpoint: scores, maps, thresholds, report'),
+    'evaluate': ('vivano_jax.evaluate', 'recompute the metrics of an export offline (no JAX)'),
+    'predict': ('vivano_jax.predict', 'score new images with a trained run and decide'),
+    'report': ('vivano_jax.report', 'rebuild the HTML report of an exported split'),
+    'benchmark': ('vivano_jax.benchmark', 'speed, FLOPs and memory of a config on random data'),
+    'sweep': ('vivano_jax.sweep', 'plan, run and gather a sweep of runs (vivano sweep --help)'),
+}
+HELP_FLAGS = ('--help', '-h', '--helpfull')
+
+
+def _usage() -> str:
+  width = max(map(len, COMMANDS))
+  lines = ['usage: vivano <command> [--flag=value ...]   (vivano <command> --help for its flags)',
+           '', 'commands:']
+  lines += [f'  {name:<{width}}  {what}' for name, (_, what) in COMMANDS.items()]
+  return '\n'.join(lines)
+
+
+def _pop_verbosity(argv: list[str]) -> tuple[list[str], int]:
+  """argv without --verbosity=N (or --verbosity N), and N (default 0)."""
+  rest, level, i = [], 0, 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith('--verbosity='):
+      level = a.split('=', 1)[1]
+    elif a == '--verbosity' and i + 1 < len(argv):
+      i += 1
+      level = argv[i]
+    else:
+      rest.append(a)
+    i += 1
+  try:
+    return rest, int(level)
+  except ValueError:
+    raise errors.UsageError(f'--verbosity={level}: not an integer') from None
+
+
+def _setup_environment(verbosity: int) -> None:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults.
+  logging.set_verbosity(logging.DEBUG if verbosity >= 1 else logging.INFO)
+
+
+def _parse(name: str, module, argv: list[str]):
+  """The command's flags parsed from argv (argv[0] is the program)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  module.define_flags(fv)
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    doc = (module.__doc__ or '').strip()
+    print(f'usage: vivano {name} [--flag=value ...]\n\n{doc}\n\nflags:\n'
+          f'{fv.get_help(include_special_flags=False)}\n  --verbosity: 0 (default): errors as one '
+          'line; 1: with tracebacks and debug logs')
+    return None
+  _check_config_files(argv[1:])
+  try:
+    rest = fv(argv)
+  except flags.Error as e:
+    raise errors.UsageError(str(e)) from e
+  except (AttributeError, KeyError) as e:  # ml_collections: an unknown config field.
+    raise errors.UsageError(_unknown_field(argv[1:], str(e))) from e
+  if len(rest) > 1:
+    raise errors.UsageError(f'unexpected arguments: {" ".join(rest[1:])}')
+  return fv
+
+
+def _unknown_field(args: list[str], message: str) -> str:
+  """'--config.a.bb: no such config field (did you mean "b"?)' from ml_collections' message."""
+  key = re.search(r"'([^'\\]+)", message)
+  key = key.group(1) if key else ''
+  overrides = [a.split('=', 1)[0] for a in args if a.startswith('--config.')]
+  field = next((f for f in overrides if key in f.split('.')), overrides[0] if overrides else '')
+  hint = re.search(r'Did you mean "([^"]+)"', message)
+  return f'{field}: no such config field' + (f' (did you mean {hint.group(1)!r}?)' if hint else '')
+
+
+def _check_config_files(args: list[str]) -> None:
+  """A missing --config file is reported at once (absl would report it at first use)."""
+  for a in args:
+    if a.startswith('--config='):
+      path = a.split('=', 1)[1].split(':', 1)[0]
+      if not os.path.isfile(path):
+        raise errors.DataError(f'--config={path}: no such config file')
+
+
+def _run(name: str, argv: list[str]) -> int:
+  module = importlib.import_module(COMMANDS[name][0])
+  if 'vivano_jax.input_pipeline' in sys.modules:
+    sys.modules['vivano_jax.input_pipeline'].keep_tensorflow_off_accelerators()
+  if not hasattr(module, 'define_flags'):  # A command with its own subcommands (sweep).
+    return int(module.main(argv[1:]) or 0)
+  saved = sys.argv
+  sys.argv = argv  # ml_collections' config flags read their --config.* overrides from sys.argv.
+  try:
+    fv = _parse(name, module, argv)
+  finally:
+    sys.argv = saved
+  if fv is None:
+    return 0
+  return int(module.run(fv) or 0)
+
+
+def run_command(name: str, argv: Sequence[str]) -> int:
+  """Runs command `name` with argv (argv[0] the program name); returns the exit code."""
+  verbosity = 0
+  try:
+    argv, verbosity = _pop_verbosity(list(argv))
+    _setup_environment(verbosity)
+    return _run(name, argv)
+  except KeyboardInterrupt:
+    print('interrupted', file=sys.stderr)
+    return errors.EXIT_INTERRUPTED
+  except (ValueError, OSError, FloatingPointError) as e:
+    if verbosity >= 1:
+      traceback.print_exc()
+    code = errors.EXIT_USAGE if isinstance(e, errors.UsageError) else errors.EXIT_DATA
+    print(f'error: {_one_line(e)}', file=sys.stderr)
+    return code
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e) if not isinstance(e, OSError) or not e.filename else (
+      f'{e.filename}: {e.strerror or e}')
+  return ' '.join(text.split('\n')) or type(e).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """The `vivano` console script."""
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in HELP_FLAGS:
+    print(_usage())
+    return 0 if len(argv) >= 2 else errors.EXIT_USAGE
+  name = argv[1]
+  if name not in COMMANDS:
+    print(f'error: unknown command {name!r}; one of {", ".join(COMMANDS)}', file=sys.stderr)
+    return errors.EXIT_USAGE
+  return run_command(name, [f'vivano {name}'] + argv[2:])
+
+
+def main_for(name: str) -> None:
+  """`python -m vivano_jax.<module>`: the command `name` with this process's arguments."""
+  sys.exit(run_command(name, sys.argv))
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,318 @@
+"""The export format: what `export` writes for each split and every reader reads back. No JAX.
+
+One folder per split (WORKDIR/export/<split>/):
+
+  scores.csv    one row per image, in split order: SCORE_COLUMNS, then the score components
+                (nll_max, nll_mean, recon, ...), then 'overlay'; floats written exactly
+                (`format_float`)
+  maps.npz      float32 [H_i, W_i] anomaly map of image i under key `array_key(i)`, at the ground
+                truth's native size (the model's S x S when score.native_resolution is off;
+                run.json 'maps' says which); np.savez_compressed, no pickle
+  masks.npz     bool [H_i, W_i] ground truth under the same keys, and 'has_mask' bool [n]
+  overlays/     PNG image | map | mask side by side (report.py)
+  metrics.json  the metrics computed at export time with training's code (scorer.Scorer.evaluate)
+  run.json      config, checkpoint step, thresholds
+
+A folder is written in a hidden sibling and renamed when complete (`atomic_files.atomic_directory`),
+so an interrupted export never leaves a table or map that looks complete.
+
+`read_export` can take the masks from an MVTec AD layout folder instead of masks.npz
+(`ground_truth`), read as the folder builder reads them: 'good' images and defect types without a
+ground-truth folder get all-zero masks (the latter with has_mask False, so pixel metrics skip them).
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from vivano_jax import atomic_files
+from vivano_jax import errors
+from vivano_jax import image_io
+
+SCORES_CSV = 'scores.csv'
+MAPS_NPZ = 'maps.npz'
+MASKS_NPZ = 'masks.npz'
+METRICS_JSON = 'metrics.json'
+RUN_JSON = 'run.json'
+OVERLAYS = 'overlays'
+HAS_MASK_KEY = 'has_mask'
+SCORE_COLUMNS = ('index', 'filename', 'label', 'defect_type', 'has_mask', 'score')
+OVERLAY_COLUMN = 'overlay'
+
+
+class ExportError(errors.DataError):
+  """An export folder (or ground-truth folder) that cannot be evaluated; lists every problem."""
+
+
+def _raise_problems(problems: list[str], where: Any) -> None:
+  if not problems:
+    return
+  raise ExportError(image_io.format_problems(problems, where))
+
+
+def array_key(index: int) -> str:
+  """The npz key of image `index` (digits only: a safe zip member name)."""
+  return f'{index:06d}'
+
+
+def format_float(x: float) -> str:
+  """Shortest text that reads back to the same float64 (float32 values round-trip exactly)."""
+  return repr(float(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading an export.
+
+
+@dataclasses.dataclass
+class Export:
+  """One exported split, as read back.
+
+  filenames, defect_types: [n] str; labels [n] int; has_mask [n] bool; scores [n] float64 (final
+  image score); components {name: [n] float64}; overlays [n] str (path relative to `directory`, ''
+  for none); maps / masks: lists of n float32 / bool [H_i, W_i] (None if not loaded); run, metrics:
+  the parsed run.json and metrics.json (None if absent).
+  """
+  directory: pathlib.Path
+  filenames: np.ndarray
+  labels: np.ndarray
+  defect_types: np.ndarray
+  has_mask: np.ndarray
+  scores: np.ndarray
+  components: dict[str, np.ndarray]
+  overlays: np.ndarray
+  maps: Optional[list[np.ndarray]]
+  masks: Optional[list[np.ndarray]]
+  run: dict[str, Any]
+  metrics: Optional[dict[str, Any]]
+
+  def __len__(self):
+    return len(self.labels)
+
+
+def _read_scores(path: pathlib.Path, problems: list[str]) -> dict[str, list]:
+  with open(path, newline='') as f:
+    reader = csv.DictReader(f)
+    header = reader.fieldnames or []
+    missing = [c for c in SCORE_COLUMNS if c not in header]
+    if missing:
+      problems.append(f'{path}: missing columns {missing} (has {header})')
+      return {}
+    components = [c for c in header if c not in SCORE_COLUMNS and c != OVERLAY_COLUMN]
+    cols = {c: [] for c in (*SCORE_COLUMNS, *components, OVERLAY_COLUMN)}
+    for row_number, row in enumerate(reader, start=2):
+      try:
+        index = int(row['index'])
+        if index != len(cols['index']):
+          raise ValueError(f'index {index}, expected {len(cols["index"])} (rows in split order)')
+        cols['index'].append(index)
+        cols['filename'].append(row['filename'])
+        cols['label'].append(int(row['label']))
+        cols['defect_type'].append(row['defect_type'])
+        cols['has_mask'].append(bool(int(row['has_mask'])))
+        cols['score'].append(float(row['score']))
+        for c in components:
+          cols[c].append(float(row[c]) if row[c] else np.nan)
+        cols[OVERLAY_COLUMN].append(row.get(OVERLAY_COLUMN) or '')
+      except (TypeError, ValueError) as e:
+        problems.append(f'{path}, line {row_number}: {e}')
+        return {}
+  if not cols['index']:
+    problems.append(f'{path}: no rows')
+  return cols
+
+
+def _check_keys(npz, what: str, n: int, problems: list[str], extra_ok=()) -> None:
+  expected = {array_key(i) for i in range(n)}
+  keys = set(npz.files) - set(extra_ok)
+  missing, extra = sorted(expected - keys), sorted(keys - expected)
+  if missing:
+    problems.append(f'{what}: no array for {len(missing)} image(s) of scores.csv: keys '
+                    f'{_few(missing)}')
+  if extra:
+    problems.append(f'{what}: {len(extra)} array(s) for no image of scores.csv: keys {_few(extra)}')
+
+
+def _few(items: list[str], k: int = 10) -> str:
+  return ', '.join(items[:k]) + (f', ... ({len(items)} in all)' if len(items) > k else '')
+
+
+def masks_from_folder(root: str | os.PathLike, filenames: np.ndarray, defect_types: np.ndarray,
+                      shapes: list[tuple[int, int]], problems: list[str]
+                      ) -> tuple[list[np.ndarray], np.ndarray]:
+  """Masks from an MVTec AD layout folder: (n bool [H_i, W_i], has_mask [n] bool).
+
+  Args:
+    root: the folder holding ground_truth/<defect type>/<stem>_mask.<ext>.
+    filenames, defect_types: [n] as in scores.csv; a mask is found by (defect type, file stem).
+    shapes: the maps' [H_i, W_i], which the masks must have.
+    problems: appended with every missing, extra, unreadable or mis-sized mask.
+  """
+  gt = pathlib.Path(root) / 'ground_truth'
+  if not gt.is_dir():
+    problems.append(f'{gt}: no such folder (expected ground_truth/<defect type>/<stem>_mask.png)')
+    return [], np.zeros(0, bool)
+  available = {}  # (defect type, stem) -> mask path
+  for d in sorted(p for p in gt.iterdir() if p.is_dir() and not p.name.startswith('.')):
+    for f in sorted(d.iterdir()):
+      if f.name.startswith('.') or not f.is_file():
+        continue
+      stem, ext = os.path.splitext(f.name)
+      if ext.lower() not in image_io.IMAGE_EXTENSIONS or not stem.endswith('_mask'):
+        problems.append(f'{f}: not a <stem>_mask.<image extension> file')
+        continue
+      available[(d.name, stem[:-len('_mask')])] = f
+  folders = {d for d, _ in available} | {
+      p.name for p in gt.iterdir() if p.is_dir() and not p.name.startswith('.')}
+  masks, has_mask, used = [], np.zeros(len(filenames), bool), set()
+  for i, (name, defect) in enumerate(zip(filenames, defect_types)):
+    key = (defect, pathlib.PurePath(name).stem)
+    if key in available:
+      used.add(key)
+      try:
+        mask = image_io.read_mask(available[key])
+      except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files.
+        problems.append(f'{available[key]}: unreadable mask ({type(e).__name__}: {e})')
+        mask = np.zeros(shapes[i], bool)
+      if mask.shape != tuple(shapes[i]):
+        problems.append(f'{available[key]}: mask size {mask.shape} (H, W) differs from the map '
+                        f'{tuple(shapes[i])} of {name}')
+      masks.append(mask)
+      has_mask[i] = True
+    elif defect in folders and defect != 'good':
+      problems.append(f'{gt / defect}: no mask for {name} (expected {key[1]}_mask.png)')
+      masks.append(np.zeros(shapes[i], bool))
+    else:
+      masks.append(np.zeros(shapes[i], bool))
+      has_mask[i] = defect == 'good'
+  for key in sorted(set(available) - used):
+    problems.append(f'{available[key]}: a mask for no image of scores.csv')
+  return masks, has_mask
+
+
+def _read_arrays(directory: pathlib.Path, names: np.ndarray, defect_types: np.ndarray,
+                 has_mask: np.ndarray, ground_truth: Optional[str], problems: list[str]
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+  """maps.npz, and the masks from masks.npz or the ground-truth folder: (maps, masks, has_mask)."""
+  n = len(names)
+  with np.load(directory / MAPS_NPZ, allow_pickle=False) as npz:
+    _check_keys(npz, f'{directory / MAPS_NPZ}', n, problems)
+    _raise_problems(problems, directory)
+    maps = [npz[array_key(i)] for i in range(n)]
+  for i, m in enumerate(maps):
+    if m.ndim != 2 or m.dtype != np.float32:
+      problems.append(f'{MAPS_NPZ}[{array_key(i)}] ({names[i]}): {m.dtype} {m.shape}, '
+                      'expected float32 [H, W]')
+  shapes = [m.shape for m in maps]
+  if ground_truth is not None:
+    masks, has_mask = masks_from_folder(ground_truth, names, defect_types, shapes, problems)
+    _raise_problems(problems, f'{directory} with --ground_truth={ground_truth}')
+    return maps, masks, has_mask
+  with np.load(directory / MASKS_NPZ, allow_pickle=False) as npz:
+    _check_keys(npz, f'{directory / MASKS_NPZ}', n, problems, extra_ok=(HAS_MASK_KEY,))
+    if HAS_MASK_KEY not in npz.files:
+      problems.append(f'{directory / MASKS_NPZ}: no {HAS_MASK_KEY!r} array')
+    _raise_problems(problems, directory)
+    masks = [npz[array_key(i)] for i in range(n)]
+    if not np.array_equal(npz[HAS_MASK_KEY], has_mask):
+      problems.append(f'{MASKS_NPZ}[{HAS_MASK_KEY!r}] disagrees with the has_mask column of '
+                      f'{SCORES_CSV}')
+  for i, (m, s) in enumerate(zip(masks, shapes)):
+    if m.shape != s:
+      problems.append(f'{MASKS_NPZ}[{array_key(i)}] ({names[i]}): mask {m.shape} but map {s}')
+  _raise_problems(problems, directory)
+  return maps, masks, has_mask
+
+
+def read_export(directory: str | os.PathLike, ground_truth: Optional[str] = None,
+                load_maps: bool = True) -> Export:
+  """Reads and checks one exported split; raises one ExportError listing every problem.
+
+  Args:
+    directory: WORKDIR/export/<split>.
+    ground_truth: optional MVTec AD layout folder to take the masks from instead of masks.npz.
+    load_maps: False reads the table only (maps and masks None).
+  """
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise ExportError(f'{directory}: no such export folder (expected WORKDIR/export/<split>)')
+  required = [SCORES_CSV, RUN_JSON] + ([MAPS_NPZ] if load_maps else [])
+  if load_maps and ground_truth is None:
+    required.append(MASKS_NPZ)
+  problems = [f'{directory / name}: missing' for name in required
+              if not (directory / name).is_file()]
+  _raise_problems(problems, directory)
+
+  cols = _read_scores(directory / SCORES_CSV, problems)
+  _raise_problems(problems, directory)
+  n = len(cols['index'])
+  names = np.array(cols['filename'], dtype=object)
+  defect_types = np.array(cols['defect_type'], dtype=object)
+  has_mask = np.array(cols['has_mask'], dtype=bool)
+  maps = masks = None
+  if load_maps:
+    maps, masks, has_mask = _read_arrays(directory, names, defect_types, has_mask, ground_truth,
+                                         problems)
+  with open(directory / RUN_JSON) as f:
+    run = json.load(f)
+  metrics = None
+  if (directory / METRICS_JSON).is_file():
+    with open(directory / METRICS_JSON) as f:
+      metrics = json.load(f)
+  components = {k: np.array(v, np.float64) for k, v in cols.items()
+                if k not in SCORE_COLUMNS and k != OVERLAY_COLUMN}
+  return Export(directory=directory, filenames=names, labels=np.array(cols['label'], np.int32),
+                defect_types=defect_types, has_mask=has_mask,
+                scores=np.array(cols['score'], np.float64), components=components,
+                overlays=np.array(cols[OVERLAY_COLUMN], dtype=object), maps=maps, masks=masks,
+                run=run, metrics=metrics)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing an export.
+
+
+def write_split(directory: pathlib.Path, table: dict[str, np.ndarray],
+                components: dict[str, np.ndarray], maps: list[np.ndarray], masks: list[np.ndarray], overlays: dict[int, str],
+                draw_overlay: Callable[[int, pathlib.Path], None],
+                metrics: Optional[dict[str, Any]], run: dict[str, Any]) -> None:
+  """Writes one exported split atomically.
+
+  Args:
+    directory: WORKDIR/export/<split>.
+    table: the SCORE_COLUMNS other than 'index' ({'filename', 'label', 'defect_type', 'has_mask',
+      'score'}), each [n] in split order.
+    components: {name: [n]} image score components.
+    maps, masks: n float32 / bool [H_i, W_i].
+    overlays: {image index: file name under OVERLAYS} of the images that get an overlay;
+    draw_overlay: (image index, path) -> writes that overlay.
+    metrics: per defect type, or None for a split without both classes.
+    run: the run.json record.
+  """
+  n = len(maps)
+  keys = [array_key(i) for i in range(n)]
+  paths = {i: f'{OVERLAYS}/{name}' for i, name in overlays.items()}
+  with atomic_files.atomic_directory(directory) as tmp:
+    names = list(components)
+    with open(tmp / SCORES_CSV, 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(SCORE_COLUMNS + tuple(names) + (OVERLAY_COLUMN,))
+      for i in range(n):
+        writer.writerow([i, table['filename'][i], int(table['label'][i]), table['defect_type'][i],
+                         int(table['has_mask'][i]), format_float(table['score'][i])]
+                        + [format_float(components[c][i]) for c in names] + [paths.get(i, '')])
+    np.savez_compressed(tmp / MAPS_NPZ,
+                        **{k: np.asarray(m, np.float32) for k, m in zip(keys, maps)})
+    np.savez_compressed(tmp / MASKS_NPZ, **{k: np.asarray(m, bool) for k, m in zip(keys, masks)},
+                        **{HAS_MASK_KEY: np.asarray(table['has_mask'], bool)})
+    (tmp / OVERLAYS).mkdir()
+    for i in sorted(paths):
+      draw_overlay(i, tmp / paths[i])
+    if metrics is not None:
+      atomic_files.write_json(tmp / METRICS_JSON, metrics)
+    atomic_files.write_json(tmp / RUN_JSON, run)
