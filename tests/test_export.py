@@ -184,7 +184,11 @@ def test_export_writes_complete_split_with_native_maps(folder_run):
   assert run['checkpoint_step'] == 10 and run['split'] == 'test' and run['num_images'] == NUM_TEST
   assert run['config']['dataset']['name'] == 'folder' and run['maps']['resolution'] == 'native'
   # No temporary folders left beside the export.
-  assert sorted(p.name for p in (folder_run / 'export').iterdir()) == ['test']
+  assert sorted(p.name for p in (folder_run / 'export').iterdir()) == ['test', 'thresholds.json']
+  assert not [p for p in folder_run.iterdir() if p.name.startswith('.export')]
+  # The workdir's thresholds.json is a copy of the one committed with the splits.
+  assert (folder_run / 'thresholds.json').read_bytes() == (
+      folder_run / 'export' / 'thresholds.json').read_bytes()
 
   t = json.loads((folder_run / 'thresholds.json').read_text())
   assert t['source'] == 'validation' and t['quantile']['q'] == 0.99 and t['chosen'] == 'quantile'
@@ -324,9 +328,10 @@ def test_export_failing_halfway_leaves_no_complete_looking_split(folder_run, tmp
   monkeypatch.setattr(report, 'save_overlay', failing)
   with pytest.raises(OSError, match='No space'):
     export.export_run(config, str(run))
-  tmp_dir = pathlib.Path(calls[0]).parent.parent
-  assert tmp_dir.name.startswith('.test.tmp-') and not tmp_dir.exists()
-  assert list((run / 'export').iterdir()) == []
+  split_tmp = pathlib.Path(calls[0]).parent.parent
+  export_tmp = split_tmp.parent  # The whole export is staged in one hidden folder.
+  assert split_tmp.name.startswith('.test.tmp-') and export_tmp.name.startswith('.export.tmp-')
+  assert not export_tmp.exists() and not (run / 'export').exists()
   assert (run / 'thresholds.json').read_bytes() == thresholds_before
   assert not (run / 'report').exists()
 

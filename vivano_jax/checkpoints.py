@@ -7,6 +7,7 @@ configured model.
 """
 
 import os
+import sys
 from typing import Any, Optional
 
 import jax
@@ -48,15 +49,49 @@ def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: i
                       abstract)
 
 
-def restore(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh: Mesh,
-            step: Optional[int] = None, total_steps: int = 1
-            ) -> tuple[train_step.TrainState, dict[str, Any]]:
-  """Checkpoint `step` (default the latest) as the configured train state, and its meta record."""
-  step = mngr.latest_step() if step is None else step
+def _restore_step(mngr, config, mesh, step, total_steps):
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state(config, mesh, total_steps)),
       meta=ocp.args.JsonRestore()))
   return restored['state'], dict(restored['meta'])
+
+
+def restore(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh: Mesh,
+            step: Optional[int] = None, total_steps: int = 1, fall_back: bool = False
+            ) -> tuple[train_step.TrainState, dict[str, Any]]:
+  """Checkpoint `step` (default the latest) as the configured train state, and its meta record.
+
+  A checkpoint that does not restore is damaged: with `fall_back` (resuming training, latest step)
+  the previous steps are tried in turn, with a warning; else one DataError names the damaged step
+  and the earlier ones to pass as --step.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  step = steps[0] if step is None else step
+  tried = []
+  for candidate in [step] + ([s for s in steps if s < step] if fall_back else []):
+    try:
+      result = _restore_step(mngr, config, mesh, candidate, total_steps)
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds.)
+      tried.append(candidate)
+      problem = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
+      if not fall_back:
+        earlier = [s for s in steps if s < candidate]
+        hint = (f'; pass --step={earlier[0]} to use the previous one, or delete '
+                f'{os.path.join(mngr.directory, str(candidate))} to resume from it'
+                if earlier else '')
+        raise errors.DataError(f'checkpoint step {candidate} in {mngr.directory} is damaged '
+                               f'({problem}){hint}') from e
+      print(f'warning: checkpoint step {candidate} in {mngr.directory} is damaged ({problem}); '
+            'trying the previous one', file=sys.stderr)
+      continue
+    if tried:
+      print(f'warning: resuming from checkpoint step {candidate}; the damaged later step(s) '
+            f'{tried} are deleted', file=sys.stderr)
+      for damaged in tried:
+        mngr.delete(damaged)
+    return result
+  raise errors.DataError(f'{mngr.directory}: every checkpoint is damaged ({tried}); delete them '
+                         'to train from the start')
 
 
 def restore_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[int], mesh: Mesh

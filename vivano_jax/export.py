@@ -12,13 +12,15 @@ without training:
    WORKDIR/export/<split>/ (export_format.py), atomically: maps float32 at the masks' native size,
    so that the offline evaluation reproduces the in-training metrics exactly (float16 would save
    half the space but change the metrics);
-4. write WORKDIR/thresholds.json (last, so a failed export leaves the previous one) and the HTML
-   report (report.py) from the exported test split.
+4. write thresholds.json (and score_stats.npz) beside the splits, all in one hidden folder that
+   replaces WORKDIR/export only when complete, so a failed export leaves the previous one whole;
+   then copy both to the workdir and write the HTML report (report.py) from the test split.
 
 With several processes every process scores its shard, rows are gathered in split order, and
 process 0 writes.
 """
 
+import contextlib
 import io
 import json
 import os
@@ -37,6 +39,7 @@ from PIL import Image
 
 from vivano_jax import atomic_files
 from vivano_jax import checkpoints
+from vivano_jax import errors
 from vivano_jax import export_format
 from vivano_jax import input_pipeline
 from vivano_jax import report
@@ -141,9 +144,16 @@ def _run_record(config, workdir, split, step, n, scored, stats, record) -> dict[
   }
 
 
-def _write_run_files(workdir: str, summary: dict[str, Any], stats, report_images: int) -> None:
-  """score_stats.npz, thresholds.json and the report, after the splits. The per-pixel statistics
-  go first, so thresholds.json never points at statistics of another export."""
+def _write_thresholds(directory: pathlib.Path, record: dict[str, Any], stats) -> None:
+  """thresholds.json and score_stats.npz (when the score standardises) into `directory`."""
+  if stats:
+    scoring.save_stats(str(directory / scoring.STATS_FILENAME), stats)
+  atomic_files.write_json(directory / thresholds_lib.FILENAME, record)
+
+
+def _copy_to_workdir(workdir: str, summary: dict[str, Any], stats, report_images: int) -> None:
+  """After the export is committed: copies of its thresholds.json and score_stats.npz in the
+  workdir (where users look for them), and the report."""
   stats_path = os.path.join(workdir, scoring.STATS_FILENAME)
   if stats:
     scoring.save_stats(stats_path, stats)
@@ -157,18 +167,9 @@ def _write_run_files(workdir: str, summary: dict[str, Any], stats, report_images
                                                 report_images))
 
 
-def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None
-               ) -> dict[str, Any]:
-  """Exports checkpoint `step` (default the latest) of the run in `workdir` (see the module doc).
-
-  Returns a summary: {'workdir', 'checkpoint_step', 'thresholds' (the thresholds.json record),
-  'splits': {split: {'directory', 'num_images', 'metrics' (None without both classes)}},
-  'report' (index.html path, or None), 'seconds'}.
-  """
-  start = time.perf_counter()
-  workdir = os.path.abspath(workdir)
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
+def _prepare(config, workdir, step, mesh):
+  """The restored state and step, the data, the resolved config, its scorer and statistics."""
+  workdir_lib.check_compatible(config, workdir)
   state, step = checkpoints.restore_run(config, workdir, step, mesh)
   heldout = input_pipeline.heldout_split(config)
   data = input_pipeline.load(config, tuple(dict.fromkeys(('train', heldout,
@@ -177,29 +178,63 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
                                      scorer_lib.heldout_normals(data, config), mesh)
   scorer = scorer_lib.Scorer(config, mesh)
   stats = scorer.statistics(state, scorer_lib.heldout_normals(data, config))
+  return state, step, data, config, scorer, stats
+
+
+def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None
+               ) -> dict[str, Any]:
+  """Exports checkpoint `step` (default the latest) of the run in `workdir` (see the module doc).
+
+  Every split, thresholds.json and score_stats.npz are written into one hidden folder that
+  replaces WORKDIR/export only when all are complete: a failed export leaves the previous one
+  whole. Returns a summary: {'workdir', 'checkpoint_step', 'thresholds' (the thresholds.json
+  record), 'splits': {split: {'directory', 'num_images', 'metrics' (None without both classes)}},
+  'report' (index.html path, or None), 'seconds'}.
+  """
+  start = time.perf_counter()
+  workdir = os.path.abspath(workdir)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
+  state, step, data, config, scorer, stats = _prepare(config, workdir, step, mesh)
+  heldout = input_pipeline.heldout_split(config)
   record = choose_thresholds(state, scorer, data, heldout, stats)
-  record.update(checkpoint_step=step, score_stats=scoring.scalar_stats(stats))
+  record.update(checkpoint_step=step, score_stats=scoring.scalar_stats(stats),
+                score_config=json.loads(json.dumps(config.score.to_dict())))
   logging.info('Thresholds (%s normals, step %d): %s %.6g', heldout, step, record['chosen'],
                record['threshold'])
-
   summary = {'workdir': workdir, 'checkpoint_step': step, 'thresholds': record, 'splits': {},
              'report': None}
-  for split in config.export.splits:
-    scored = scorer.split(state, data[split], decode=True).gathered()
-    whole = input_pipeline.whole_split(config, split, data[split])
-    result = scorer.evaluate(scored, whole, stats)  # No metrics without both classes.
-    directory = pathlib.Path(workdir) / EXPORT_DIR / split
-    if jax.process_index() == 0:
-      run = _run_record(config, workdir, split, step, len(whole), scored, stats, record)
-      write_split(directory, whole, result, scored.image, run, record['pixel_display_range'],
-                  config.export.max_overlays)
-      logging.info('Exported %d %s images to %s', len(whole), split, directory)
-    summary['splits'][split] = {'directory': str(directory), 'num_images': len(whole),
-                                'metrics': result.metrics}
-  if jax.process_index() == 0:
-    _write_run_files(workdir, summary, stats, config.export.report_images)
+  chief = jax.process_index() == 0
+  export_dir = pathlib.Path(workdir) / EXPORT_DIR
+  with (atomic_files.atomic_directory(export_dir) if chief else contextlib.nullcontext()) as tmp:
+    for split in config.export.splits:
+      scored = scorer.split(state, data[split], decode=True).gathered()
+      whole = input_pipeline.whole_split(config, split, data[split])
+      result = scorer.evaluate(scored, whole, stats)  # No metrics without both classes.
+      if chief:
+        run = _run_record(config, workdir, split, step, len(whole), scored, stats, record)
+        write_split(tmp / split, whole, result, scored.image, run, record['pixel_display_range'],
+                    config.export.max_overlays)
+        logging.info('Exported %d %s images', len(whole), split)
+      summary['splits'][split] = {'directory': str(export_dir / split), 'num_images': len(whole),
+                                  'metrics': result.metrics}
+    if chief:
+      _write_thresholds(tmp, record, stats)
+  if chief:
+    _copy_to_workdir(workdir, summary, stats, config.export.report_images)
   summary['seconds'] = time.perf_counter() - start
   return summary
+
+
+def thresholds_outdated(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """True when the run has thresholds chosen for another score than `config`'s."""
+  try:
+    record = thresholds_lib.load(workdir)
+    resolved, _ = score_selection.resolve(config, workdir)
+    thresholds_lib.check_score(record, resolved.score, workdir)
+  except ValueError:
+    return os.path.exists(os.path.join(workdir, thresholds_lib.FILENAME))
+  return False
 
 
 def format_export(summary: dict[str, Any]) -> str:
@@ -231,8 +266,11 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues) -> None:
+  if not os.path.isdir(fv.workdir):
+    raise errors.DataError(f'--workdir={fv.workdir}: no such run folder')
   config = fv.config if fv.config is not None else workdir_lib.load_config(fv.workdir)
-  exported = export_run(config, fv.workdir, step=fv.step)
+  with workdir_lib.lock(fv.workdir):
+    exported = export_run(config, fv.workdir, step=fv.step)
   if jax.process_index() == 0:
     print(format_export(exported), flush=True)
 

@@ -19,6 +19,7 @@ from ml_collections import config_flags
 from vivano_jax import export
 from vivano_jax import tables
 from vivano_jax import train
+from vivano_jax import workdir as workdir_lib
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -44,12 +45,15 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def format_summary(summary: dict) -> str:
   """The few lines a person reads at the end of a run."""
-  overall = summary['metrics']['overall']
   fmt, ips = tables.format_metric, lambda v: 'n/a' if v is None else f'{v:.1f}'
-  return '\n'.join([
-      '', tables.metrics_table(summary['metrics']), '',
-      f"image AUROC {fmt(overall['image_auroc'])} | pixel AUROC {fmt(overall['pixel_auroc'])} | "
-      f"AU-PRO {fmt(overall['au_pro'])}",
+  if summary['metrics'] is None:
+    metrics = ['', 'no metrics: the test split holds only normal or only anomalous images']
+  else:
+    overall = summary['metrics']['overall']
+    metrics = ['', tables.metrics_table(summary['metrics']), '',
+               f"image AUROC {fmt(overall['image_auroc'])} | pixel AUROC "
+               f"{fmt(overall['pixel_auroc'])} | AU-PRO {fmt(overall['au_pro'])}"]
+  return '\n'.join(metrics + [
       f"train {ips(summary['train_images_per_sec'])} images/s | score "
       f"{ips(summary['score_images_per_sec'])} images/s | checkpoint step "
       f"{summary['checkpoint_step']}",
@@ -64,14 +68,16 @@ def run(fv: flags.FlagValues) -> None:
   logging.info('JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   config, exported = fv.config, None
-  if fv.mode == 'train':
-    summary = train.train_and_evaluate(config, fv.workdir)
-    if jax.process_index() == 0:
-      print(format_summary(summary), flush=True)
-    if config.export.at_end:
-      exported = export.export_run(config, fv.workdir, step=summary['checkpoint_step'])
-  else:
-    exported = export.export_run(config, fv.workdir, step=fv.step)
+  with workdir_lib.lock(fv.workdir):
+    if fv.mode == 'train':
+      summary = train.train_and_evaluate(config, fv.workdir)
+      if jax.process_index() == 0:
+        print(format_summary(summary), flush=True)
+      # A changed score re-exports: thresholds.json must belong to the configured score.
+      if config.export.at_end or export.thresholds_outdated(config, fv.workdir):
+        exported = export.export_run(config, fv.workdir, step=summary['checkpoint_step'])
+    else:
+      exported = export.export_run(config, fv.workdir, step=fv.step)
   if exported is not None and jax.process_index() == 0:
     print(export.format_export(exported), flush=True)
 

@@ -24,6 +24,7 @@ import io
 import os
 import pathlib
 import sys
+import tempfile
 from typing import Any, Optional
 
 from absl import flags
@@ -92,6 +93,7 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   """
   config, _ = score_selection.resolve(workdir_lib.load_config(workdir), workdir)
   record = thresholds_lib.load(workdir)
+  thresholds_lib.check_score(record, config.score, workdir)
   images = read_images(paths)
   mesh = sharding.make_mesh()
   n_dev = mesh.devices.size
@@ -105,7 +107,9 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
           f'checkpoint used is step {step}', file=sys.stderr)
   stats = None
   if scoring.needs_stats(config.score):
-    stats_path = os.path.join(workdir, scoring.STATS_FILENAME)
+    stats_path = os.path.join(workdir, export.EXPORT_DIR, scoring.STATS_FILENAME)
+    if not os.path.exists(stats_path):  # An export from before the statistics moved beside it.
+      stats_path = os.path.join(workdir, scoring.STATS_FILENAME)
     if not os.path.exists(stats_path):
       raise errors.DataError(f'{stats_path}: missing; the configured score needs the statistics '
                              'the export writes (run vivano export)')
@@ -163,6 +167,13 @@ def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, 
   return str(csv_path)
 
 
+def check_writable(output: str) -> None:
+  """--output must be a folder this process can write, checked before anything is scored."""
+  os.makedirs(output, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=output, prefix='.write-check-'):
+    pass
+
+
 def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string('workdir', None, 'The trained run (main --workdir).', flag_values=fv)
   flags.DEFINE_string('input', None, 'An image file, a folder of images, or a glob.',
@@ -179,6 +190,7 @@ def run(fv: flags.FlagValues) -> None:
   if not os.path.isdir(fv.workdir):
     raise errors.DataError(f'--workdir={fv.workdir}: no such run folder')
   paths = find_images(fv.input)
+  check_writable(fv.output)
   result = predict(fv.workdir, paths, fv.step, fv.batch_size)
   csv_path = write_predictions(fv.output, paths, result)
   t = result['thresholds']

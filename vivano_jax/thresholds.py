@@ -22,6 +22,8 @@ from typing import Any, Optional
 import numpy as np
 import sklearn.metrics
 
+from vivano_jax import errors
+
 KINDS = ('quantile', 'f1')
 FILENAME = 'thresholds.json'
 RULE = 'anomalous if score >= threshold'
@@ -93,10 +95,29 @@ def is_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def load(workdir: str) -> dict[str, Any]:
-  """The thresholds saved with a run (WORKDIR/thresholds.json)."""
-  path = os.path.join(workdir, FILENAME)
+  """The thresholds saved with a run: WORKDIR/export/thresholds.json, committed with the exported
+  splits, or its copy WORKDIR/thresholds.json."""
+  path = os.path.join(workdir, 'export', FILENAME)
   if not os.path.isfile(path):
-    raise ValueError(f'{path} does not exist: the run has no thresholds yet; export it first '
-                     f'(vivano export --workdir={workdir})')
-  with open(path) as f:
-    return json.load(f)
+    path = os.path.join(workdir, FILENAME)
+  if not os.path.isfile(path):
+    raise errors.DataError(f'{path} does not exist: the run has no thresholds yet; export it '
+                           f'first (vivano export --workdir={workdir})')
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.DataError(f'{path}: unreadable ({e}); export the run again') from e
+
+
+def check_score(record: dict[str, Any], score: Any, workdir: str) -> None:
+  """The thresholds in `record` must have been chosen for `score` (the config's score section,
+  as resolved): else one DataError saying to export again."""
+  saved = record.get('score_config')
+  current = json.loads(json.dumps(score.to_dict()))
+  same = saved == current if saved is not None else record.get('score') == current['image']
+  if not same:
+    raise errors.DataError(
+        f'{os.path.join(workdir, FILENAME)} was chosen for score.image={record.get("score")!r} '
+        f'and other score settings than the run\'s config.json (score.image='
+        f'{current["image"]!r}); export again: vivano export --workdir={workdir}')

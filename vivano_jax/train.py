@@ -7,6 +7,7 @@ it is saved as WORKDIR/config.json.
 """
 
 import os
+import sys
 import time
 from typing import Any, Iterator
 
@@ -117,15 +118,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.batch_size, 'train.batch_size', mesh)
   sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
-  workdir_lib.save_config(config, workdir)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
+  workdir_lib.check_compatible(config, workdir)  # Before anything is written.
   data = input_pipeline.load(config, tuple(dict.fromkeys(
       ('train', input_pipeline.heldout_split(config), 'test'))))
   total_steps = total_train_steps(config, int(sharding.sum_over_processes(len(data['train']))))
   mngr = checkpoints.manager(workdir, config)
+  latest = mngr.latest_step()
+  if latest is not None and latest > total_steps:
+    raise errors.UsageError(
+        f'{workdir} holds a checkpoint at step {latest}, beyond train.num_steps={total_steps}: '
+        f'rerun with train.num_steps={latest} (or more) to evaluate it, or use a new --workdir')
+  workdir_lib.save_config(config, workdir)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
   start_step = 0
-  if mngr.latest_step() is not None:
-    state, meta = checkpoints.restore(mngr, config, mesh, total_steps=total_steps)
+  if latest is not None:
+    state, meta = checkpoints.restore(mngr, config, mesh, total_steps=total_steps, fall_back=True)
     start_step = int(meta['step'])
     logging.info('Resumed from checkpoint step %d in %s', start_step, workdir)
   else:
@@ -169,10 +176,13 @@ def evaluate_run(state: train_step.TrainState, data: dict[str, input_pipeline.Sp
   whole = input_pipeline.whole_split(config, 'test', data['test'])
   result = scorer.evaluate(scored, whole, stats)
   if result.metrics is None:
-    raise errors.DataError(f'{config.dataset.name}: the test split needs normal and anomalous '
-                           'images for the metrics')
-  writer.write_scalars(step, {f'test/{k}': v for k, v in result.metrics['overall'].items()
-                              if v is not None})
+    kind = 'normal' if (whole.labels == 0).all() else 'anomalous'
+    print(f'warning: the test split of {config.dataset.name} holds only {kind} images: no '
+          'metrics (they need both); scores and maps are still evaluated and exported',
+          file=sys.stderr)
+  else:
+    writer.write_scalars(step, {f'test/{k}': v for k, v in result.metrics['overall'].items()
+                                if v is not None})
   writer.write_images(step, tensorboard_images(scored, result.scores, result.maps, n_tb))
   return {'metrics': result.metrics, 'score_images_per_sec': scored.images_per_sec,
           'score_stats': scoring.scalar_stats(stats), 'num_test_images': int(len(whole))}

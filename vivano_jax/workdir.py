@@ -7,10 +7,16 @@
   score_stats.npz      held-out statistics of a standardised score (scoring.py)
   score_selection.json the chosen score under score.select (score_selection.py)
   export/<split>/      exported scores and maps (export_format.py); report/ (report.py)
+  .lock                the host and pid of the command writing the workdir (`lock`)
 """
 
+import contextlib
 import json
 import os
+import socket
+import sys
+import time
+from typing import Iterator, Optional
 
 import jax
 import ml_collections
@@ -50,3 +56,118 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return base
 
   return ml_collections.ConfigDict(merge(config_defaults.base_config().to_dict(), saved))
+
+
+# --------------------------------------------------------------------------------------------------
+# A trained workdir accepts only its own model and data.
+
+# Fields a rerun may change: where data lives, speed and logging, how many steps (a smaller total
+# than the latest checkpoint is refused by train.py), and everything about scoring and export.
+CHANGEABLE = ('dataset.data_dir', 'dataset.manual_dir', 'dataset.num_threads',
+              'dataset.cache_max_mib', 'train.num_steps', 'train.num_epochs',
+              'train.eval_batch_size', 'train.log_every_steps', 'train.checkpoint_every_steps',
+              'train.keep_checkpoints', 'train.num_tensorboard_images')
+CHANGEABLE_SECTIONS = ('score', 'export')
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def differing_fields(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """'field: saved -> new' for every field that differs from WORKDIR/config.json and is not one
+  a rerun may change."""
+  saved = _flat(json.loads(load_config(workdir).to_json_best_effort()))
+  new = _flat(json.loads(config.to_json_best_effort()))
+  out = []
+  for field in sorted(set(saved) | set(new)):
+    if field in CHANGEABLE or field.split('.')[0] in CHANGEABLE_SECTIONS:
+      continue
+    if saved.get(field) != new.get(field):
+      out.append(f'{field}: {saved.get(field)!r} -> {new.get(field)!r}')
+  return out
+
+
+def check_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir with checkpoints refuses a config whose model, data or training differ from the one
+  it was trained with (score and export fields may change); one line naming the fields."""
+  if not (os.path.isdir(os.path.join(workdir, 'checkpoints'))
+          and os.path.isfile(os.path.join(workdir, CONFIG_JSON))):
+    return
+  diff = differing_fields(config, workdir)
+  if diff:
+    raise errors.UsageError(
+        f'{workdir} was trained with another config ({"; ".join(diff)}); start a new --workdir '
+        f'for it, or rerun with the values of {os.path.join(workdir, CONFIG_JSON)}')
+
+
+# --------------------------------------------------------------------------------------------------
+# One process at a time.
+
+LOCK_FILE = '.lock'
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True  # Another user's process.
+  return True
+
+
+def _take(path: str) -> bool:
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, 'w') as f:
+    json.dump({'host': socket.gethostname(), 'pid': os.getpid(),
+               'started': time.strftime('%Y-%m-%dT%H:%M:%S%z')}, f)
+  return True
+
+
+def _holder(path: str) -> Optional[dict]:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None  # Being written, or damaged.
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[None]:
+  """Holds WORKDIR/.lock (this host and pid) while a command writes the workdir; a second process
+  is refused with one line. A lock left by a process that no longer runs on this host is stale and
+  taken over with a warning. With several processes, process 0 holds it for all."""
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  if not _take(path):
+    holder = _holder(path)
+    stale = (holder is not None and holder.get('host') == socket.gethostname()
+             and not _alive(int(holder.get('pid', -1))))
+    if not stale:
+      who = (f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('started')})"
+             if holder else 'another process')
+      raise errors.DataError(f'{workdir} is in use by {who}: wait for it to end or use another '
+                             f'--workdir; if that process is gone, delete {path}')
+    print(f"warning: {workdir}: removing the stale lock of pid {holder.get('pid')}, which no "
+          'longer runs', file=sys.stderr)
+    os.remove(path)
+    if not _take(path):
+      raise errors.DataError(f'{workdir} is in use by another process (it took {path} just now)')
+  try:
+    yield
+  finally:
+    if os.path.exists(path) and (_holder(path) or {}).get('pid') == os.getpid():
+      os.remove(path)

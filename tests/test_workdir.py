@@ -1,0 +1,175 @@
+"""A workdir never gives a wrong answer: refused reruns, locks, all-or-none exports, damaged
+checkpoints, one-class test splits and unwritable outputs (each reproduced, then checked fixed).
+
+One tiny run (digits, 10 steps, checkpoints at 5 and 10, exported) is trained once and copied for
+every test that changes it.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tests.test_export import NUM_TEST, folder_overrides, write_folder
+from vivano_jax import cli
+from vivano_jax import errors
+from vivano_jax import export
+from vivano_jax import export_format
+from vivano_jax import thresholds
+from vivano_jax import workdir as workdir_lib
+
+TINY = str(REPO / 'configs' / 'tiny.py')
+
+
+def _flags(tfds_dir, *extra):
+  return [f'--config={TINY}', f'--config.dataset.data_dir={tfds_dir}',
+          '--config.train.num_steps=10', '--config.train.checkpoint_every_steps=5',
+          '--config.export.max_overlays=1', *extra]
+
+
+def _vivano(capsys, *args):
+  code = cli.main(['vivano', *args])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, tfds_dir):
+  workdir = tmp_path_factory.mktemp('workdir') / 'run'
+  assert cli.main(['vivano', 'train', f'--workdir={workdir}', *_flags(tfds_dir)]) == 0
+  return workdir
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+  copy = tmp_path / 'run'
+  shutil.copytree(trained, copy)
+  return copy
+
+
+def test_rerun_with_fewer_steps_is_refused(run, tfds_dir, capsys):
+  before = (run / 'config.json').read_bytes()
+  code, _, err = _vivano(capsys, 'train', f'--workdir={run}', *_flags(tfds_dir),
+                         '--config.train.num_steps=6')
+  assert code == errors.EXIT_USAGE
+  assert 'step 10' in err and 'train.num_steps=6' in err
+  assert (run / 'config.json').read_bytes() == before
+
+
+def test_rerun_with_another_model_or_data_is_refused(run, tfds_dir, capsys):
+  before = (run / 'config.json').read_bytes()
+  code, _, err = _vivano(capsys, 'train', f'--workdir={run}', *_flags(tfds_dir),
+                         '--config.model.width=48', '--config.dataset.name=digits/1')
+  assert code == errors.EXIT_USAGE
+  line = [l for l in err.splitlines() if l.startswith('error:')][0]
+  assert 'model.width' in line and 'dataset.name' in line and 'new --workdir' in line
+  assert (run / 'config.json').read_bytes() == before
+  code, _, err = _vivano(capsys, 'export', f'--workdir={run}', f'--config={TINY}',
+                         '--config.model.width=48')
+  assert code == errors.EXIT_USAGE and 'model.width' in err
+
+
+def test_score_change_reexports_thresholds_and_predict_checks_them(run, tfds_dir, capsys):
+  assert json.loads((run / 'thresholds.json').read_text())['score'] == 'recon'
+  code, _, err = _vivano(capsys, 'train', f'--workdir={run}', *_flags(tfds_dir),
+                         '--config.score.image=nll_max', '--config.export.at_end=False')
+  assert code == 0, err
+  record = json.loads((run / 'thresholds.json').read_text())
+  assert record['score'] == 'nll_max' and record['score_config']['image'] == 'nll_max'
+  # A config.json whose score no longer matches thresholds.json: predict refuses.
+  config = json.loads((run / 'config.json').read_text())
+  config['score']['image'] = 'recon'
+  (run / 'config.json').write_text(json.dumps(config))
+  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
+  code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
+                         f'--output={run / "pred"}')
+  assert code == errors.EXIT_DATA and 'thresholds.json' in err and 'vivano export' in err
+
+
+def test_export_is_all_splits_and_thresholds_or_nothing(run, tfds_dir, monkeypatch):
+  config = workdir_lib.load_config(str(run))
+  config.export.splits = ('train', 'test')
+  before = {p: p.read_bytes() for p in [run / 'thresholds.json', *sorted(
+      (run / 'export').rglob('*.csv'))]}
+  real, calls = export_format.write_split, []
+
+  def fail_second(directory, *args, **kwargs):
+    calls.append(directory)
+    if len(calls) == 2:
+      raise OSError(28, 'No space left on device', str(directory))
+    return real(directory, *args, **kwargs)
+
+  monkeypatch.setattr(export_format, 'write_split', fail_second)
+  with pytest.raises(OSError):
+    export.export_run(config, str(run), step=5)
+  assert {p: p.read_bytes() for p in before} == before
+  assert not (run / 'export' / 'train').exists()
+  assert not [p for p in run.iterdir() if p.name.startswith('.')], list(run.iterdir())
+
+
+def test_test_split_with_one_class_exports_without_metrics(tmp_path, tfds_dir, capsys):
+  folder = write_folder(tmp_path / 'folder')
+  for d in ('scratch', 'spot', 'stain'):
+    shutil.rmtree(folder / 'test' / d)
+  shutil.rmtree(folder / 'ground_truth')
+  work = tmp_path / 'run'
+  code, out, err = _vivano(capsys, 'train', f'--workdir={work}',
+                           *folder_overrides(folder, tfds_dir))
+  assert code == 0, err
+  assert 'only normal images' in out + err
+  assert json.loads((work / 'metrics.json').read_text())['metrics'] is None
+  exp = export_format.read_export(work / 'export' / 'test', load_maps=False)
+  assert len(exp) == 4 and exp.metrics is None
+  assert (work / 'thresholds.json').is_file()
+
+
+def test_second_process_on_a_workdir_is_refused_and_stale_locks_are_taken(run, tfds_dir, capsys):
+  lock = run / workdir_lib.LOCK_FILE
+  sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': sleeper.pid}))
+    code, _, err = _vivano(capsys, 'export', f'--workdir={run}')
+    assert code == errors.EXIT_DATA
+    assert f'pid {sleeper.pid}' in err and socket.gethostname() in err
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  # The process is gone: its lock is stale and taken over; released afterwards.
+  code, out, err = _vivano(capsys, 'export', f'--workdir={run}')
+  assert code == 0, err
+  assert 'stale lock' in err and not lock.exists()
+
+
+def _damage(run, step):
+  for path in sorted((run / 'checkpoints' / str(step)).rglob('*')):
+    if path.is_file() and path.stat().st_size > 0 and 'state' in path.parts:
+      path.write_bytes(b'\0' * 16)
+
+
+def test_damaged_latest_checkpoint_is_named_and_training_falls_back(run, tfds_dir, capsys):
+  _damage(run, 10)
+  code, _, err = _vivano(capsys, 'export', f'--workdir={run}')
+  assert code == errors.EXIT_DATA
+  assert 'step 10' in err and 'damaged' in err and '--step=5' in err
+  code, _, err = _vivano(capsys, 'export', f'--workdir={run}', '--step=5')
+  assert code == 0, err
+  # Resuming training falls back to step 5 with a warning and trains again to step 10.
+  code, out, err = _vivano(capsys, 'train', f'--workdir={run}', *_flags(tfds_dir))
+  assert code == 0, err
+  assert 'damaged' in err and 'step 5' in err
+  assert json.loads((run / 'metrics.json').read_text())['checkpoint_step'] == 10
+
+
+def test_predict_checks_its_output_before_scoring(run, tmp_path, capsys):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
+  code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
+                         f'--output={blocker / "out"}')
+  assert code == errors.EXIT_DATA and str(blocker) in err and 'Traceback' not in err
