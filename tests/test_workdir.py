@@ -173,3 +173,64 @@ def test_predict_checks_its_output_before_scoring(run, tmp_path, capsys):
   code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
                          f'--output={blocker / "out"}')
   assert code == errors.EXIT_DATA and str(blocker) in err and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('damage,message', [
+    ('truncate', 'not a readable npz archive'),
+    ('foreign', 'not a readable npz archive'),
+    ('pickle', 'unreadable array'),
+    ('nan', 'is not a finite number'),
+    ('label', 'labels are 0 (normal) or 1 (anomalous)'),
+])
+def test_evaluate_on_a_damaged_export_names_the_file(run, capsys, damage, message):
+  split = run / 'export' / 'test'
+  maps = split / export_format.MAPS_NPZ
+  if damage == 'truncate':
+    maps.write_bytes(maps.read_bytes()[:100])
+  elif damage == 'foreign':
+    np.save(maps.with_suffix('.npy'), np.zeros(3))
+    maps.with_suffix('.npy').rename(maps)
+  elif damage == 'pickle':
+    with np.load(maps) as npz:
+      arrays = dict(npz)
+    arrays['000000'] = np.array([{'a': 1}], dtype=object)
+    np.savez(maps, **arrays)
+  else:
+    csv_path = split / export_format.SCORES_CSV
+    lines = csv_path.read_text().splitlines()
+    cells = lines[1].split(',')
+    column = export_format.SCORE_COLUMNS.index('score' if damage == 'nan' else 'label')
+    cells[column] = 'nan' if damage == 'nan' else '2'
+    lines[1] = ','.join(cells)
+    csv_path.write_text('\n'.join(lines) + '\n')
+  code, _, err = _vivano(capsys, 'evaluate', f'--predictions={split}')
+  assert code == errors.EXIT_DATA and message in err and 'Traceback' not in err
+  name = export_format.SCORES_CSV if damage in ('nan', 'label') else export_format.MAPS_NPZ
+  assert name in err
+
+
+def test_stale_temporaries_and_outputs_are_cleaned_and_tiny_images_named(run, tmp_path, capsys):
+  # A killed export leaves a hidden staging folder: the next command on the workdir removes it.
+  (run / '.export.tmp-killed').mkdir()
+  out = tmp_path / 'pred'
+  (out / 'maps').mkdir(parents=True)
+  (out / 'maps' / '000009_old.npy').write_bytes(b'stale')
+  tiny = tmp_path / 'tiny.png'
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.full((1, 1), 128, np.uint8)).save(tiny)
+  code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={tiny}',
+                         f'--output={out}')
+  assert code == 0, err
+  assert f'{tiny} is 1 x 1 px' in err
+  assert sorted(p.name for p in (out / 'maps').iterdir()) == ['000000_tiny.npy']
+  code, _, err = _vivano(capsys, 'export', f'--workdir={run}')
+  assert code == 0, err
+  assert '.export.tmp-killed' in err and not (run / '.export.tmp-killed').exists()
+
+
+def test_rerun_keeps_the_training_throughput(run, tfds_dir, capsys):
+  before = json.loads((run / 'metrics.json').read_text())['train_images_per_sec']
+  assert before is not None
+  code, _, err = _vivano(capsys, 'train', f'--workdir={run}', *_flags(tfds_dir))
+  assert code == 0, err
+  assert json.loads((run / 'metrics.json').read_text())['train_images_per_sec'] == before

@@ -112,10 +112,16 @@ def _read_scores(path: pathlib.Path, problems: list[str]) -> dict[str, list]:
           raise ValueError(f'index {index}, expected {len(cols["index"])} (rows in split order)')
         cols['index'].append(index)
         cols['filename'].append(row['filename'])
-        cols['label'].append(int(row['label']))
+        label = int(row['label'])
+        if label not in (0, 1):
+          raise ValueError(f'label {label}; labels are 0 (normal) or 1 (anomalous)')
+        cols['label'].append(label)
         cols['defect_type'].append(row['defect_type'])
         cols['has_mask'].append(bool(int(row['has_mask'])))
-        cols['score'].append(float(row['score']))
+        score = float(row['score'])
+        if not np.isfinite(score):
+          raise ValueError(f'score {row["score"]!r} of {row["filename"]} is not a finite number')
+        cols['score'].append(score)
         for c in components:
           cols[c].append(float(row[c]) if row[c] else np.nan)
         cols[OVERLAY_COLUMN].append(row.get(OVERLAY_COLUMN) or '')
@@ -195,15 +201,37 @@ def masks_from_folder(root: str | os.PathLike, filenames: np.ndarray, defect_typ
   return masks, has_mask
 
 
+def _open_npz(path: pathlib.Path, problems: list[str], where: Any):
+  """np.load of an npz archive of plain arrays (never pickle); one ExportError when the file is
+  truncated, not an npz archive, or holds pickled objects."""
+  try:
+    npz = np.load(path, allow_pickle=False)
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+      raise ValueError('a single array, not an archive of one array per image')
+    return npz
+  except Exception as e:  # pylint: disable=broad-except  (BadZipFile, ValueError, OSError, ...)
+    problems.append(f'{path}: not a readable npz archive of arrays ({type(e).__name__}: '
+                    f'{str(e).splitlines()[0] if str(e) else ""}); export the run again')
+    _raise_problems(problems, where)
+
+
+def _arrays(npz, n: int, path: pathlib.Path, problems: list[str], where: Any) -> list[np.ndarray]:
+  try:
+    return [npz[array_key(i)] for i in range(n)]
+  except Exception as e:  # pylint: disable=broad-except  (pickled objects, a damaged member)
+    problems.append(f'{path}: an unreadable array ({type(e).__name__}: {e}); export the run again')
+    _raise_problems(problems, where)
+
+
 def _read_arrays(directory: pathlib.Path, names: np.ndarray, defect_types: np.ndarray,
                  has_mask: np.ndarray, ground_truth: Optional[str], problems: list[str]
                  ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
   """maps.npz, and the masks from masks.npz or the ground-truth folder: (maps, masks, has_mask)."""
   n = len(names)
-  with np.load(directory / MAPS_NPZ, allow_pickle=False) as npz:
+  with _open_npz(directory / MAPS_NPZ, problems, directory) as npz:
     _check_keys(npz, f'{directory / MAPS_NPZ}', n, problems)
     _raise_problems(problems, directory)
-    maps = [npz[array_key(i)] for i in range(n)]
+    maps = _arrays(npz, n, directory / MAPS_NPZ, problems, directory)
   for i, m in enumerate(maps):
     if m.ndim != 2 or m.dtype != np.float32:
       problems.append(f'{MAPS_NPZ}[{array_key(i)}] ({names[i]}): {m.dtype} {m.shape}, '
@@ -213,12 +241,12 @@ def _read_arrays(directory: pathlib.Path, names: np.ndarray, defect_types: np.nd
     masks, has_mask = masks_from_folder(ground_truth, names, defect_types, shapes, problems)
     _raise_problems(problems, f'{directory} with --ground_truth={ground_truth}')
     return maps, masks, has_mask
-  with np.load(directory / MASKS_NPZ, allow_pickle=False) as npz:
+  with _open_npz(directory / MASKS_NPZ, problems, directory) as npz:
     _check_keys(npz, f'{directory / MASKS_NPZ}', n, problems, extra_ok=(HAS_MASK_KEY,))
     if HAS_MASK_KEY not in npz.files:
       problems.append(f'{directory / MASKS_NPZ}: no {HAS_MASK_KEY!r} array')
     _raise_problems(problems, directory)
-    masks = [npz[array_key(i)] for i in range(n)]
+    masks = _arrays(npz, n, directory / MASKS_NPZ, problems, directory)
     if not np.array_equal(npz[HAS_MASK_KEY], has_mask):
       problems.append(f'{MASKS_NPZ}[{HAS_MASK_KEY!r}] disagrees with the has_mask column of '
                       f'{SCORES_CSV}')

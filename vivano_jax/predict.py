@@ -23,6 +23,7 @@ import glob
 import io
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 from typing import Any, Optional
@@ -95,6 +96,11 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   record = thresholds_lib.load(workdir)
   thresholds_lib.check_score(record, config.score, workdir)
   images = read_images(paths)
+  for path, (_, _, (h, w)) in zip(paths, images):
+    if min(h, w) < config.model.patch_size:
+      print(f'warning: {path} is {h} x {w} px, smaller than one {config.model.patch_size} px '
+            f'patch at the model size it is upscaled to ({config.dataset.image_size} px): its '
+            'score says little', file=sys.stderr)
   mesh = sharding.make_mesh()
   n_dev = mesh.devices.size
   batch = batch_size or config.train.eval_batch_size
@@ -144,6 +150,8 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
 def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, Any]) -> str:
   """maps/*.npy, overlays/*.png and predictions.csv in `output`; returns the csv's path."""
   out = pathlib.Path(output)
+  for stale in ('maps', 'overlays'):  # A reused --output holds only this call's results.
+    shutil.rmtree(out / stale, ignore_errors=True)
   (out / 'maps').mkdir(parents=True, exist_ok=True)
   (out / 'overlays').mkdir(parents=True, exist_ok=True)
   record = result['thresholds']

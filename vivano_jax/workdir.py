@@ -13,6 +13,7 @@
 import contextlib
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -27,6 +28,28 @@ from vivano_jax import errors
 
 CONFIG_JSON = 'config.json'
 METRICS_JSON = 'metrics.json'
+
+
+def previous_metric(workdir: str, key: str):
+  """`key` of WORKDIR/metrics.json from an earlier run, or None."""
+  try:
+    with open(os.path.join(workdir, METRICS_JSON)) as f:
+      return json.load(f).get(key)
+  except (OSError, ValueError):
+    return None
+
+
+def remove_stale_temporaries(workdir: str) -> list[str]:
+  """Deletes the hidden '.<name>.tmp-*' / '.<name>.old-*' folders a killed export leaves in the
+  workdir (only while holding its lock: no other export can be writing them); returns them."""
+  removed = []
+  if not os.path.isdir(workdir):
+    return removed
+  for name in sorted(os.listdir(workdir)):
+    if name.startswith('.') and ('.tmp-' in name or '.old-' in name):
+      shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+      removed.append(name)
+  return removed
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -166,6 +189,8 @@ def lock(workdir: str) -> Iterator[None]:
     os.remove(path)
     if not _take(path):
       raise errors.DataError(f'{workdir} is in use by another process (it took {path} just now)')
+  for name in remove_stale_temporaries(workdir):
+    print(f'warning: {workdir}: removed {name}, left by an interrupted export', file=sys.stderr)
   try:
     yield
   finally:
