@@ -84,6 +84,14 @@ def read_images(paths: list[pathlib.Path]) -> list[tuple[bytes, int, tuple[int, 
 _EMPTY_MASK = image_files.encode_png(np.zeros((1, 1, 1), np.uint8))  # Resized, never evaluated.
 
 
+def _warn_tiny(paths, images, config) -> None:
+  for path, (_, _, (h, w)) in zip(paths, images):
+    if min(h, w) < config.model.patch_size:
+      print(f'warning: {path} is {h} x {w} px, smaller than one {config.model.patch_size} px '
+            f'patch at the model size it is upscaled to ({config.dataset.image_size} px): its '
+            'score says little', file=sys.stderr)
+
+
 def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
             batch_size: Optional[int] = None) -> dict[str, Any]:
   """Scores image files with the run in `workdir`.
@@ -96,11 +104,7 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   record = thresholds_lib.load(workdir)
   thresholds_lib.check_score(record, config.score, workdir)
   images = read_images(paths)
-  for path, (_, _, (h, w)) in zip(paths, images):
-    if min(h, w) < config.model.patch_size:
-      print(f'warning: {path} is {h} x {w} px, smaller than one {config.model.patch_size} px '
-            f'patch at the model size it is upscaled to ({config.dataset.image_size} px): its '
-            'score says little', file=sys.stderr)
+  _warn_tiny(paths, images, config)
   mesh = sharding.make_mesh()
   n_dev = mesh.devices.size
   batch = batch_size or config.train.eval_batch_size
