@@ -234,3 +234,11 @@ def test_rerun_keeps_the_training_throughput(run, tfds_dir, capsys):
   code, _, err = _vivano(capsys, 'train', f'--workdir={run}', *_flags(tfds_dir))
   assert code == 0, err
   assert json.loads((run / 'metrics.json').read_text())['train_images_per_sec'] == before
+
+
+def test_a_run_failing_before_training_leaves_no_workdir(tmp_path, tfds_dir, capsys):
+  work = tmp_path / 'new'
+  code, _, err = _vivano(capsys, 'train', f'--workdir={work}', *_flags(tfds_dir),
+                         '--config.dataset.name=folder', f'--config.dataset.manual_dir={tmp_path}/x')
+  assert code == errors.EXIT_DATA and 'dataset.manual_dir' in err
+  assert not work.exists()

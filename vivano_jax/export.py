@@ -174,10 +174,10 @@ def _prepare(config, workdir, step, mesh):
   heldout = input_pipeline.heldout_split(config)
   data = input_pipeline.load(config, tuple(dict.fromkeys(('train', heldout,
                                                           *config.export.splits))))
-  config, _ = score_selection.resolve(config, workdir, state,
-                                     scorer_lib.heldout_normals(data, config), mesh)
+  normals = scorer_lib.heldout_normals(data, config)
+  config, _ = score_selection.resolve(config, workdir, state, normals, mesh)
   scorer = scorer_lib.Scorer(config, mesh)
-  stats = scorer.statistics(state, scorer_lib.heldout_normals(data, config))
+  stats = scorer.statistics(state, normals)
   return state, step, data, config, scorer, stats
 
 

@@ -173,6 +173,7 @@ def lock(workdir: str) -> Iterator[None]:
   if jax.process_index() != 0:
     yield
     return
+  created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
   if not _take(path):
@@ -196,3 +197,5 @@ def lock(workdir: str) -> Iterator[None]:
   finally:
     if os.path.exists(path) and (_holder(path) or {}).get('pid') == os.getpid():
       os.remove(path)
+    if created and not os.listdir(workdir):  # A command that failed before writing anything.
+      os.rmdir(workdir)
