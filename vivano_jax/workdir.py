@@ -24,6 +24,7 @@ import ml_collections
 
 from vivano_jax import atomic_files
 from vivano_jax import config_defaults
+from vivano_jax import config_files
 from vivano_jax import errors
 
 CONFIG_JSON = 'config.json'
@@ -93,21 +94,11 @@ CHANGEABLE = ('dataset.data_dir', 'dataset.manual_dir', 'dataset.num_threads',
 CHANGEABLE_SECTIONS = ('score', 'export')
 
 
-def _flat(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def differing_fields(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """'field: saved -> new' for every field that differs from WORKDIR/config.json and is not one
   a rerun may change."""
-  saved = _flat(json.loads(load_config(workdir).to_json_best_effort()))
-  new = _flat(json.loads(config.to_json_best_effort()))
+  saved = config_files.flatten(json.loads(load_config(workdir).to_json_best_effort()))
+  new = config_files.flatten(json.loads(config.to_json_best_effort()))
   out = []
   for field in sorted(set(saved) | set(new)):
     if field in CHANGEABLE or field.split('.')[0] in CHANGEABLE_SECTIONS:
