@@ -4,6 +4,7 @@ model built from every config field."""
 import dataclasses
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -250,6 +251,54 @@ def _param_shapes(config):
   return jax.tree.map(lambda a: a.shape, variables['params'])
 
 
+def test_depth_to_space_matches_tensorflow():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).normal(size=(2, 3, 5, 4 * 6)).astype(np.float32)
+  np.testing.assert_array_equal(decoder.depth_to_space(jnp.asarray(x), 2),
+                                tf.nn.depth_to_space(x, 2).numpy())
+
+
+@pytest.mark.parametrize('kernel', [3, 4])
+def test_subpixel_stage_computes_a_stride_2_transposed_convolution(kernel):
+  # The reference is Flax's own nn.ConvTranspose (stride 2, SAME). Its weights are mapped onto the
+  # sub-pixel stage's 3x3 low-resolution convolution by reading its response to unit impulses at an
+  # interior input pixel; the two must then agree on random inputs everywhere, borders included.
+  rng = np.random.default_rng(1)
+  cin, feats, size = 3, 5, 6
+  transposed = nn.ConvTranspose(feats, (kernel, kernel), strides=(2, 2), padding='SAME',
+                                use_bias=False)
+  t_vars = transposed.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, cin)))
+  weights = np.zeros((3, 3, cin, 4 * feats), np.float32)
+  centre = size // 2
+  for c in range(cin):
+    impulse = np.zeros((1, size, size, cin), np.float32)
+    impulse[0, centre, centre, c] = 1.0
+    response = np.asarray(transposed.apply(t_vars, jnp.asarray(impulse)))[0]
+    for dy in (-1, 0, 1):
+      for dx in (-1, 0, 1):
+        for i in range(2):
+          for j in range(2):
+            # Output pixel (2y + i, 2x + j) with y = centre - dy reads input pixel y + dy.
+            out = response[2 * (centre - dy) + i, 2 * (centre - dx) + j]
+            weights[dy + 1, dx + 1, c, (i * 2 + j) * feats:(i * 2 + j + 1) * feats] = out
+  assert np.abs(weights).min() > 0 if kernel == 4 else np.abs(weights).sum() > 0
+  x = jnp.asarray(rng.normal(size=(2, size, size, cin)), jnp.float32)
+  conv = nn.Conv(4 * feats, (3, 3), padding='SAME', use_bias=False)
+  subpixel = decoder.depth_to_space(conv.apply({'params': {'kernel': jnp.asarray(weights)}}, x), 2)
+  np.testing.assert_allclose(subpixel, transposed.apply(t_vars, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('upsample', ['subpixel', 'nearest'])
+def test_decoder_upsampling_options(upsample):
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)), jnp.float32)
+  dec = decoder.ConvDecoder(features=(16, 8), out_channels=1, norm='batch', upsample=upsample)
+  variables = dec.init(jax.random.PRNGKey(0), z)
+  chex.assert_shape(dec.apply(variables, z), (2, 16, 16, 1))
+  # 'subpixel' convolves at the low resolution into 4x the channels.
+  first = variables['params']['up0']['kernel'].shape
+  assert first == ((3, 3, 16, 64) if upsample == 'subpixel' else (3, 3, 16, 16))
+
+
 def test_every_config_field_reaches_the_model():
   # A field added to config.model or config.density must be taken by the model, or it would be a
   # setting that changes nothing.
@@ -281,7 +330,8 @@ def test_a_config_field_the_model_does_not_take_is_an_error(section):
 
 
 @pytest.mark.parametrize('field,value', [
-    ('model.encoder', 'resnet'), ('model.decoder_norm', 'layer'), ('density.condition', 'image'),
+    ('model.encoder', 'resnet'), ('model.decoder_norm', 'layer'),
+    ('model.decoder_upsample', 'bicubic'), ('density.condition', 'image'),
     ('density.target', 'pixel'), ('train.compute_dtype', 'float16')])
 def test_a_bad_choice_is_a_usage_error_naming_the_field(field, value):
   config = load_config('tiny')

@@ -51,6 +51,7 @@ def _model() -> ml_collections.ConfigDict:
   c.decoder_base_features = 64  # Channels of the first x2 stage, halved per stage...
   c.decoder_min_features = 8  # ...but never below this.
   c.decoder_norm = 'batch'  # 'batch' (paper: BatchNorm + ReLU) | 'none'.
+  c.decoder_upsample = 'nearest'  # 'subpixel' (conv at low res + depth-to-space) | 'nearest'.
   c.remat = False  # Rematerialise encoder blocks (less memory, more compute).
   return c
 

@@ -51,6 +51,7 @@ class ViVAno(nn.Module):
   decoder_base_features: int
   decoder_min_features: int
   decoder_norm: str
+  decoder_upsample: str
   remat: bool
   density: Mapping[str, Any]
   image_size: int
@@ -86,7 +87,7 @@ class ViVAno(nn.Module):
       features = decoder_lib.decoder_features(self.patch_size, self.decoder_base_features,
                                               self.decoder_min_features)
       decoder = decoder_lib.ConvDecoder(features, self.image_channels, self.decoder_norm,
-                                        dtype=self.dtype, name='decoder')
+                                        self.decoder_upsample, dtype=self.dtype, name='decoder')
       out['recon'] = decoder(post['z'], train=train)
     out['nll'] = self._patch_nll(tokens.astype(jnp.float32), class_token.astype(jnp.float32),
                                  post['mean'])
