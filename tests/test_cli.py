@@ -119,8 +119,9 @@ def test_every_subcommand_succeeds(capsys, folder_run, tmp_path, tfds_dir):
   assert code == 0 and (tmp_path / 'pred' / 'predictions.csv').is_file(), err
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run)
-  code, out, err = _call(capsys, 'export', f'--workdir={run}', '--step=5')
+  code, out, err = _call(capsys, 'export', f'--workdir={run}', '--step=5', '--verbosity=1')
   assert code == 0 and 'checkpoint step 5' in out, err
+  assert 'INFO' in err  # --verbosity=1: library logs on the console too.
   code, out, err = _call(capsys, 'benchmark', f'--config={TINY}', '--steps=1', '--warmup=0')
   assert code == 0 and 'MFU' in out, err
   code, out, err = _call(capsys, 'sweep', 'run', f'--sweep={REPO / "sweeps" / "example.py"}',
@@ -130,3 +131,9 @@ def test_every_subcommand_succeeds(capsys, folder_run, tmp_path, tfds_dir):
                          f'--config.dataset.data_dir={tfds_dir}', '--config.train.num_steps=2',
                          '--config.export.at_end=False')
   assert code == 0 and 'image AUROC' in out, err
+  # One line per stage and a progress bar; library logs in the workdir's log file, not on the console.
+  for line in ('prepare data (digits/0) ...', 'train [', 'evaluate (test split): done in'):
+    assert line in out, out
+  assert 'INFO' not in err and 'INFO' not in out, err
+  log = (tmp_path / 'train' / 'vivano.log').read_text()
+  assert 'JAX process 0 of 1' in log and 'INFO' in log

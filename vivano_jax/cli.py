@@ -2,14 +2,16 @@
 
   vivano <command> --flag=value ...      vivano --help      vivano <command> --help
 
-Every command takes `--name=value` flags and `--verbosity` (0: errors as one line; 1: with their
+Every command takes `--name=value` flags and `--verbosity` (0: progress lines, errors as one line,
+library logs in the workdir's vivano.log; 1: library logs on the console too, errors with their
 traceback, and debug logs). A mistake in the command line or a config field prints one line on
 stderr and exits with 2; a missing, unreadable or invalid file or dataset, a full or read-only disk,
 or a diverged run prints one line and exits with 1; Ctrl-C exits with 130. `python -m
 vivano_jax.<module>` runs the same commands (`python -m vivano_jax.main` is `vivano train`).
 
 The process environment is set up here, before a command's modules are imported: TensorFlow's C++
-logs are quietened and TensorFlow is kept off the accelerators JAX uses.
+logs are quietened, TensorFlow is kept off the accelerators JAX uses, and library logs are routed
+to the workdir's log file (console.py).
 """
 
 import importlib
@@ -19,6 +21,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
+from vivano_jax import console
 from vivano_jax import errors
 
 COMMANDS = {  # name -> (module, what it does)
@@ -68,6 +71,7 @@ def _setup_environment(verbosity: int) -> None:
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults.
   logging.set_verbosity(logging.DEBUG if verbosity >= 1 else logging.INFO)
+  console.route_library_logs(verbosity)
 
 
 def _parse(name: str, module, argv: list[str]):
@@ -78,8 +82,9 @@ def _parse(name: str, module, argv: list[str]):
   if any(a in HELP_FLAGS for a in argv[1:]):
     doc = (module.__doc__ or '').strip()
     print(f'usage: vivano {name} [--flag=value ...]\n\n{doc}\n\nflags:\n'
-          f'{fv.get_help(include_special_flags=False)}\n  --verbosity: 0 (default): errors as one '
-          'line; 1: with tracebacks and debug logs')
+          f'{fv.get_help(include_special_flags=False)}\n  --verbosity: 0 (default): progress and '
+          'errors as one line, library logs in WORKDIR/vivano.log; 1: also library and debug logs '
+          'on the console, errors with tracebacks')
     return None
   _check_config_files(argv[1:])
   try:
@@ -135,7 +140,8 @@ def run_command(name: str, argv: Sequence[str]) -> int:
   try:
     argv, verbosity = _pop_verbosity(list(argv))
     _setup_environment(verbosity)
-    return _run(name, argv)
+    with console.native_stderr_to_log():
+      return _run(name, argv)
   except KeyboardInterrupt:
     print('interrupted', file=sys.stderr)
     return errors.EXIT_INTERRUPTED

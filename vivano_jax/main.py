@@ -16,6 +16,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vivano_jax import console
 from vivano_jax import export
 from vivano_jax import tables
 from vivano_jax import train
@@ -75,9 +76,11 @@ def run(fv: flags.FlagValues) -> None:
         print(format_summary(summary), flush=True)
       # A changed score re-exports: thresholds.json must belong to the configured score.
       if config.export.at_end or export.thresholds_outdated(config, fv.workdir):
-        exported = export.export_run(config, fv.workdir, step=summary['checkpoint_step'])
+        with console.stage('export (scores, maps, thresholds, report)'):
+          exported = export.export_run(config, fv.workdir, step=summary['checkpoint_step'])
     else:
-      exported = export.export_run(config, fv.workdir, step=fv.step)
+      with console.stage('export (scores, maps, thresholds, report)'):
+        exported = export.export_run(config, fv.workdir, step=fv.step)
   if exported is not None and jax.process_index() == 0:
     print(export.format_export(exported), flush=True)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from vivano_jax import atomic_files
 from vivano_jax import checkpoints
+from vivano_jax import console
 from vivano_jax import errors
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
@@ -62,11 +63,13 @@ def _write_hparams(writer, config: ml_collections.ConfigDict) -> None:
       for k, v in section.items() if isinstance(v, (int, float, str, bool))})
 
 
-def _check_finite(step: int, metrics, workdir: str) -> None:
+def _check_finite(step: int, metrics, workdir: str) -> float:
+  """The step's loss; an error if it is not finite."""
   loss = float(metrics.loss.compute())
   if not np.isfinite(loss):
     raise FloatingPointError(f'non-finite training loss ({loss}) at step {step}; training stopped. '
                              f'The last good checkpoint in {workdir}/checkpoints is intact.')
+  return loss
 
 
 def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh, writer):
@@ -76,12 +79,13 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
            if jax.process_index() == 0 else [])
   meta = lambda step: {'step': step, 'data_position': step * config.train.batch_size}
   train_metrics, pending, timing_start, timed_steps = None, None, None, 0
+  progress = console.Progress(total_steps, start_step, config.train.batch_size)
   try:
     for step in range(start_step + 1, total_steps + 1):
       state, m = step_fn(state, sharding.global_batch(next(batches), mesh))
       # Check the previous step's loss while this one runs, so the host does not stall the device.
       if pending is not None:
-        _check_finite(*pending, workdir)
+        progress.update(step - 1, _check_finite(*pending, workdir))
       pending = (step, m)
       train_metrics = m if train_metrics is None else train_metrics.merge(m)
       for h in hooks:
@@ -92,7 +96,7 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
       else:
         timed_steps += 1
       if step % config.train.log_every_steps == 0 or step == total_steps:
-        _check_finite(*pending, workdir)
+        progress.update(step, _check_finite(*pending, workdir))
         writer.write_scalars(step, {f'train/{k}': float(v)
                                     for k, v in train_metrics.compute().items()})
         train_metrics = None
@@ -100,6 +104,7 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
         _check_finite(*pending, workdir)
         checkpoints.save(mngr, state, meta(step))
   finally:
+    progress.close()
     mngr.wait_until_finished()  # Commit the last good checkpoint even when training stops.
   jax.block_until_ready(state)
   train_ips = (timed_steps * config.train.batch_size / (time.perf_counter() - timing_start)
@@ -119,8 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sharding.check_batch_size(config.train.batch_size, 'train.batch_size', mesh)
   sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
   workdir_lib.check_compatible(config, workdir)  # Before anything is written.
-  data = input_pipeline.load(config, tuple(dict.fromkeys(
-      ('train', input_pipeline.heldout_split(config), 'test'))))
+  with console.stage(f'prepare data ({config.dataset.name})'):
+    data = input_pipeline.load(config, tuple(dict.fromkeys(
+        ('train', input_pipeline.heldout_split(config), 'test'))))
   total_steps = total_train_steps(config, int(sharding.sum_over_processes(len(data['train']))))
   mngr = checkpoints.manager(workdir, config)
   latest = mngr.latest_step()
@@ -145,13 +151,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batches = synthetic_batches(batches, config, start_step)
   logging.info('Training %d steps (from %d), global batch %d on %d devices', total_steps, start_step,
                config.train.batch_size, mesh.devices.size)
-  state, train_ips = _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
-                            writer)
+  with console.stage(f'train ({total_steps - start_step} steps of batch '
+                     f'{config.train.batch_size} on {mesh.devices.size} devices)'):
+    state, train_ips = _train(config, workdir, state, mngr, batches, start_step, total_steps,
+                              mesh, writer)
 
-  # With `score.select`, the score is chosen on held-out normals and synthetic anomalies first.
-  config, selection = score_selection.resolve(
-      config, workdir, state, scorer_lib.heldout_normals(data, config), mesh)
-  summary = evaluate_run(state, data, config, mesh, writer, total_steps)
+  with console.stage('evaluate (test split)'):
+    # With `score.select`, the score is chosen on held-out normals and synthetic anomalies first.
+    config, selection = score_selection.resolve(
+        config, workdir, state, scorer_lib.heldout_normals(data, config), mesh)
+    summary = evaluate_run(state, data, config, mesh, writer, total_steps)
   summary['score'] = {k: config.score[k] for k in ('image', 'pixel', 'normalize')}
   if config.score.image in scoring.MAP_SCORES:
     summary['score']['image_map'] = scoring.image_map_kind(config.score)

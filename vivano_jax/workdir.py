@@ -25,6 +25,7 @@ import ml_collections
 from vivano_jax import atomic_files
 from vivano_jax import config_defaults
 from vivano_jax import config_files
+from vivano_jax import console
 from vivano_jax import errors
 
 CONFIG_JSON = 'config.json'
@@ -160,7 +161,8 @@ def _holder(path: str) -> Optional[dict]:
 def lock(workdir: str) -> Iterator[None]:
   """Holds WORKDIR/.lock (this host and pid) while a command writes the workdir; a second process
   is refused with one line. A lock left by a process that no longer runs on this host is stale and
-  taken over with a warning. With several processes, process 0 holds it for all."""
+  taken over with a warning. With several processes, process 0 holds it for all. Meanwhile, the
+  command's library logs go to WORKDIR/vivano.log (console.py)."""
   if jax.process_index() != 0:
     yield
     return
@@ -184,9 +186,10 @@ def lock(workdir: str) -> Iterator[None]:
   for name in remove_stale_temporaries(workdir):
     print(f'warning: {workdir}: removed {name}, left by an interrupted export', file=sys.stderr)
   try:
-    yield
+    with console.logs_in(workdir):  # Library logs go to WORKDIR/vivano.log meanwhile.
+      yield
   finally:
     if os.path.exists(path) and (_holder(path) or {}).get('pid') == os.getpid():
       os.remove(path)
-    if created and not os.listdir(workdir):  # A command that failed before writing anything.
-      os.rmdir(workdir)
+    if created and set(os.listdir(workdir)) <= {console.LOG_FILE}:  # Failed before writing.
+      shutil.rmtree(workdir)

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import ml_collections
 import tensorflow_datasets as tfds
 
+from vivano_jax import console
 from vivano_jax import errors
 from vivano_jax.datasets import features
 from vivano_jax.datasets import image_files
@@ -81,8 +82,11 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | os.PathLike | N
   """
   config = tfds.download.DownloadConfig(
       manual_dir=os.fspath(manual_dir) if manual_dir else None, try_download_gcs=False)
+  if console.quiet():
+    tfds.disable_progress_bar()
   try:
-    builder.download_and_prepare(download_config=config)
+    with console.prints_to_log('tensorflow_datasets'):  # Its "Downloading and preparing" lines.
+      builder.download_and_prepare(download_config=config)
   except BaseException:
     _remove_unfinished(builder)
     raise
