@@ -177,3 +177,53 @@ def test_image_score_from_another_map_than_the_output():
   assert scoring.needs_decoder(score) and not scoring.needs_stats(score)
   with pytest.raises(ValueError, match='score.image_map'):
     scoring.final_scores({}, {}, _score(image_map='edges'), stats)
+
+
+def _patch_means(images, patch):
+  """A stand-in for the model's per-patch NLL: the mean of each P x P patch, [B, h, w]."""
+  b, height, width, c = images.shape
+  x = images.reshape(b, height // patch, patch, width // patch, patch, c)
+  return jnp.mean(x, axis=(2, 4, 5))
+
+
+@pytest.mark.parametrize('shifts', [2, 4])
+def test_shifted_nll_scores_every_offset_of_the_patch_grid(shifts):
+  patch, size = 8, 32
+  images = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+  fine = scoring.shifted_nll(lambda x: _patch_means(x, patch), jnp.asarray(images),
+                             _patch_means(jnp.asarray(images), patch), patch, shifts)
+  assert fine.shape == (2, size // patch * shifts, size // patch * shifts)
+  # Reference: the mean of the P x P window starting at (i, j) * P / S of the image with its bottom
+  # and right borders reflected (numpy's 'reflect', the border pixel not repeated).
+  padded = np.pad(images, ((0, 0), (0, patch), (0, patch), (0, 0)), mode='reflect')
+  step = patch // shifts
+  for i in range(fine.shape[1]):
+    for j in range(fine.shape[2]):
+      window = padded[:, i * step:i * step + patch, j * step:j * step + patch]
+      np.testing.assert_allclose(fine[:, i, j], window.mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('shifts', [1, 2, 4])
+def test_upsampled_shifted_grid_is_linear_between_patch_centres(shifts):
+  patch, size = 8, 32
+  grid = np.random.default_rng(1).normal(size=(1, 4 * shifts, 4 * shifts)).astype(np.float32)
+  up = np.asarray(scoring.upsample(jnp.asarray(grid), size, size, shifts))
+  # Value j sits at the centre of the patch starting at pixel j * P / S, i.e. at pixel coordinate
+  # j * P / S + P / 2 - 0.5; linear in between, the edge value beyond (np.interp), per axis.
+  centres = np.arange(grid.shape[1]) * patch / shifts + patch / 2 - 0.5
+  pixels = np.arange(size)
+  rows = np.stack([np.interp(pixels, centres, grid[0, :, j]) for j in range(grid.shape[2])], 1)
+  expected = np.stack([np.interp(pixels, centres, rows[i]) for i in range(size)], 0)
+  np.testing.assert_allclose(up[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_shifts_must_divide_the_patch():
+  scoring.check_shifts(4, 16)
+  with pytest.raises(ValueError, match=r'score\.shifts=3 must divide model\.patch_size=16'):
+    scoring.check_shifts(3, 16)
+
+
+@pytest.mark.parametrize('shifts', [0, -2])
+def test_bad_shifts_name_the_field(shifts):
+  with pytest.raises(ValueError, match=r'score\.shifts must be a positive integer'):
+    scoring.check_config(_score(shifts=shifts))

@@ -94,6 +94,8 @@ def _score() -> ml_collections.ConfigDict:
   c.image_map = ''  # The map 'map_*' image scores use: '' = score.pixel, or a pixel kind.
   c.image_normalize = ''  # ...and its normalisation: '' = score.normalize.
   c.smoothing_sigma = 4.0  # Gaussian smoothing of pixel maps, pixels; 0 = off.
+  # Test-time shifts S: the NLL map from S x S passes shifted by P / S pixels, S times finer.
+  c.shifts = 1
   # 'synthetic': choose the image score among `image_candidates` and the pixel map among
   # `pixel_candidates` on held-out normals with synthetic anomalies (vivano_jax/score_selection.py,
   # which gives the candidates' syntax); 'none': the fields above as they are.

@@ -84,12 +84,18 @@ class Evaluation:
   metrics: Optional[dict[str, dict[str, Any]]]
 
 
-def eval_step(state, batch: dict[str, jax.Array], smoothing_sigma: float, decode: bool
-              ) -> dict[str, Any]:
-  """Scores a global batch: {'image': {component: [B]}, 'pixel': {component: [B, S, S]}, 'recon'?}."""
-  out = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, batch['image'],
-                       train=False, decode=decode)
-  image, pixel = scoring.score_components(out, batch['image'], smoothing_sigma)
+def eval_step(state, batch: dict[str, jax.Array], smoothing_sigma: float, decode: bool,
+              shifts: int = 1, patch_size: int = 0) -> dict[str, Any]:
+  """Scores a global batch: {'image': {component: [B]}, 'pixel': {component: [B, S, S]}, 'recon'?}.
+  With shifts > 1 the NLL is the finer grid of test-time shifts (scoring.shifted_nll)."""
+  apply = lambda images, decode: state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False,
+      decode=decode)
+  out = apply(batch['image'], decode)
+  if shifts > 1:
+    out = dict(out, nll=scoring.shifted_nll(lambda x: apply(x, False)['nll'], batch['image'],
+                                            out['nll'], patch_size, shifts))
+  image, pixel = scoring.score_components(out, batch['image'], smoothing_sigma, shifts)
   result = {'image': image, 'pixel': pixel}
   if decode:
     result['recon'] = out['recon']
@@ -98,8 +104,10 @@ def eval_step(state, batch: dict[str, jax.Array], smoothing_sigma: float, decode
 
 def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh, decode: bool):
   """The jitted scoring step: batch sharded on 'data', state replicated."""
+  scoring.check_shifts(config.score.shifts, config.model.patch_size)
   return jax.jit(functools.partial(eval_step, smoothing_sigma=config.score.smoothing_sigma,
-                                   decode=decode),
+                                   decode=decode, shifts=config.score.shifts,
+                                   patch_size=config.model.patch_size),
                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=sharding.batch_sharded(mesh))
 

@@ -19,6 +19,10 @@ Final scores (`final_scores`, from `config.score`):
     `score.combine`), or a statistic of a pixel map: 'map_max' or 'map_topk' (the mean of its highest
     `score.topk_fraction` of pixels), of the output map or of the one `score.image_map` and
     `score.image_normalize` name (which normalisation detects best need not localise best).
+
+Test-time shifts (`score.shifts` = S > 1, `shifted_nll`): the image is scored S^2 times with its
+content moved by fractions P / S of a patch, and the NLL grids interleaved into one S-times finer
+grid: the NLL map resolves defects smaller than a patch without retraining anything.
 """
 
 import os
@@ -98,18 +102,74 @@ def squared_error_map(images: Array, recon: Array) -> Array:
   return jnp.mean(jnp.square(images.astype(jnp.float32) - recon.astype(jnp.float32)), axis=-1)
 
 
-def upsample(patch_maps: Array, height: int, width: int) -> Array:
-  """Bilinear upsampling [B, h, w] -> [B, H, W]."""
-  b = patch_maps.shape[0]
-  return jax.image.resize(patch_maps.astype(jnp.float32), (b, height, width), method='bilinear')
+def upsample(patch_maps: Array, height: int, width: int, shifts: int = 1) -> Array:
+  """Bilinear upsampling [B, h, w] -> [B, H, W].
+
+  shifts = 1: a value per patch at its centre (half-pixel centres, as PyTorch's interpolate with
+  align_corners=False). shifts = S > 1: the interleaved grid of `shifted_nll`, whose value j along
+  an axis sits at the centre of the patch starting at pixel j * P / S: the grid is translated by
+  P / 2 - P / (2 S) pixels beside the usual half-pixel placement. Beyond the outermost values the
+  map keeps the edge value, in both cases.
+  """
+  b, h, w = patch_maps.shape
+  x = patch_maps.astype(jnp.float32)
+  if shifts == 1:
+    return jax.image.resize(x, (b, height, width), method='bilinear')
+  rows = _interpolation_matrix(height, h, height * shifts / h, shifts)
+  cols = _interpolation_matrix(width, w, width * shifts / w, shifts)
+  return jnp.einsum('yi,bij,xj->byx', rows, x, cols)
 
 
-def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: float
-                     ) -> tuple[dict[str, Array], dict[str, Array]]:
+def _interpolation_matrix(size: int, n: int, patch: float, shifts: int) -> np.ndarray:
+  """[size, n] linear interpolation weights from n values at pixel coordinates j * patch / shifts +
+  patch / 2 - 0.5 to the pixels 0 .. size - 1, the edge values held beyond the outermost ones."""
+  u = (np.arange(size) - (patch / 2 - 0.5)) / (patch / shifts)
+  u = np.clip(u, 0, n - 1)
+  lo = np.minimum(np.floor(u).astype(int), n - 1)
+  hi = np.minimum(lo + 1, n - 1)
+  frac = u - lo
+  m = np.zeros((size, n), np.float32)
+  np.add.at(m, (np.arange(size), lo), 1 - frac)
+  np.add.at(m, (np.arange(size), hi), frac)
+  return m
+
+
+def shifted_nll(nll_of, images: Array, nll: Array, patch_size: int, shifts: int) -> Array:
+  """A finer NLL grid from test-time shifts: [B, h * S, w * S] for S = `shifts`.
+
+  The image is scored again with its content moved by (ky, kx) * P / S pixels, ky, kx < S (the
+  bottom and right borders reflected), so the patch grid falls at S x S offsets; entry
+  (a * S + ky, c * S + kx) is the NLL of the patch starting at pixel (a * P + ky * P / S,
+  c * P + kx * P / S). S^2 encoder passes give an S-times finer map; the model is unchanged.
+
+  Args:
+    nll_of: images [B, H, W, C] -> per-patch NLL [B, h, w] (the model without its decoder).
+    images: [B, H, W, C].
+    nll: `nll_of(images)`, already computed.
+  """
+  if shifts == 1:
+    return nll
+  step = patch_size // shifts
+  _, height, width, _ = images.shape
+  padded = jnp.pad(images, ((0, 0), (0, patch_size), (0, patch_size), (0, 0)), mode='reflect')
+  rows = []
+  for ky in range(shifts):
+    row = [nll if ky == kx == 0 else
+           nll_of(padded[:, ky * step:ky * step + height, kx * step:kx * step + width])
+           for kx in range(shifts)]
+    rows.append(jnp.stack(row, axis=-1))  # [B, h, w, S (kx)]
+  grid = jnp.stack(rows, axis=-2)  # [B, h, w, S (ky), S (kx)]
+  b, h, w = nll.shape
+  return grid.transpose(0, 1, 3, 2, 4).reshape(b, h * shifts, w * shifts)
+
+
+def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: float,
+                     shifts: int = 1) -> tuple[dict[str, Array], dict[str, Array]]:
   """Image-level and pixel-level score components.
 
   Args:
     outputs: model outputs; 'recon' is optional (without it only NLL components are produced).
+      'nll' is [B, h, w], or [B, h * S, w * S] from `shifted_nll` with S = shifts.
     images: [B, H, W, C] inputs in [-1, 1].
     smoothing_sigma: Gaussian sigma in pixels for the pixel maps (0 = none).
   Returns:
@@ -118,7 +178,7 @@ def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: 
   _, height, width, _ = images.shape
   nll = outputs['nll']
   image = {'nll_max': jnp.max(nll, axis=(1, 2)), 'nll_mean': jnp.mean(nll, axis=(1, 2))}
-  pixel = {'nll': gaussian_blur(upsample(nll, height, width), smoothing_sigma)}
+  pixel = {'nll': gaussian_blur(upsample(nll, height, width, shifts), smoothing_sigma)}
   if 'recon' in outputs:
     err = squared_error_map(images, outputs['recon'])
     image['recon'] = jnp.mean(err, axis=(1, 2))
@@ -155,6 +215,14 @@ def check_config(score: ml_collections.ConfigDict) -> None:
     raise errors.UsageError(f'score.combine must name distinct components of {COMPONENTS}, got {combine!r}')
   if not 0.0 < score.topk_fraction <= 1.0:
     raise errors.UsageError(f'score.topk_fraction must be in (0, 1], got {score.topk_fraction}')
+  if not isinstance(score.shifts, int) or score.shifts < 1:
+    raise errors.UsageError(f'score.shifts must be a positive integer, got {score.shifts!r}')
+
+
+def check_shifts(shifts: int, patch_size: int) -> None:
+  """Test-time shifts move the image by whole pixels: P / S must be one."""
+  if shifts > 1 and patch_size % shifts:
+    raise errors.UsageError(f'score.shifts={shifts} must divide model.patch_size={patch_size}')
 
 
 def _standardise(x, stat) -> Any:
