@@ -111,13 +111,25 @@ def _score() -> ml_collections.ConfigDict:
 
 def _train() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.batch_size = 32  # Global batch; must divide by the number of devices.
+  c.batch_size = 32  # Global batch; must divide by the number of devices x grad_accum_steps.
   c.num_steps = 800  # > 0: train this many steps; else num_epochs * steps per epoch.
   c.num_epochs = 0
   c.learning_rate = 1e-3  # Peak, after linear warmup; cosine decay to 0 after it.
   c.schedule = 'warmup_cosine'  # 'warmup_cosine' | 'constant' (learning_rate throughout).
   c.warmup_steps = 100  # Only for 'warmup_cosine'.
-  c.weight_decay = 1e-4  # AdamW, on weight matrices and kernels only.
+  # learning_rate and warmup_steps scaled from the global batch base_batch_size (B0) to batch_size
+  # (B): 'none' (as given) | 'linear' (lr * B / B0, Goyal et al. 2017) | 'sqrt' (lr * sqrt(B / B0),
+  # for Adam-type updates); under either rule warmup_steps * B0 / B, rounded up (warmup over the
+  # same number of images). optimizer.scaled_hyperparameters computes them; config.json records
+  # what a run used under 'effective'.
+  c.lr_scaling = 'none'
+  c.base_batch_size = 0  # B0; a positive int under a scaling rule.
+  # 'adamw' | 'lamb' (Adam directions, layer-wise trust ratio) | 'lars' (momentum SGD, layer-wise
+  # trust ratio): the last two for large batches (optimizer.py).
+  c.optimizer = 'adamw'
+  c.weight_decay = 1e-4  # On weight matrices and kernels only (LAMB's, LARS's trust ratio too).
+  c.momentum = 0.9  # 'lars' only.
+  c.trust_coefficient = 1e-3  # 'lars' only: eta in eta * |w| / |g + weight_decay * w|.
   c.grad_clip_norm = 1.0  # Global norm of each part (autoencoder, density head); 0 = off.
   # Fraction of training inputs given a synthetic anomaly, the clean image staying the target
   # (denoising; vivano_jax/synthetic.py). 0 = plain reconstruction, as the paper.

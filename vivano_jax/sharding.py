@@ -28,12 +28,16 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
-def check_batch_size(batch_size: int, field: str, mesh: Mesh) -> None:
-  """A global batch must split evenly over the devices and the processes."""
-  n = mesh.devices.size
-  if batch_size <= 0 or batch_size % n:
-    raise errors.UsageError(
-        f'{field}={batch_size} must be a positive multiple of the number of devices ({n})')
+def check_batch_size(batch_size: int, field: str, mesh: Mesh, grad_accum_steps: int = 1) -> None:
+  """A global batch must split evenly over the devices and the processes; with gradient
+  accumulation each of its `grad_accum_steps` microbatches is split over every device."""
+  n, k = mesh.devices.size, grad_accum_steps
+  if k < 1:
+    raise errors.UsageError(f'train.grad_accum_steps must be a positive int, got {k}')
+  if batch_size <= 0 or batch_size % (n * k):
+    of = (f'the number of devices ({n})' if k == 1 else
+          f'{n * k}: the number of devices ({n}) x train.grad_accum_steps={k}')
+    raise errors.UsageError(f'{field}={batch_size} must be a positive multiple of {of}')
   if batch_size % jax.process_count():
     raise errors.UsageError(f'{field}={batch_size} must divide by the number of processes '
                             f'({jax.process_count()})')

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vivano_jax import errors
 from vivano_jax import model as model_lib
 from vivano_jax import optimizer
 from vivano_jax import sharding
@@ -132,10 +131,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
   """The jitted train step: batch sharded on 'data', state replicated and donated."""
   replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   k = config.train.grad_accum_steps
-  if k < 1 or config.train.batch_size % k or (config.train.batch_size // k) % mesh.devices.size:
-    raise errors.UsageError(
-        f'train.grad_accum_steps={k} must divide train.batch_size={config.train.batch_size} into '
-        f'microbatches that divide by the number of devices ({mesh.devices.size})')
+  sharding.check_batch_size(config.train.batch_size, 'train.batch_size', mesh, k)
   return jax.jit(functools.partial(train_step, loss_weights=loss_weights(config), accum_steps=k,
                                    mesh=mesh),
                  in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),

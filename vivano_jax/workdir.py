@@ -1,6 +1,7 @@
 """The files of a run's workdir that describe the run, and reading them back.
 
-  config.json          the config the run was trained with (train.py writes it first)
+  config.json          the config the run was trained with (train.py writes it first), and under
+                       'effective' the learning rate and warmup it trained with (`save_config`)
   metrics.json         the test metrics at the end of training
   checkpoints/         Orbax checkpoints (checkpoints.py)
   thresholds.json      the decision threshold of the exported score (export.py, thresholds.py)
@@ -27,8 +28,10 @@ from vivano_jax import config_defaults
 from vivano_jax import config_files
 from vivano_jax import console
 from vivano_jax import errors
+from vivano_jax import optimizer
 
 CONFIG_JSON = 'config.json'
+EFFECTIVE = 'effective'  # config.json's record of the scaled learning rate.
 METRICS_JSON = 'metrics.json'
 
 
@@ -55,11 +58,15 @@ def remove_stale_temporaries(workdir: str) -> list[str]:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """WORKDIR/config.json (process 0 writes)."""
+  """WORKDIR/config.json (process 0 writes): the config, and beside its sections the key
+  'effective': the peak learning rate, warmup steps and rate factor the run trains with
+  (optimizer.scaled_hyperparameters; with train.lr_scaling the config holds the rates at
+  train.base_batch_size). A bad optimizer field is refused here, before anything is written."""
+  effective = optimizer.scaled_hyperparameters(config)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     atomic_files.write_json(os.path.join(workdir, CONFIG_JSON),
-                            json.loads(config.to_json_best_effort()))
+                            json.loads(config.to_json_best_effort()) | {EFFECTIVE: effective})
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -74,6 +81,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     raise errors.DataError(f'{path}: unreadable ({e})') from e
+  saved.pop(EFFECTIVE, None)  # Derived from the config, not a section of it.
 
   def merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
