@@ -24,6 +24,13 @@ jax.profiler trace (TensorBoard's profile plugin or Perfetto reads it) of a few 
 steps per size.
 """
 
+if __name__ == '__main__':
+  # Before this file's own imports: `python -m vivano_jax.benchmark` then runs the
+  # command exactly as `vivano benchmark` does, with the libraries imported after the entry point has
+  # routed their logs (cli.py), and exits; the imports below serve the imported module.
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.main_for('benchmark')
+
 import copy
 import os
 import resource
@@ -339,8 +346,3 @@ def run(fv: flags.FlagValues) -> None:
     print(f'results: {fv.output}')
   if fv.profile_dir:
     print(f'traces: {fv.profile_dir} (tensorboard --logdir={fv.profile_dir}, Profile tab)')
-
-
-if __name__ == '__main__':
-  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.main_for('benchmark')

@@ -20,6 +20,13 @@ With several processes every process scores its shard, rows are gathered in spli
 process 0 writes.
 """
 
+if __name__ == '__main__':
+  # Before this file's own imports: `python -m vivano_jax.export` then runs the
+  # command exactly as `vivano export` does, with the libraries imported after the entry point has
+  # routed their logs (cli.py), and exits; the imports below serve the imported module.
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.main_for('export')
+
 import contextlib
 import io
 import json
@@ -273,8 +280,3 @@ def run(fv: flags.FlagValues) -> None:
     exported = export_run(config, fv.workdir, step=fv.step)
   if jax.process_index() == 0:
     print(format_export(exported), flush=True)
-
-
-if __name__ == '__main__':
-  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.main_for('export')

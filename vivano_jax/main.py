@@ -11,6 +11,12 @@ Several hosts: pass --coordinator_address, --num_processes and --process_id (or 
 environment that `jax.distributed.initialize` reads) and every process runs the same command.
 """
 
+if __name__ == '__main__':
+  # Before this file's own imports: `python -m vivano_jax.main` then runs the command exactly as `vivano train` does, with the libraries imported after the entry point has
+  # routed their logs (cli.py), and exits; the imports below serve the imported module.
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.main_for('train')
+
 from absl import flags
 from absl import logging
 import jax
@@ -83,8 +89,3 @@ def run(fv: flags.FlagValues) -> None:
         exported = export.export_run(config, fv.workdir, step=fv.step)
   if exported is not None and jax.process_index() == 0:
     print(export.format_export(exported), flush=True)
-
-
-if __name__ == '__main__':
-  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.main_for('train')
