@@ -29,7 +29,10 @@ COMMANDS = {  # name -> (module, what it does)
               'vivano_jax.main)'),
     'export': ('vivano_jax.export', 'export a trained checkpoint: scores, maps, thresholds, report'),
     'evaluate': ('vivano_jax.evaluate', 'recompute the metrics of an export offline (no JAX)'),
-    'predict': ('vivano_jax.predict', 'score new images with a trained run and decide'),
+    'export-model': ('vivano_jax.export_model', 'deploy a trained run: its scorer as ONNX, TF '
+                     'SavedModel or serialized JAX'),
+    'predict': ('vivano_jax.predict', 'score new images with a trained run or an exported model, '
+                'and decide'),
     'report': ('vivano_jax.report', 'rebuild the HTML report of an exported split'),
     'benchmark': ('vivano_jax.benchmark', 'speed, FLOPs and memory of a config on random data'),
     'sweep': ('vivano_jax.sweep', 'plan, run and gather a sweep of runs (vivano sweep --help)'),
