@@ -1,5 +1,6 @@
 """Scoring new images with a trained run: real magnetic tile photos, any size, gray or RGB, on two
-devices with a padded batch; and the clear errors (missing run, empty glob, unreadable image)."""
+devices with a padded batch; and the clear errors (missing run, empty glob, unreadable image).
+Scoring with an exported model (--model) is tested in test_export_model.py."""
 
 import csv
 import json
@@ -104,3 +105,20 @@ def test_predict_errors_are_clear(folder_run, tmp_path):
                         cwd=str(REPO), capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and 'error: --workdir=' in proc.stderr
   assert 'no such run folder' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_predict_imports_no_jax_until_a_run_is_scored():
+  # predict.py is the --model path's module too: JAX, Flax and TensorFlow only come with --workdir.
+  code = ('import sys\nimport vivano_jax.predict\nprint(sorted({m.split(".")[0] for m in '
+          'sys.modules} & {"jax", "jaxlib", "flax", "tensorflow", "orbax"}))')
+  proc = subprocess.run([sys.executable, '-c', code], env=_env(), cwd=str(REPO),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc.stdout + proc.stderr[-2000:]
+
+
+def test_output_names_follow_the_export():
+  # predict.safe_stem stands in for export.safe_stem (export.py imports JAX): the same names.
+  from vivano_jax import export  # pylint: disable=g-import-not-at-top
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  for name in ('test/a b.png', '..hidden.jpg', 'ü/ß.tif', 'x' * 200 + '.png', '.png', 'a.b.c'):
+    assert predict.safe_stem(name) == export.safe_stem(name), name

@@ -1,52 +1,52 @@
-"""Scores new images with a trained run and decides against its stored threshold.
+"""Scores new images with a trained run or an exported model, and decides against its threshold.
 
   vivano predict --workdir=RUN --input=PATH_OR_GLOB --output=DIR [--step=N] [--batch_size=N]
+  vivano predict --model=MODEL --input=PATH_OR_GLOB --output=DIR [--batch_size=N]
   (or python -m vivano_jax.predict with the same flags)
 
 --input is an image file, a folder (its image files, recursively) or a glob ('imgs/**/*.png').
 Images may have any size and be grayscale or colour: each is read as the dataset builders read
-files (datasets/image_files.py) and goes through the training input pipeline's decoding, channel
-conversion, antialiased resize and normalisation (`input_pipeline.eval_batches`), then through
-the scorer (scorer.py), batched and sharded over all devices (the batch rounded up to a multiple of the
-device count, the last one padded). One process.
+files (datasets/image_files.py) and converted, resized (antialiased bilinear) and normalised as
+the training input pipeline does.
 
-The run's config comes from RUN/config.json (fields added to the code since then take their
-defaults), its checkpoint from RUN/checkpoints and the threshold, score statistics and heatmap
-colour scale from RUN/thresholds.json (written by the export). DIR receives, per image i,
-maps/<i>_<stem>.npy (float32 [H, W], the anomaly map at the image's native size) and
-overlays/<i>_<stem>.png (image | map), and predictions.csv with one row per image; a decision per
-image is printed.
+--workdir scores with the run's checkpoint (serving/from_checkpoint.py): through the training
+input pipeline and the scorer (scorer.py), batched and sharded over all devices (the batch rounded
+up to a multiple of the device count, the last one padded). The run's config comes from
+RUN/config.json (fields added to the code since then take their defaults), its checkpoint from
+RUN/checkpoints and the threshold, score statistics and heatmap colour scale from
+RUN/thresholds.json (written by the export).
+
+--model scores with a folder written by `vivano export-model` (serving/model_dir.py): images are
+converted and resized in numpy as training does and rounded to the model's uint8 input
+(serving/preprocess.py; at most half a grey level from training's float input), and the threshold
+and colour scale come from MODEL/thresholds.json. An ONNX model needs only onnxruntime, numpy and
+Pillow: this module imports no JAX, Flax or TensorFlow (the --workdir path imports them when used).
+
+DIR receives, per image i, maps/<i>_<stem>.npy (float32 [H, W], the anomaly map at the image's
+native size) and overlays/<i>_<stem>.png (image | map), and predictions.csv with one row per
+image; a decision per image is printed.
 """
 
 import csv
 import glob
-import io
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
 from typing import Any, Optional
 
 from absl import flags
-import jax
 import numpy as np
-from PIL import Image
 
-from vivano_jax import checkpoints
 from vivano_jax import errors
-from vivano_jax import export
 from vivano_jax import export_format
 from vivano_jax import image_io
-from vivano_jax import input_pipeline
 from vivano_jax import report
-from vivano_jax import score_selection
-from vivano_jax import scorer as scorer_lib
-from vivano_jax import scoring
-from vivano_jax import sharding
-from vivano_jax import thresholds as thresholds_lib
-from vivano_jax import workdir as workdir_lib
 from vivano_jax.datasets import image_files
+from vivano_jax.serving import model_dir
+from vivano_jax.serving import preprocess
 
 PREDICTIONS_CSV = 'predictions.csv'
 
@@ -66,30 +66,21 @@ def find_images(spec: str) -> list[pathlib.Path]:
   return sorted(found)
 
 
-def read_images(paths: list[pathlib.Path]) -> list[tuple[bytes, int, tuple[int, int]]]:
-  """Each file as (PNG bytes of uint8 [H, W, C], C, (H, W)), C = 1 for grayscale files else 3.
-
-  Every file is fully decoded first; unreadable ones raise one error listing them all.
-  """
+def decode_images(paths: list[pathlib.Path]) -> list[np.ndarray]:
+  """Each file decoded to uint8 [H, W, C], C = 1 for grayscale files else 3 (as the builders
+  store them). Every file is checked first; unreadable ones raise one error listing them all."""
   info, problems = image_files.check_files((p, False) for p in paths)
   image_files.raise_problems(problems, 'the --input images')
-  out = []
-  for p in paths:
-    channels = info[p][1]
-    png, shape = image_files.image_png(p, channels)
-    out.append((png, channels, shape))
-  return out
+  return [image_files.read_image(p, info[p][1]) for p in paths]
 
 
-_EMPTY_MASK = image_files.encode_png(np.zeros((1, 1, 1), np.uint8))  # Resized, never evaluated.
-
-
-def _warn_tiny(paths, images, config) -> None:
-  for path, (_, _, (h, w)) in zip(paths, images):
-    if min(h, w) < config.model.patch_size:
-      print(f'warning: {path} is {h} x {w} px, smaller than one {config.model.patch_size} px '
-            f'patch at the model size it is upscaled to ({config.dataset.image_size} px): its '
-            'score says little', file=sys.stderr)
+def warn_tiny(paths, sizes: list[tuple[int, int]], patch_size: int, image_size: int) -> None:
+  """A warning per image smaller than one patch: upscaled to the model size, it says little."""
+  for path, (h, w) in zip(paths, sizes):
+    if min(h, w) < patch_size:
+      print(f'warning: {path} is {h} x {w} px, smaller than one {patch_size} px patch at the '
+            f'model size it is upscaled to ({image_size} px): its score says little',
+            file=sys.stderr)
 
 
 def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
@@ -98,57 +89,44 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
 
   Returns {'scores' [n] (final image scores), 'components' {name: [n]}, 'maps' (n float32
   [H_i, W_i] at native size), 'images' (n uint8 [H_i, W_i, C_i]), 'anomalous' [n] bool,
-  'thresholds' (the thresholds.json record), 'checkpoint_step'}.
+  'thresholds' (the thresholds.json record), 'checkpoint_step', 'scored_by' (a line for people)}.
   """
-  config, _ = score_selection.resolve(workdir_lib.load_config(workdir), workdir)
-  record = thresholds_lib.load(workdir)
-  thresholds_lib.check_score(record, config.score, workdir)
-  images = read_images(paths)
-  _warn_tiny(paths, images, config)
-  mesh = sharding.make_mesh()
-  n_dev = mesh.devices.size
-  batch = batch_size or config.train.eval_batch_size
+  from vivano_jax.serving import from_checkpoint  # pylint: disable=g-import-not-at-top  (JAX)
+  return from_checkpoint.predict(workdir, paths, step, batch_size, warn_tiny)
+
+
+def predict_with_model(model: model_dir.ExportedModel, paths: list[pathlib.Path],
+                       batch_size: Optional[int] = None) -> dict[str, Any]:
+  """Scores image files with an exported model (`model_dir.load`); returns what `predict` does."""
+  batch = batch_size or int(model.card.get('batch_size') or 16)
   if batch <= 0:
     raise errors.UsageError(f'--batch_size must be positive, got {batch}')
-  config.train.eval_batch_size = -(-batch // n_dev) * n_dev
-  state, step = checkpoints.restore_run(config, workdir, step, mesh)
-  if step != record.get('checkpoint_step'):
-    print(f'warning: thresholds.json was chosen at step {record.get("checkpoint_step")}, the '
-          f'checkpoint used is step {step}', file=sys.stderr)
-  stats = None
-  if scoring.needs_stats(config.score):
-    stats_path = os.path.join(workdir, export.EXPORT_DIR, scoring.STATS_FILENAME)
-    if not os.path.exists(stats_path):  # An export from before the statistics moved beside it.
-      stats_path = os.path.join(workdir, scoring.STATS_FILENAME)
-    if not os.path.exists(stats_path):
-      raise errors.DataError(f'{stats_path}: missing; the configured score needs the statistics '
-                             'the export writes (run vivano export)')
-    stats = scoring.load_stats(stats_path)
-  scorer = scorer_lib.Scorer(config, mesh)
-  n = len(paths)
-  scores, maps = np.zeros(n, np.float64), [None] * n
-  components = {}
-  # The input pipeline decodes a split with one stored channel count: one split per count.
-  for channels in sorted({c for _, c, _ in images}):
-    rows = np.array([i for i, (_, c, _) in enumerate(images) if c == channels])
-    data = input_pipeline.SplitData(
-        images=np.array([images[i][0] for i in rows], dtype=object),
-        masks=np.array([_EMPTY_MASK] * len(rows), dtype=object),
-        labels=np.zeros(len(rows), np.int32),
-        defect_types=np.array(['unknown'] * len(rows), dtype=object),
-        filenames=np.array([str(paths[i]) for i in rows], dtype=object),
-        has_mask=np.zeros(len(rows), bool), channels=channels)
-    scored = scorer.split(state, data, decode=True)
-    img, pix = scorer.final(scored, stats)
-    scores[rows] = img
-    for name, v in scored.image.items():
-      components.setdefault(name, np.zeros(n, np.float64))[rows] = v
-    for j, i in enumerate(rows):
-      maps[i] = image_io.resize(pix[j], images[i][2]).astype(np.float32)
-  decoded = [np.asarray(Image.open(io.BytesIO(png))) for png, _, _ in images]
-  return {'scores': scores, 'components': components, 'maps': maps, 'images': decoded,
-          'anomalous': thresholds_lib.is_anomalous(scores, record['threshold']),
-          'thresholds': record, 'checkpoint_step': step}
+  images = decode_images(paths)
+  warn_tiny(paths, [im.shape[:2] for im in images], int(model.card.get('patch_size') or 0),
+            model.image_size)
+  n = len(images)
+  outputs = {name: [] for name in model.output_names}
+  for start in range(0, n, batch):
+    chunk = preprocess.batch(images[start:start + batch], model.image_size, model.channels)
+    for name, value in model(chunk).items():
+      outputs[name].append(value)
+  outputs = {k: np.concatenate(v) for k, v in outputs.items()}
+  scores = outputs['score'].astype(np.float64)
+  maps = [image_io.resize(outputs['map'][i], images[i].shape[:2]).astype(np.float32)
+          for i in range(n)]
+  components = {k: v.astype(np.float64) for k, v in outputs.items() if k not in ('score', 'map')}
+  return {'scores': scores, 'components': components, 'maps': maps, 'images': images,
+          'anomalous': model.decide(scores), 'thresholds': model.thresholds,
+          'checkpoint_step': model.card.get('checkpoint_step'),
+          'scored_by': f'{model.format} model {model.directory}, checkpoint step '
+                       f'{model.card.get("checkpoint_step")}'}
+
+
+def safe_stem(filename: str) -> str:
+  """export.safe_stem, which this module cannot import (export.py imports JAX): 'test/a b.png'
+  -> 'test_a_b'. tests/test_predict.py holds the two equal."""
+  stem = os.path.splitext(str(filename))[0]
+  return re.sub(r'[^A-Za-z0-9._-]+', '_', stem).strip('._')[:80] or 'image'
 
 
 def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, Any]) -> str:
@@ -166,7 +144,7 @@ def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, 
     writer.writerow(['index', 'path', 'height', 'width', 'score', 'threshold', 'decision',
                      *names, 'map', 'overlay'])
     for i, path in enumerate(paths):
-      base = f'{export_format.array_key(i)}_{export.safe_stem(path.name)}'
+      base = f'{export_format.array_key(i)}_{safe_stem(path.name)}'
       amap = result['maps'][i]
       np.save(out / 'maps' / f'{base}.npy', amap)
       report.save_overlay(out / 'overlays' / f'{base}.png', result['images'][i], amap, None,
@@ -187,27 +165,40 @@ def check_writable(output: str) -> None:
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string('workdir', None, 'The trained run (main --workdir).', flag_values=fv)
+  flags.DEFINE_string('workdir', None, 'A trained run (main --workdir); or --model.',
+                      flag_values=fv)
+  flags.DEFINE_string('model', None, 'A model folder written by vivano export-model; or '
+                      '--workdir.', flag_values=fv)
   flags.DEFINE_string('input', None, 'An image file, a folder of images, or a glob.',
                       flag_values=fv)
   flags.DEFINE_string('output', None, 'Folder for maps/, overlays/ and predictions.csv.',
                       flag_values=fv)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).', flag_values=fv)
-  flags.DEFINE_integer('batch_size', None, 'Images per batch, rounded up to a multiple of the '
-                       'device count (default: the run\'s train.eval_batch_size).', flag_values=fv)
-  flags.mark_flags_as_required(['workdir', 'input', 'output'], flag_values=fv)
+  flags.DEFINE_integer('step', None, 'Checkpoint step, with --workdir (default: the latest).',
+                       flag_values=fv)
+  flags.DEFINE_integer('batch_size', None, 'Images per batch; with --workdir rounded up to a '
+                       'multiple of the device count (default: the run\'s '
+                       'train.eval_batch_size).', flag_values=fv)
+  flags.mark_flags_as_required(['input', 'output'], flag_values=fv)
 
 
 def run(fv: flags.FlagValues) -> None:
-  if not os.path.isdir(fv.workdir):
+  if (fv.workdir is None) == (fv.model is None):
+    raise errors.UsageError('give one of --workdir (a trained run) and --model (an exported '
+                            'model folder)')
+  if fv.model is not None and fv.step is not None:
+    raise errors.UsageError('--step applies to --workdir; an exported model has one checkpoint')
+  if fv.workdir is not None and not os.path.isdir(fv.workdir):
     raise errors.DataError(f'--workdir={fv.workdir}: no such run folder')
+  model = model_dir.load(fv.model) if fv.model is not None else None
   paths = find_images(fv.input)
   check_writable(fv.output)
-  result = predict(fv.workdir, paths, fv.step, fv.batch_size)
+  if model is not None:
+    result = predict_with_model(model, paths, fv.batch_size)
+  else:
+    result = predict(fv.workdir, paths, fv.step, fv.batch_size)
   csv_path = write_predictions(fv.output, paths, result)
   t = result['thresholds']
-  print(f"threshold {t['threshold']:.6g} ({t['chosen']}, {t['rule']}), checkpoint step "
-        f"{result['checkpoint_step']}, {len(jax.devices())} device(s)")
+  print(f"threshold {t['threshold']:.6g} ({t['chosen']}, {t['rule']}), {result['scored_by']}")
   for path, score, bad in zip(paths, result['scores'], result['anomalous']):
     print(f"{'ANOMALOUS' if bad else 'normal':<9}  {score:12.6g}  {path}")
   print(f'{int(result["anomalous"].sum())} of {len(paths)} anomalous; written: {csv_path}')
