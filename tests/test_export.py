@@ -339,12 +339,17 @@ def test_export_failing_halfway_leaves_no_complete_looking_split(folder_run, tmp
 def test_export_mode_of_main_uses_the_given_step(folder_run, tmp_path, tfds_dir):
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run)
+  log = run / 'vivano.log'
+  log_before = log.read_text() if log.exists() else ''
   proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={run}',
                          '--mode=export', '--step=5',
                          *folder_overrides(folder_run.parent / 'folder', tfds_dir)],
                         env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'checkpoint step 5' in proc.stdout and 'Training' not in proc.stderr
+  assert 'checkpoint step 5' in proc.stdout and 'train [' not in proc.stdout
+  new_logs = log.read_text()[len(log_before):]
+  assert 'Restoring' in new_logs or 'restor' in new_logs.lower(), new_logs[-2000:]
+  assert 'Training' not in new_logs
   assert json.loads((run / 'export' / 'test' / 'run.json').read_text())['checkpoint_step'] == 5
   assert json.loads((run / 'thresholds.json').read_text())['checkpoint_step'] == 5
   before = export_format.read_export(folder_run / 'export' / 'test', load_maps=False).scores

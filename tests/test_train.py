@@ -150,7 +150,7 @@ def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path):
   proc = _main(killed, tiny_config.dataset.data_dir, *steps, '--config.model.depth=2')
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
-  assert f'Resumed from checkpoint step {meta["step"]}' in err
+  assert f'Resumed from checkpoint step {meta["step"]}' in (killed / 'vivano.log').read_text()
   a, meta_a = _final_params(full, config)
   b, meta_b = _final_params(killed, config)
   assert meta_a['step'] == meta_b['step'] == 150

@@ -90,6 +90,18 @@ def test_score_change_reexports_thresholds_and_predict_checks_them(run, tfds_dir
   code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
                          f'--output={run / "pred"}')
   assert code == errors.EXIT_DATA and 'thresholds.json' in err and 'vivano export' in err
+  assert "score.image='nll_max' there, 'recon' in config.json" in err
+  # A score field added to the package after the export (absent from thresholds.json) counts at
+  # its default: the run stays usable.
+  config['score']['image'] = 'nll_max'
+  (run / 'config.json').write_text(json.dumps(config))
+  for path in (run / 'thresholds.json', run / 'export' / 'thresholds.json'):
+    old = json.loads(path.read_text())
+    del old['score_config']['shifts']
+    path.write_text(json.dumps(old))
+  code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
+                         f'--output={run / "pred"}')
+  assert code == 0, err
 
 
 def test_export_is_all_splits_and_thresholds_or_nothing(run, tfds_dir, monkeypatch):

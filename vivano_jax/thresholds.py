@@ -12,7 +12,7 @@ Both kinds are recorded in WORKDIR/thresholds.json; `config.export.threshold` pi
             when there is no such data; asking for 'f1' then falls back to 'quantile' (recorded).
 
 An image is anomalous when score >= threshold (sklearn's convention for the F1 thresholds). Only
-numpy and scikit-learn are imported.
+numpy, scikit-learn and ml_collections (the score defaults) are imported.
 """
 
 import json
@@ -22,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import sklearn.metrics
 
+from vivano_jax import config_defaults
 from vivano_jax import errors
 
 KINDS = ('quantile', 'f1')
@@ -115,9 +116,17 @@ def check_score(record: dict[str, Any], score: Any, workdir: str) -> None:
   as resolved): else one DataError saying to export again."""
   saved = record.get('score_config')
   current = json.loads(json.dumps(score.to_dict()))
-  same = saved == current if saved is not None else record.get('score') == current['image']
-  if not same:
+  if saved is None:
+    differ = [] if record.get('score') == current['image'] else ['image']
+  else:
+    # A field added to config.score after the export counts at its default, which is what the
+    # export computed without it.
+    defaults = json.loads(json.dumps(config_defaults.base_config().score.to_dict()))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+  if differ:
+    fields = ', '.join(f'score.{k}={saved.get(k) if saved else record.get("score")!r} there, '
+                       f'{current.get(k)!r} in config.json' for k in differ)
     raise errors.DataError(
-        f'{os.path.join(workdir, FILENAME)} was chosen for score.image={record.get("score")!r} '
-        f'and other score settings than the run\'s config.json (score.image='
-        f'{current["image"]!r}); export again: vivano export --workdir={workdir}')
+        f'{os.path.join(workdir, FILENAME)} was chosen for other score settings than the run\'s '
+        f'config.json ({fields}); export again: vivano export --workdir={workdir}')
