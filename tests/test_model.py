@@ -339,3 +339,17 @@ def test_a_bad_choice_is_a_usage_error_naming_the_field(field, value):
   config[section][name] = value
   with pytest.raises(errors.UsageError, match=field.replace('.', r'\.')):
     _param_shapes(config)
+
+
+def test_subpixel_stage_starts_as_convolution_then_nearest_upsampling():
+  # ICNR: at initialisation every position of a 2 x 2 block gets the same filter.
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)), jnp.float32)
+  conv = nn.Conv(4 * 5, (3, 3), padding='SAME', use_bias=False,
+                 kernel_init=decoder.icnr(nn.initializers.lecun_normal(), 4))
+  variables = conv.init(jax.random.PRNGKey(0), z)
+  kernel = variables['params']['kernel']
+  out = decoder.depth_to_space(conv.apply(variables, z), 2)
+  low = jax.lax.conv_general_dilated(z, kernel[..., :5], (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(out, jnp.repeat(jnp.repeat(low, 2, axis=1), 2, axis=2), rtol=1e-5,
+                             atol=1e-6)

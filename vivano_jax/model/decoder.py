@@ -7,7 +7,7 @@ a last 3x3 convolution with tanh gives [B, H, W, C] in [-1, 1], matching inputs 
 
 Two ways to upsample (`model.decoder_upsample`):
   * 'subpixel': a 3x3 convolution at the low resolution producing 4x the channels, then
-    depth-to-space (pixel shuffle). Every output pixel of a stride-2 transposed convolution (the
+    depth-to-space (pixel shuffle), ICNR-initialised (`icnr`). Every output pixel of a stride-2 transposed convolution (the
     PyTorch originals' decoder) with a kernel of at most 4 reads a 3x3 window of the input, so this
     computes that layer exactly (tests/test_model.py maps `nn.ConvTranspose` weights onto it),
     without the zero-dilated input XLA builds for a transposed convolution, and with its 3x3
@@ -46,6 +46,19 @@ def depth_to_space(x: Array, block: int) -> Array:
   f = c // (block * block)
   x = x.reshape(b, h, w, block, block, f).transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, h * block, w * block, f)
+
+
+def icnr(init, copies: int):
+  """ICNR initialisation (Aitken et al. 2017) of a sub-pixel convolution's kernel [.., .., Cin,
+  copies * F]: one kernel of F outputs drawn by `init`, repeated for every sub-pixel position, so at
+  initialisation the stage is a convolution followed by nearest-neighbour upsampling. A freely drawn
+  kernel starts with a different filter at each of the 4 positions of every 2 x 2 block: a
+  checkerboard the model has to unlearn (measured: brick image AUROC 0.87 without ICNR, RESULTS.md)."""
+  def initialise(key, shape, dtype=jnp.float32):
+    *window, c_in, c_out = shape
+    one = init(key, (*window, c_in, c_out // copies), dtype)
+    return jnp.tile(one, (1,) * len(window) + (1, copies))
+  return initialise
 
 
 class ConvDecoder(nn.Module):
@@ -87,7 +100,7 @@ class ConvDecoder(nn.Module):
     for i, feats in enumerate(self.features):
       if self.upsample == 'subpixel':
         x = nn.Conv(4 * feats, (3, 3), padding='SAME', use_bias=use_bias, dtype=self.dtype,
-                    name=f'up{i}')(x)
+                    kernel_init=icnr(nn.initializers.lecun_normal(), 4), name=f'up{i}')(x)
         x = depth_to_space(x, 2)
       else:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
