@@ -1,4 +1,5 @@
-"""Sweeps: expansion, learning-rate scaling, run names, restart, gather, errors, one real sweep."""
+"""Sweeps: expansion, the learning-rate rule as config fields, run names, restart, gather, errors,
+the sweep files of sweeps/, one real sweep."""
 
 import csv
 import json
@@ -73,29 +74,38 @@ def test_load_sweep_grid_nested_configdict_and_explicit_list(tmp_path):
   assert sweep.fields == ['model.encoder', 'model.variational', 'density.condition']
 
 
-def test_learning_rate_scaling_rules_against_hand_computed_values(tmp_path):
-  # base_lr 1e-3 at B0 = 16.
-  assert sweep_lib.scaled_learning_rate(1e-3, 64, 16, 'linear') == pytest.approx(4e-3, rel=1e-12)
-  assert sweep_lib.scaled_learning_rate(1e-3, 64, 16, 'sqrt') == pytest.approx(2e-3, rel=1e-12)
-  assert sweep_lib.scaled_learning_rate(1e-3, 4, 16, 'sqrt') == pytest.approx(5e-4, rel=1e-12)
-  assert sweep_lib.scaled_learning_rate(1e-3, 4, 16, 'linear') == pytest.approx(2.5e-4, rel=1e-12)
-  assert sweep_lib.scaled_learning_rate(1e-3, 64, 16, None) == 1e-3
-  with pytest.raises(ValueError, match='lr_scaling'):
-    sweep_lib.scaled_learning_rate(1e-3, 64, 16, 'cubic')
-
+def test_the_scaling_rule_is_the_configs_and_the_plan_shows_its_rates(tmp_path, capsys):
+  # train.lr_scaling / base_batch_size are config fields: the runs get them as flags, main scales.
   path = _grid_sweep(tmp_path, "{'train.batch_size': [8, 32], 'train.learning_rate': [1e-3, 2e-3]}",
-                     ", lr_scaling='sqrt', base_batch_size=16")
-  lrs = {(r.overrides['train.batch_size'], r.overrides['train.learning_rate']):
-         r.flags['train.learning_rate'] for r in sweep_lib.load_sweep(path).runs}
+                     ", fixed={'train.lr_scaling': 'sqrt', 'train.base_batch_size': 16}")
+  sweep = sweep_lib.load_sweep(path)
+  assert [r.name for r in sweep.runs][:2] == ['batch_size=8,learning_rate=0.001',
+                                              'batch_size=8,learning_rate=0.002']
   s = math.sqrt(2.0)
-  assert lrs == pytest.approx({(8, 1e-3): 1e-3 / s, (8, 2e-3): 2e-3 / s,
-                               (32, 1e-3): 1e-3 * s, (32, 2e-3): 2e-3 * s}, rel=1e-12)
-  # Learning rate not swept: the base config's rate (tiny: 1e-3) is scaled; batch 8 -> 8 / 16.
-  path = _grid_sweep(tmp_path, "{'train.batch_size': [8, 64]}",
-                     ", lr_scaling='linear', base_batch_size=16", 'lin.py')
+  for r in sweep.runs:
+    b, lr = r.overrides['train.batch_size'], r.overrides['train.learning_rate']
+    # The flags carry the rate at B0 as the sweep gives it; no rate is computed into them.
+    assert r.flags == {'train.lr_scaling': 'sqrt', 'train.base_batch_size': 16,
+                       'train.batch_size': b, 'train.learning_rate': lr}
+    # tiny: 5 warmup steps at batch 16 -> ceil(5 * 16 / 8) = 10 at batch 8, ceil(2.5) = 3 at 32.
+    assert r.effective['learning_rate'] == pytest.approx(lr * (s if b == 32 else 1 / s), rel=1e-12)
+    assert r.effective['warmup_steps'] == (10 if b == 8 else 3)
+  # --dry_run shows the rates; --count prints the number of runs only.
+  root = str(tmp_path / 'root')
+  assert sweep_lib.main(['run', f'--sweep={path}', f'--root={root}', '--dry_run']) == 0
+  out = capsys.readouterr().out
+  assert '[4/4] run 3 batch_size=32,learning_rate=0.002: learning rate 0.002828, warmup 3 steps' in out
+  assert '--config.train.lr_scaling=sqrt --config.train.base_batch_size=16' in out
+  assert sweep_lib.main(['run', f'--sweep={path}', f'--root={root}', '--count']) == 0
+  assert capsys.readouterr().out == '4\n' and not os.path.exists(root)
+
+  # The rule swept itself; the base config's rate (tiny: 1e-3) at B0 = 16.
+  path = _grid_sweep(tmp_path, "{'train.lr_scaling': ['none', 'linear'], 'train.batch_size': [8, 64]}",
+                     ", fixed={'train.base_batch_size': 16}", 'rules.py')
   runs = sweep_lib.load_sweep(path).runs
-  assert [r.flags['train.learning_rate'] for r in runs] == pytest.approx([5e-4, 4e-3], rel=1e-12)
-  assert [r.name for r in runs] == ['batch_size=8', 'batch_size=64']
+  assert [r.effective['learning_rate'] for r in runs] == pytest.approx([1e-3, 1e-3, 5e-4, 4e-3],
+                                                                     rel=1e-12)
+  assert [r.name for r in runs][2] == 'lr_scaling=linear,batch_size=8'
 
 
 def test_run_names_are_readable_and_unique():
@@ -325,10 +335,18 @@ def test_gather_over_seed_pools_mean_and_sample_std(tmp_path, capsys):
     ("def get_config():\n  return None\n", r'defines no get_sweep\(\) function'),
     ("def get_sweep():\n  return dict(base_config={tiny!r})\n", 'exactly one of grid'),
     ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{}}, runs=[])\n", 'exactly one'),
+    # The rule is a config field now; the old sweep keys say where it went.
     ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{'seed': [1]}}, "
-     "lr_scaling='sqrt')\n", 'needs base_batch_size'),
+     "lr_scaling='sqrt')\n", r"unknown sweep key\(s\) \['lr_scaling'\].*lr_scaling is the "
+     r"config field 'train.lr_scaling' now"),
     ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{'seed': [1]}}, "
-     "lr_scaling='log', base_batch_size=8)\n", "lr_scaling must be one of"),
+     "fixed={{'train.lr_scaling': 'sqrt'}})\n",
+     r"run seed=1: train.base_batch_size must be a positive int under train.lr_scaling='sqrt'"),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{'train.lr_scaling': ['log']}}, "
+     "fixed={{'train.base_batch_size': 8}})\n",
+     r"run lr_scaling=log: train.lr_scaling must be one of \('none', 'linear', 'sqrt'\)"),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{'train.optimizer': ['sgd']}})\n",
+     r"run optimizer=sgd: train.optimizer must be one of \('adamw', 'lamb', 'lars'\), got 'sgd'"),
     ("def get_sweep():\n  return dict(base_config={tiny!r}, "
      "grid={{'train.batch_size': ['big']}})\n",
      r"field 'train.batch_size' cannot take 'big'"),
@@ -366,6 +384,64 @@ def test_cli_errors_exit_2_with_the_file_and_field(tmp_path, capsys):
   assert sweep_lib.main(['run', f'--sweep={tmp_path / "missing.py"}', f'--root={root}']) == 1
   assert 'missing.py does not exist' in capsys.readouterr().err
   assert not os.path.exists(root)  # Nothing written by failed or dry runs.
+
+
+# --------------------------------------------------------------------------------------------------
+# The sweep files of sweeps/.
+
+
+@pytest.mark.parametrize('name', sorted(p.stem for p in (REPO / 'sweeps').glob('*.py')))
+def test_every_sweep_file_expands(name):
+  sweep = sweep_lib.load_sweep(str(REPO / 'sweeps' / f'{name}.py'),
+                               {'dataset.manual_dir': '/data/magnetic_tile'})
+  assert sweep.runs and len({r.name for r in sweep.runs}) == len(sweep.runs)
+  assert all(r.effective['learning_rate'] > 0 for r in sweep.runs)
+
+
+def test_large_batch_sweep_plan():
+  sweep = sweep_lib.load_sweep(str(REPO / 'sweeps' / 'large_batch.py'),
+                               {'dataset.manual_dir': '/data/magnetic_tile'})
+  # 5 methods x 7 batches, less the two AdamW rules that equal 'none' at the base batch; 2 datasets,
+  # 3 seeds; seed 0 first.
+  assert len(sweep.runs) == 33 * 2 * 3
+  assert [r.flags['seed'] for r in sweep.runs[:66]] == [0] * 66
+  by_method = {}
+  for r in sweep.runs:
+    f = r.flags
+    assert f['train.num_epochs'] == 20 and f['train.num_steps'] == 0
+    assert f['train.base_batch_size'] == 16 and f['dataset.manual_dir'] == '/data/magnetic_tile'
+    b, k = f['train.batch_size'], f['train.grad_accum_steps']
+    assert b % (8 * k) == 0 and b // k <= 256  # 8 devices x microbatches, microbatches <= 256.
+    assert len(r.name) <= sweep_lib.MAX_NAME_LENGTH and '-' not in r.name.split(',')[-1]
+    by_method.setdefault((f['train.optimizer'], f['train.lr_scaling']), {})[b] = r.effective
+  assert sorted(by_method) == [('adamw', 'linear'), ('adamw', 'none'), ('adamw', 'sqrt'),
+                               ('lamb', 'sqrt'), ('lars', 'linear')]
+  assert sorted(by_method['adamw', 'none']) == [16, 32, 64, 128, 256, 512, 1024]
+  assert 16 not in by_method['adamw', 'sqrt'] and 16 not in by_method['adamw', 'linear']
+  # Hand-computed: 1e-3 at 16 -> sqrt(64) * 1e-3 at 1024; LARS 0.1 -> 64 * 0.1; LAMB 1e-2 * 2 at 64.
+  assert by_method['adamw', 'sqrt'][1024]['learning_rate'] == pytest.approx(8e-3, rel=1e-12)
+  assert by_method['adamw', 'linear'][32]['learning_rate'] == pytest.approx(2e-3, rel=1e-12)
+  assert by_method['lars', 'linear'][1024]['learning_rate'] == pytest.approx(6.4, rel=1e-12)
+  assert by_method['lamb', 'sqrt'][64]['learning_rate'] == pytest.approx(2e-2, rel=1e-12)
+  # The recipe's 50 warmup steps at 16: ceil(50 * 16 / B) at B.
+  assert [by_method['lamb', 'sqrt'][b]['warmup_steps'] for b in (16, 64, 256, 1024)] == [
+      50, 13, 4, 1]
+  assert by_method['adamw', 'none'][1024] == {'learning_rate': 1e-3, 'warmup_steps': 50,
+                                              'lr_factor': 1.0}
+
+
+def test_gather_shows_the_effective_rate_of_each_run(tmp_path):
+  root = tmp_path / 'root'
+  for b, lr in ((16, 0.001), (64, 0.002)):
+    _write_run(root, f'batch_size={b}', {
+        'train': {'batch_size': b, 'learning_rate': 0.001, 'lr_scaling': 'sqrt'},
+        'effective': {'learning_rate': lr, 'warmup_steps': 50 * 16 // b, 'lr_factor': lr / 0.001}},
+        {'metrics': {'overall': {'image_auroc': 0.5}}})
+  columns, rows = sweep_lib.gather(str(root))
+  assert columns[2:6] == ['effective.learning_rate', 'effective.lr_factor',
+                          'effective.warmup_steps', 'train.batch_size']
+  assert [(r['train.batch_size'], r['effective.learning_rate'], r['effective.warmup_steps'])
+          for r in rows] == [(16, 0.001, 50), (64, 0.002, 12)]
 
 
 # --------------------------------------------------------------------------------------------------

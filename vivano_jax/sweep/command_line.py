@@ -30,6 +30,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help='comma-separated run indices (0-based) to run, e.g. $SLURM_ARRAY_TASK_ID')
   run.add_argument('--print_commands', action='store_true',
                    help='print one command per unfinished run (to submit as separate jobs)')
+  run.add_argument('--count', action='store_true',
+                   help='print the number of runs N and nothing else (a job array is 0 to N - 1)')
   run.add_argument('--launcher', default=None,
                    help="command replacing 'python -m vivano_jax.main', e.g. 'launch/multihost.sh'")
   gather_parser = sub.add_parser('gather', help='collect results into ROOT/results.{csv,md}')
@@ -73,6 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       except ValueError:
         raise SweepError(f'--only={args.only!r}: expected run indices like 3 or 0,2') from None
     launcher = shlex.split(args.launcher) if args.launcher else None
+    if args.count:
+      print(len(sweep.runs))
+      return 0
     if args.print_commands:
       print_commands(sweep, args.root, only, launcher)
       return 0

@@ -1,5 +1,5 @@
 """A sweep's plan: its file read and checked against the base config, expanded into runs, each
-with its name, its flags for main and (with a scaling rule) its scaled learning rate."""
+with its name, its flags for main and the learning rate and warmup it will train with."""
 
 from collections.abc import Mapping, Sequence
 import copy
@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import os
 from typing import Any, Optional
 
@@ -15,12 +14,12 @@ import ml_collections
 
 from vivano_jax import config_files
 from vivano_jax import errors
+from vivano_jax import optimizer
 from vivano_jax.config_files import flatten
 
-LR_FIELD = 'train.learning_rate'
-BATCH_FIELD = 'train.batch_size'
-LR_RULES = ('linear', 'sqrt')
-SWEEP_KEYS = ('base_config', 'grid', 'runs', 'fixed', 'lr_scaling', 'base_batch_size')
+SWEEP_KEYS = ('base_config', 'grid', 'runs', 'fixed')
+# Sweep keys of earlier versions, now config fields.
+MOVED_KEYS = {'lr_scaling': 'train.lr_scaling', 'base_batch_size': 'train.base_batch_size'}
 MAX_NAME_LENGTH = 120  # Keeps workdir names well under filesystem limits (255 bytes).
 
 
@@ -34,13 +33,15 @@ class Run:
 
   index: position in the expanded sweep (what --only selects); name: its workdir under the root;
   overrides: the swept values as the sweep file gives them (the name is made from these);
-  flags: every `--config.<field>` value passed to main: fixed, command line, swept, scaled learning
-    rate.
+  flags: every `--config.<field>` value passed to main: fixed, command line, swept;
+  effective: the peak learning rate, warmup steps and rate factor the run will train with
+    (optimizer.scaled_hyperparameters of its config, which main records in config.json).
   """
   index: int
   name: str
   overrides: dict[str, Any]
   flags: dict[str, Any]
+  effective: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,23 +60,6 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     if isinstance(grid[f], (str, bytes)) or not isinstance(grid[f], Sequence) or not grid[f]:
       raise ValueError(f'grid field {f!r} must be a non-empty list of values, got {grid[f]!r}')
   return [dict(zip(fields, values)) for values in itertools.product(*(grid[f] for f in fields))]
-
-
-def scaled_learning_rate(base_lr: float, batch_size: int, base_batch_size: int,
-                         rule: Optional[str]) -> float:
-  """The learning rate for global batch `batch_size`, given `base_lr` at `base_batch_size`.
-
-  'linear': base_lr * B / B0 (Goyal et al. 2017, SGD); 'sqrt': base_lr * sqrt(B / B0) (keeps the
-  gradient noise scale of Adam-type optimizers); None: base_lr.
-  """
-  if rule is None:
-    return float(base_lr)
-  if rule not in LR_RULES:
-    raise ValueError(f'lr_scaling must be one of {LR_RULES} or None, got {rule!r}')
-  if batch_size <= 0 or base_batch_size <= 0:
-    raise ValueError(f'batch sizes must be positive, got {batch_size} and {base_batch_size}')
-  ratio = batch_size / base_batch_size
-  return float(base_lr * (ratio if rule == 'linear' else math.sqrt(ratio)))
 
 
 def format_value(value: Any) -> str:
@@ -137,15 +121,12 @@ def _read_spec(path: str) -> dict[str, Any]:
                      f'{type(spec).__name__}')
   unknown = sorted(set(spec) - set(SWEEP_KEYS))
   if unknown:
-    raise SweepError(f'{path}: unknown sweep key(s) {unknown}; known: {list(SWEEP_KEYS)}')
+    moved = [f'{k} is the config field {MOVED_KEYS[k]!r} now (set it in fixed, grid or runs)'
+             for k in unknown if k in MOVED_KEYS]
+    raise SweepError(f'{path}: unknown sweep key(s) {unknown}; known: {list(SWEEP_KEYS)}'
+                     + ''.join(f'; {m}' for m in moved))
   if not spec.get('base_config'):
     raise SweepError(f'{path}: base_config is missing')
-  rule, base_batch = spec.get('lr_scaling'), spec.get('base_batch_size')
-  if rule is not None and rule not in LR_RULES:
-    raise SweepError(f'{path}: lr_scaling must be one of {LR_RULES} or None, got {rule!r}')
-  if rule is not None and (not isinstance(base_batch, int) or base_batch <= 0):
-    raise SweepError(f'{path}: lr_scaling={rule!r} needs base_batch_size, a positive int '
-                     f'(the batch size at which the learning rates are given); got {base_batch!r}')
   return dict(spec)
 
 
@@ -230,19 +211,14 @@ def load_sweep(path: str, extra_flags: Optional[Mapping[str, str]] = None) -> Sw
       raise SweepError(f'{path}: field {field!r} is swept and also set in fixed')
   extra = _command_line_values(path, base_path, base, extra_flags or {}, overrides)
 
-  rule = spec.get('lr_scaling')
-  # With a scaling rule the swept rate is the rate at base_batch_size, not the one the run uses.
-  names = run_names(overrides, {LR_FIELD: 'base_lr'} if rule is not None else None)
   runs = []
-  for i, (name, o) in enumerate(zip(names, overrides)):
+  for i, (name, o) in enumerate(zip(run_names(overrides), overrides)):
     flags = {**fixed, **extra, **o}
     try:
       config = config_files.apply_overrides(copy.deepcopy(base), flags)
+      # Main scales the rate itself (train.lr_scaling); computed here to check and show it.
+      effective = optimizer.scaled_hyperparameters(config)
     except errors.UsageError as e:
       raise SweepError(f'{path}: run {name}: {e}') from e
-    if rule is not None:
-      # The swept (or base) learning rate is the one at base_batch_size.
-      flags[LR_FIELD] = scaled_learning_rate(config[LR_FIELD], config[BATCH_FIELD],
-                                             spec['base_batch_size'], rule)
-    runs.append(Run(index=i, name=name, overrides=dict(o), flags=flags))
+    runs.append(Run(index=i, name=name, overrides=dict(o), flags=flags, effective=effective))
   return Sweep(path=path, base_config=base_path, fields=swept, runs=runs)

@@ -34,7 +34,8 @@ def is_finished(workdir: str) -> bool:
 
 def _run_record(sweep: Sweep, run: Run) -> dict[str, Any]:
   return {'sweep': sweep.path, 'base_config': sweep.base_config, 'index': run.index,
-          'name': run.name, 'overrides': run.overrides, 'flags': run.flags}
+          'name': run.name, 'overrides': run.overrides, 'flags': run.flags,
+          'effective': run.effective}
 
 
 def write_plan(sweep: Sweep, root: str) -> None:
@@ -128,7 +129,9 @@ def run_sweep(sweep: Sweep, root: str, only: Optional[Iterable[int]] = None,
     cmd = main_command(sweep, run, root, launcher)
     if dry_run:
       status[run.name] = 'planned'
-      print(f'{head}\n  {shlex.join(cmd)}', file=out, flush=True)
+      e = run.effective
+      rate = f": learning rate {e['learning_rate']:.4g}, warmup {e['warmup_steps']} steps" if e else ''
+      print(f'{head}{rate}\n  {shlex.join(cmd)}', file=out, flush=True)
       continue
     status[run.name] = _run_one(sweep, run, workdir, cmd, head, out)
   return status
