@@ -123,6 +123,17 @@ def test_the_jax_scorer_is_predicts_scorer(run, scorer_fn):
     assert _relative(values, got[name]) <= 1e-5, name
 
 
+def test_an_nll_score_can_skip_the_decoder(run):
+  config = run.config.copy_and_resolve_references()
+  config.score.update(dict(image='nll_max', pixel='nll'))
+  images = preprocess.batch(texture_images(), config.dataset.image_size, config.dataset.channels)
+  full = score_function.build(config, run.state, None)(images)
+  lean = score_function.build(config, run.state, None, all_components=False)
+  assert lean.output_names == ('score', 'map', 'nll_max', 'nll_mean')
+  for name, values in lean(images).items():
+    assert _relative(full[name], values) <= 1e-5, name
+
+
 def test_standardised_scores_carry_their_statistics(run, tmp_path):
   # A combined, per-pixel standardised score (the 128 px recipe's) with test-time shifts when the
   # scorer has them: the statistics become constants of the exported function.

@@ -62,7 +62,8 @@ def find_images(spec: str) -> list[pathlib.Path]:
   else:
     found = [pathlib.Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
   if not found:
-    raise errors.DataError(f'--input={spec!r} names no image file (a file, a folder of images or a glob)')
+    raise errors.DataError(f'--input={spec!r} names no image file (a file, a folder of images or '
+                           'a glob)')
   return sorted(found)
 
 

@@ -67,29 +67,32 @@ def _jitted(fn):
   return jax.jit(fn)
 
 
-def _eval_step(config: ml_collections.ConfigDict) -> Callable[..., dict[str, Any]]:
+def _eval_step(config: ml_collections.ConfigDict, decode: bool) -> Callable[..., dict[str, Any]]:
   """The evaluation step exactly as the scorer configures it, unjitted (jax.jit keeps the wrapped
   function as __wrapped__), so that it can be traced into another function."""
   mesh = sharding.make_mesh(jax.devices()[:1])
-  jitted = scorer_lib.make_eval_step(config, mesh, decode=True)
+  jitted = scorer_lib.make_eval_step(config, mesh, decode=decode)
   step = getattr(jitted, '__wrapped__', None)
   if step is None:
     raise RuntimeError('scorer.make_eval_step no longer exposes the step it jits (__wrapped__)')
   return step
 
 
-def build(config: ml_collections.ConfigDict, state, stats: Optional[scoring.ScoreStats]
-          ) -> ScoreFunction:
+def build(config: ml_collections.ConfigDict, state, stats: Optional[scoring.ScoreStats],
+          all_components: bool = True) -> ScoreFunction:
   """The scoring function of `state` (a restored train state) under `config.score`.
 
   Args:
     config: the run's config, score resolved (score_selection.resolve).
     state: its train state (apply_fn, params, batch_stats).
     stats: the held-out statistics the score standardises by (None when it needs none).
+    all_components: output every component `vivano predict` writes, as it does, running the
+      decoder for 'recon' and 'ssim'; False: only those the configured score computes (an NLL
+      score then runs without the decoder, several times faster at 512 px).
   """
   if scoring.needs_stats(config.score) and not stats:
     raise ValueError('the configured score needs the statistics of held-out normal images')
-  step = _eval_step(config)
+  step = _eval_step(config, all_components or scoring.needs_decoder(config.score))
   score = config.score
   size, channels = config.dataset.image_size, config.dataset.channels
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
