@@ -18,7 +18,7 @@ collective's time includes waiting at its rendezvous for the slowest device. Wha
 measures is the program's cost of being split (the collectives, the smaller per-device work), not
 the speed-up of real hardware; the same script on a GPU host gives that (launch/large_batch.sh).
 
-  python benchmarks/bench_scaling.py          # configs/tiny.py, 4 / device, 32 global: ~2 min, 2 cores
+  python benchmarks/bench_scaling.py    # configs/tiny.py, 4 / device, 32 global: ~3 min on 2 cores
   python benchmarks/bench_scaling.py --config=configs/magnetic_tile.py --per_device_batch=4 \\
       --global_batch=64 --steps=10 --output=scaling.json
   python benchmarks/bench_scaling.py --platform=gpu --config=configs/magnetic_tile.py \\

@@ -25,14 +25,15 @@ budget is more than 20 epochs of images. Batches above 256 are accumulated (trai
 statistics are then per microbatch.
 
 The runs are meant for 8 devices (every batch and microbatch divides by 8): on a CPU, simulate them
-with XLA_FLAGS (the runs inherit it); on a GPU host, the runs use all its GPUs (launch/large_batch.sh
-has both, and the SLURM job array). Runs are listed seed 0 first, then Magnetic Tile before brick,
-method by method, batch by batch: 33 runs per dataset and seed, 198 in all, each training on
-about the same number of images. On 2 CPU cores that is days: one step of batch 1024 on 8 simulated
-devices, compilation included, took about 4 minutes (a 1-epoch smoke run of runs 45 and 65 on
-brick); time a batch first with benchmarks/bench_scaling.py, and start with seed 0 (`--only`, or
-stop the sweep after run 65; it restarts where it stopped). The Magnetic Tile folder is the user's
-to give; it reaches the brick runs too, which do not read it.
+with XLA_FLAGS (the runs inherit it); on a GPU host, the runs use all its GPUs
+(launch/large_batch.sh has both, and the SLURM job array). Runs are listed seed 0 first, then
+Magnetic Tile before brick, method by method, batch by batch: 33 runs per dataset and seed, 198 in
+all, each training on about the same number of images. On 2 CPU cores that is days: one step of
+batch 1024 on 8 simulated devices, compilation included, took about 4 minutes (a 1-epoch smoke
+run of runs 45 and 65 on brick); time a batch first with benchmarks/bench_scaling.py, and start
+with seed 0 (runs 0 to 65: `--only`, or stop the sweep after run 65; it restarts where it
+stopped). The Magnetic Tile folder is the user's to give; it reaches the brick runs too, which do
+not read it.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 nice -n 5 python -m vivano_jax.sweep run \\
       --sweep=sweeps/large_batch.py --root=runs/large_batch --config.dataset.data_dir=/tmp/tfds \\

@@ -34,8 +34,9 @@ def _flat(tree):
 
 
 # With zero gradients only weight decay moves a leaf; the update of a decayed leaf p is, at lr 0.1
-# and weight decay 0.5: AdamW -lr * wd * p; LAMB -lr * p (Adam's direction is 0, so the step is wd * p
-# scaled by the trust ratio |p| / |wd * p|); LARS -lr * eta * p (trust ratio eta * |p| / |wd * p|).
+# and weight decay 0.5: AdamW -lr * wd * p; LAMB -lr * p (Adam's direction is 0, so the step is
+# wd * p scaled by the trust ratio |p| / |wd * p|); LARS -lr * eta * p (trust ratio
+# eta * |p| / |wd * p|).
 ZERO_GRAD_FACTOR = {'adamw': -0.1 * 0.5, 'lamb': -0.1, 'lars': -0.1 * 1e-3}
 
 
@@ -286,7 +287,8 @@ def test_lars_steps_equal_the_trust_ratio_update_by_hand(steps):
 
 
 @pytest.mark.parametrize('fields, match', [
-    ({'optimizer': 'sgd'}, r"train.optimizer must be one of \('adamw', 'lamb', 'lars'\), got 'sgd'"),
+    ({'optimizer': 'sgd'},
+     r"train.optimizer must be one of \('adamw', 'lamb', 'lars'\), got 'sgd'"),
     ({'lr_scaling': 'cubic'}, r"train.lr_scaling must be one of \('none', 'linear', 'sqrt'\)"),
     ({'lr_scaling': 'sqrt'}, r"train.base_batch_size must be a positive int under "
                              r"train.lr_scaling='sqrt'.*got 0"),

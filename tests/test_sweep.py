@@ -94,13 +94,15 @@ def test_the_scaling_rule_is_the_configs_and_the_plan_shows_its_rates(tmp_path, 
   root = str(tmp_path / 'root')
   assert sweep_lib.main(['run', f'--sweep={path}', f'--root={root}', '--dry_run']) == 0
   out = capsys.readouterr().out
-  assert '[4/4] run 3 batch_size=32,learning_rate=0.002: learning rate 0.002828, warmup 3 steps' in out
+  assert ('[4/4] run 3 batch_size=32,learning_rate=0.002: learning rate 0.002828, warmup 3 steps'
+          in out)
   assert '--config.train.lr_scaling=sqrt --config.train.base_batch_size=16' in out
   assert sweep_lib.main(['run', f'--sweep={path}', f'--root={root}', '--count']) == 0
   assert capsys.readouterr().out == '4\n' and not os.path.exists(root)
 
   # The rule swept itself; the base config's rate (tiny: 1e-3) at B0 = 16.
-  path = _grid_sweep(tmp_path, "{'train.lr_scaling': ['none', 'linear'], 'train.batch_size': [8, 64]}",
+  path = _grid_sweep(tmp_path,
+                     "{'train.lr_scaling': ['none', 'linear'], 'train.batch_size': [8, 64]}",
                      ", fixed={'train.base_batch_size': 16}", 'rules.py')
   runs = sweep_lib.load_sweep(path).runs
   assert [r.effective['learning_rate'] for r in runs] == pytest.approx([1e-3, 1e-3, 5e-4, 4e-3],

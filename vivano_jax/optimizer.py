@@ -64,8 +64,9 @@ def scaled_hyperparameters(config: ml_collections.ConfigDict) -> dict[str, Any]:
   b0, b = t.base_batch_size, t.batch_size
   if not isinstance(b0, int) or b0 <= 0:
     raise errors.UsageError(
-        f'train.base_batch_size must be a positive int under train.lr_scaling={t.lr_scaling!r} (the '
-        f'global batch at which train.learning_rate and train.warmup_steps are given), got {b0!r}')
+        f'train.base_batch_size must be a positive int under train.lr_scaling={t.lr_scaling!r} '
+        f'(the global batch at which train.learning_rate and train.warmup_steps are given), got '
+        f'{b0!r}')
   if b <= 0:
     raise errors.UsageError(f'train.batch_size must be positive, got {b}')
   factor = b / b0 if t.lr_scaling == 'linear' else math.sqrt(b / b0)
@@ -93,7 +94,7 @@ def _adamw(lr: optax.Schedule, t: ml_collections.ConfigDict) -> optax.GradientTr
 
 
 def _lamb(lr: optax.Schedule, t: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """optax.lamb with its trust ratio on `weight_decay_mask`'s leaves only (optax.lamb scales all)."""
+  """optax.lamb, its trust ratio on `weight_decay_mask`'s leaves only (optax.lamb scales all)."""
   return optax.chain(
       optax.scale_by_adam(eps=LAMB_EPS),
       optax.add_decayed_weights(t.weight_decay, mask=weight_decay_mask),

@@ -130,7 +130,8 @@ def run_sweep(sweep: Sweep, root: str, only: Optional[Iterable[int]] = None,
     if dry_run:
       status[run.name] = 'planned'
       e = run.effective
-      rate = f": learning rate {e['learning_rate']:.4g}, warmup {e['warmup_steps']} steps" if e else ''
+      rate = (f": learning rate {e['learning_rate']:.4g}, warmup {e['warmup_steps']} steps" if e
+              else '')
       print(f'{head}{rate}\n  {shlex.join(cmd)}', file=out, flush=True)
       continue
     status[run.name] = _run_one(sweep, run, workdir, cmd, head, out)
