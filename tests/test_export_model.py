@@ -27,6 +27,7 @@ from vivano_jax import cli
 from vivano_jax import errors
 from vivano_jax import export_model
 from vivano_jax import input_pipeline
+from vivano_jax import predict
 from vivano_jax import scorer as scorer_lib
 from vivano_jax import sharding
 from vivano_jax.datasets import image_files
@@ -108,6 +109,9 @@ def test_every_format_scores_real_images_as_the_jax_scorer(exported, scorer_fn, 
     for name in model.output_names[2:]:  # The components, for predictions.csv.
       assert _relative(want[name], got[name]) <= 10 * TOLERANCE, (fmt, name)
     np.testing.assert_array_equal(model.decide(got['score']), model.decide(want['score']))
+    # The tiny run finds every real photo anomalous: a threshold between the middle scores too.
+    middle = np.sort(want['score'])[len(images) // 2 - 1:len(images) // 2 + 1].mean()
+    np.testing.assert_array_equal(got['score'] >= middle, want['score'] >= middle)
 
 
 def test_the_jax_scorer_is_predicts_scorer(run, scorer_fn):
@@ -181,10 +185,35 @@ def test_resize_is_the_training_pipelines(tiny_config):
       want = next(input_pipeline.eval_batches(data, tiny_config.dataset, 1))['image'][0]
       resized = preprocess.resize(preprocess.to_channels(photo, channels), 32)
       np.testing.assert_allclose(np.clip(resized / 127.5 - 1, -1, 1), want, atol=2e-6)
+      exact = preprocess.model_input(photo, 32, channels, 'float32') / 127.5 - 1
+      np.testing.assert_allclose(exact, want, atol=2e-6)
       rounded = preprocess.model_input(photo, 32, channels).astype(np.float32) / 127.5 - 1
       assert np.abs(rounded - want).max() <= 0.5 / 127.5 + 1e-6
       if photo.shape[:2] == (32, 32) and photo.shape[-1] == channels:
         np.testing.assert_array_equal(preprocess.model_input(photo, 32, channels), photo)
+
+
+def test_a_float32_model_scores_as_predict_with_the_run(workdir, run, tmp_path):
+  # Images of other sizes and channels, resized but not rounded: vivano predict --model then gives
+  # the scores, maps, components and decisions of vivano predict --workdir.
+  folder = tmp_path / 'in'
+  folder.mkdir()
+  images = texture_images()[:3] + [np.random.default_rng(0).integers(0, 256, (23, 37, 3), np.uint8)]
+  if MAGNETIC_TILE.is_dir():
+    images += magnetic_tile_images()[:3]
+  for i, image in enumerate(images):
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(folder / f'{i}.png')
+  paths = sorted(folder.iterdir())
+  sf = score_function.build(run.config, run.state, run.stats, input_dtype='float32')
+  export_model.write_model(run, sf, 'jax', str(tmp_path / 'model'), str(workdir), ('cpu',))
+  got = predict.predict_with_model(model_dir.load(tmp_path / 'model'), paths)
+  want = predict.predict(str(workdir), paths)
+  assert _relative(want['scores'], got['scores']) <= TOLERANCE
+  for name, values in want['components'].items():
+    assert _relative(values, got['components'][name]) <= TOLERANCE, name
+  for w, g in zip(want['maps'], got['maps']):
+    assert w.shape == g.shape and _relative(w, g) <= TOLERANCE
+  np.testing.assert_array_equal(want['anomalous'], got['anomalous'])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ the statistics of a standardised score come from there. DIR receives, all at onc
 hidden sibling folder renamed into place when complete; serving/model_dir.py describes them):
 
   model.onnx | saved_model/ | model.jax   the scoring function of the checkpoint: uint8 images
-               [N, S, S, C] at the model size, any N -> image score [N], anomaly map [N, S, S]
+               [N, S, S, C] at the model size, any N (--input_dtype=float32: float32 in
+               [0, 255], the resized image unrounded, for predict's exact scores on images of
+               other sizes) -> image score [N], anomaly map [N, S, S]
                and the score components (all, as predict writes them, or with
                --noall_components those the score uses), for the run's configured score
                (normalisation, model in eval mode, score statistics and smoothing inside;
@@ -55,17 +57,18 @@ _VERSIONS = {'onnx': ('jax2onnx', 'onnx', 'onnxruntime'), 'saved_model': ('tenso
              'jax': ()}
 
 
-def check_images(size: int, channels: int) -> np.ndarray:
-  """A fixed uint8 [4, size, size, channels] batch the export is verified on: noise, a gradient,
-  flat grey, and noise with a bright square (scores and maps that differ, so that differences
-  are measured against a range)."""
+def check_images(size: int, channels: int, dtype='uint8') -> np.ndarray:
+  """A fixed [4, size, size, channels] batch of `dtype` the export is verified on: noise, a
+  gradient, flat grey, and noise with a bright square (scores and maps that differ, so that
+  differences are measured against a range)."""
   rng = np.random.default_rng(0)
   ramp = np.linspace(0, 255, size)[:, None] * np.ones(size)[None, :]
   images = np.stack([rng.normal(128, 40, (size, size)), ramp, np.full((size, size), 128.0),
                      rng.normal(100, 20, (size, size))])
   q = size // 4
   images[3, q:2 * q, q:2 * q] = 250
-  return np.repeat(np.clip(np.rint(images), 0, 255).astype(np.uint8)[..., None], channels, -1)
+  images = np.clip(np.rint(images), 0, 255).astype(np.uint8).astype(dtype)
+  return np.repeat(images[..., None], channels, -1)
 
 
 def relative_differences(want: dict[str, np.ndarray], got: dict[str, np.ndarray]
@@ -83,7 +86,7 @@ def relative_differences(want: dict[str, np.ndarray], got: dict[str, np.ndarray]
 def verify(sf: score_function.ScoreFunction, directory: pathlib.Path) -> dict[str, Any]:
   """Loads the exported folder with its runtime and compares it with the JAX scorer on
   `check_images`, whole and one image at a time (the batch size is symbolic)."""
-  images = check_images(sf.image_size, sf.channels)
+  images = check_images(sf.image_size, sf.channels, sf.input_dtype)
   model = model_dir.load(directory)
   want, whole, one = sf(images), model(images), model(images[:1])
   both = lambda d, first: {k: np.concatenate([v, first[k][:1]]) for k, v in d.items()}
@@ -117,11 +120,13 @@ def model_card(run: from_checkpoint.Run, sf: score_function.ScoreFunction, fmt: 
       'card_version': model_dir.CARD_VERSION, 'format': fmt, 'file': model_dir.FILES[fmt],
       'platforms': list(platforms) if fmt != 'onnx' else None,
       'image_size': s, 'channels': sf.channels,
-      'input': {'name': model_dir.INPUT_NAME, 'dtype': 'uint8', 'shape': ['N', s, s, sf.channels],
-                'layout': 'NHWC', 'normalisation': 'inside: x / 127.5 - 1',
+      'input': {'name': model_dir.INPUT_NAME, 'dtype': sf.input_dtype,
+                'shape': ['N', s, s, sf.channels], 'layout': 'NHWC', 'range': [0, 255],
+                'normalisation': 'inside: x / 127.5 - 1',
                 'resize': 'by the caller, to S x S: antialiased bilinear as tf.image.resize('
-                          'antialias=True), gray <-> RGB as tf.image, rounded to uint8 '
-                          '(vivano_jax/serving/preprocess.py)'},
+                          'antialias=True), gray <-> RGB as tf.image' + (
+                              ', rounded' if sf.input_dtype == 'uint8' else '') +
+                          ' (vivano_jax/serving/preprocess.py)'},
       'outputs': list(sf.output_names),
       'output_shapes': {n: ['N', s, s] if n == 'map' else ['N'] for n in sf.output_names},
       'score': json.loads(json.dumps(config.score.to_dict())),
@@ -148,8 +153,8 @@ def check_output(output: str, workdir: str) -> pathlib.Path:
 
 
 def export_model(workdir: str, fmt: str, output: str, step: Optional[int] = None,
-                 platforms: Sequence[str] = PLATFORMS, all_components: bool = True
-                 ) -> dict[str, Any]:
+                 platforms: Sequence[str] = PLATFORMS, all_components: bool = True,
+                 input_dtype: str = 'uint8') -> dict[str, Any]:
   """Writes the model folder `output` for checkpoint `step` (default the latest) of the run in
   `workdir` (see the module doc); returns its model card."""
   if fmt not in model_dir.FORMATS:
@@ -163,7 +168,7 @@ def export_model(workdir: str, fmt: str, output: str, step: Optional[int] = None
   check_output(output, workdir)
   start = time.perf_counter()
   run = from_checkpoint.load_run(workdir, step, sharding.make_mesh(jax.devices()[:1]))
-  sf = score_function.build(run.config, run.state, run.stats, all_components)
+  sf = score_function.build(run.config, run.state, run.stats, all_components, input_dtype)
   return write_model(run, sf, fmt, output, workdir, platforms, start)
 
 
@@ -197,6 +202,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                     'score does not use, as vivano predict writes them (recon and ssim run the '
                     'decoder); false: an NLL score runs without the decoder (4x faster at 512 px).',
                     flag_values=fv)
+  flags.DEFINE_enum('input_dtype', 'uint8', list(score_function.INPUT_DTYPES), 'The images the '
+                    'model takes: uint8, or float32 in [0, 255] (resized but not rounded: the '
+                    'scores of vivano predict --workdir on images of any size).', flag_values=fv)
   flags.DEFINE_list('platforms', list(PLATFORMS), 'Platforms saved_model and jax are lowered for '
                     '(cpu, cuda, rocm, tpu); onnx runs anywhere.', flag_values=fv)
   flags.mark_flags_as_required(['workdir', 'format', 'output'], flag_values=fv)
@@ -204,13 +212,13 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def run(fv: flags.FlagValues) -> None:
   card = export_model(fv.workdir, fv.format, fv.output, fv.step, fv.platforms,
-                      fv.all_components)
+                      fv.all_components, fv.input_dtype)
   worst = card['verification']['max_relative_difference']
   s, c = card['image_size'], card['channels']
   print(f"{card['format']} model of checkpoint step {card['checkpoint_step']} -> "
         f"{os.path.join(fv.output, card['file'])} ({card['export_seconds']:.1f} s)\n"
-        f"input uint8 [N, {s}, {s}, {c}]; outputs {', '.join(card['outputs'])}; threshold "
-        f"{card['threshold']:.6g} ({card['rule']})\n"
+        f"input {card['input']['dtype']} [N, {s}, {s}, {c}]; outputs "
+        f"{', '.join(card['outputs'])}; threshold {card['threshold']:.6g} ({card['rule']})\n"
         f"matches the JAX scorer: score {worst['score']:.1e}, map {worst['map']:.1e} of their "
         f"range\nscore images with: vivano predict --model={fv.output} --input=... --output=...")
 

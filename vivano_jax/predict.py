@@ -17,8 +17,9 @@ RUN/checkpoints and the threshold, score statistics and heatmap colour scale fro
 RUN/thresholds.json (written by the export).
 
 --model scores with a folder written by `vivano export-model` (serving/model_dir.py): images are
-converted and resized in numpy as training does and rounded to the model's uint8 input
-(serving/preprocess.py; at most half a grey level from training's float input), and the threshold
+converted and resized in numpy as training does (serving/preprocess.py) and, for a model with
+uint8 input (the default), rounded (at most half a grey level from training's float input; a
+model exported with --input_dtype=float32 scores exactly as --workdir does), and the threshold
 and colour scale come from MODEL/thresholds.json. An ONNX model needs only onnxruntime, numpy and
 Pillow: this module imports no JAX, Flax or TensorFlow (the --workdir path imports them when used).
 
@@ -108,7 +109,8 @@ def predict_with_model(model: model_dir.ExportedModel, paths: list[pathlib.Path]
   n = len(images)
   outputs = {name: [] for name in model.output_names}
   for start in range(0, n, batch):
-    chunk = preprocess.batch(images[start:start + batch], model.image_size, model.channels)
+    chunk = preprocess.batch(images[start:start + batch], model.image_size, model.channels,
+                             model.input_dtype)
     for name, value in model(chunk).items():
       outputs[name].append(value)
   outputs = {k: np.concatenate(v) for k, v in outputs.items()}

@@ -3,7 +3,7 @@
   onnx         jax2onnx, from the function's jaxpr (see `to_onnx`): ONNX opset 23, for
                onnxruntime or any ONNX runtime; weights and statistics are initializers
   saved_model  jax2tf (native serialization: the function's StableHLO in an XlaCallModule op)
-               in a tf.function with the signature 'serving_default' (images uint8
+               in a tf.function with the signature 'serving_default' (images uint8 or float32
                [None, S, S, C] -> {output: tensor}); weights are TF variables
   jax          jax.export: the serialized StableHLO of the function (jax.export.deserialize,
                then .call), weights as constants
@@ -196,7 +196,7 @@ def to_saved_model(sf: score_function.ScoreFunction, path: pathlib.Path,
                              with_gradient=False, native_serialization_platforms=tuple(platforms))
 
   @tf.function(autograph=False, input_signature=[
-      tf.TensorSpec([None, s, s, c], tf.uint8, name=model_dir.INPUT_NAME)])
+      tf.TensorSpec([None, s, s, c], tf.as_dtype(sf.input_dtype), name=model_dir.INPUT_NAME)])
   def serve(images):
     return dict(zip(sf.output_names, converted(variables, images)))
 

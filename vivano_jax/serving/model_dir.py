@@ -5,10 +5,10 @@
   model_card.json                         what the model is: format, input, outputs, score,
                                           checkpoint step, test metrics, versions, verification
 
-The model takes uint8 [N, S, S, C] images at the model size (any N) and returns the outputs the
-card lists: 'score' [N], 'map' [N, S, S] and the image score components [N]. `load` checks the
-card, the thresholds and the model file and returns an `ExportedModel`; a missing, corrupt or
-mismatched file is one DataError naming it.
+The model takes uint8 (or, exported so, float32) [N, S, S, C] images at the model size (any N)
+and returns the outputs the card lists: 'score' [N], 'map' [N, S, S] and the image score
+components [N]. `load` checks the card, the thresholds and the model file and returns an
+`ExportedModel`; a missing, corrupt or mismatched file is one DataError naming it.
 
 Only numpy here: the runtime of the model's format is imported when one is loaded (onnxruntime
 for ONNX, TensorFlow for a SavedModel, JAX for a serialized JAX function), so scoring with an ONNX
@@ -61,10 +61,10 @@ def _check_card(card: dict[str, Any], path: pathlib.Path) -> None:
 
 
 class ExportedModel:
-  """A loaded model folder: `model(images)` scores uint8 [N, S, S, C] -> {output: array}.
+  """A loaded model folder: `model(images)` scores [N, S, S, C] -> {output: array}.
 
   Attributes: directory, card (model_card.json), thresholds (thresholds.json), image_size,
-  channels, output_names, format.
+  channels, input_dtype ('uint8' or 'float32'), output_names, format.
   """
 
   def __init__(self, directory: pathlib.Path, card: dict[str, Any], thresholds: dict[str, Any],
@@ -73,6 +73,7 @@ class ExportedModel:
     self.format = card['format']
     self.image_size, self.channels = int(card['image_size']), int(card['channels'])
     self.output_names = tuple(card['outputs'])
+    self.input_dtype = str((card.get('input') or {}).get('dtype', 'uint8'))
     self._run = run
 
   @property
@@ -82,9 +83,10 @@ class ExportedModel:
   def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
     images = np.asarray(images)
     want = (self.image_size, self.image_size, self.channels)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want:
+    if images.dtype != self.input_dtype or images.ndim != 4 or images.shape[1:] != want:
       raise errors.DataError(
-          f'{self.directory} was exported for uint8 images [N, {want[0]}, {want[1]}, {want[2]}] '
+          f'{self.directory} was exported for {self.input_dtype} images [N, {want[0]}, {want[1]}, '
+          f'{want[2]}] '
           f'({self.channels} channel(s), {self.image_size} px); got {images.dtype} '
           f'{list(images.shape)} (vivano predict --model resizes and converts images for it)')
     if len(images) == 0:

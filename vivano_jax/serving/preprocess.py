@@ -4,10 +4,10 @@ numpy only, so an ONNX deployment needs no TensorFlow. The training pipeline
 (input_pipeline._decode_image) converts channels with tf.image (gray copied to RGB, RGB to luma),
 resizes the float image with `tf.image.resize(..., 'bilinear', antialias=True)` and normalises;
 here the same conversion and resize are computed in numpy (TF's ScaleAndTranslate with a triangle
-kernel, widened by the downscaling factor) and the result is rounded to uint8, the exported
-model's input; the model normalises inside. The rounding moves a pixel by at most half a grey
-level (0.004 after normalisation); an image already at the model size and channel count passes
-through unchanged.
+kernel, widened by the downscaling factor), to within 1e-4 grey levels. The model normalises
+inside. A model with uint8 input gets the resized image rounded, which moves a pixel by at most
+half a grey level (0.004 after normalisation); one exported with float32 input gets it as
+training does. An image already at the model size and channel count passes through unchanged.
 """
 
 import numpy as np
@@ -64,17 +64,20 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
   return np.einsum('yh,hwc,xw->yxc', rows, x, cols, optimize=True)
 
 
-def model_input(image: np.ndarray, size: int, channels: int) -> np.ndarray:
-  """A decoded image uint8 [H, W, c] (c = 1 or 3) -> the model input uint8 [size, size, channels]:
-  channels converted, resized as training resizes, rounded."""
+def model_input(image: np.ndarray, size: int, channels: int, dtype='uint8') -> np.ndarray:
+  """A decoded image uint8 [H, W, c] (c = 1 or 3) -> the model input [size, size, channels] of
+  `dtype`: channels converted, resized as training resizes; rounded for uint8, values in [0, 255]
+  either way."""
   if image.dtype != np.uint8 or image.ndim != 3:
     raise ValueError(f'expected a uint8 [H, W, C] image, got {image.dtype} {image.shape}')
-  resized = resize(to_channels(image, channels), size)
-  return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+  resized = np.clip(resize(to_channels(image, channels), size), 0, 255)
+  if np.dtype(dtype) == np.uint8:
+    return np.rint(resized).astype(np.uint8)
+  return resized.astype(dtype)
 
 
-def batch(images: list[np.ndarray], size: int, channels: int) -> np.ndarray:
-  """Decoded images of any sizes -> uint8 [N, size, size, channels]."""
+def batch(images: list[np.ndarray], size: int, channels: int, dtype='uint8') -> np.ndarray:
+  """Decoded images of any sizes -> [N, size, size, channels] of `dtype` (`model_input`)."""
   if not images:
-    return np.zeros((0, size, size, channels), np.uint8)
-  return np.stack([model_input(im, size, channels) for im in images])
+    return np.zeros((0, size, size, channels), dtype)
+  return np.stack([model_input(im, size, channels, dtype) for im in images])
