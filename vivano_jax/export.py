@@ -32,7 +32,6 @@ import io
 import json
 import os
 import pathlib
-import re
 import time
 from typing import Any, Optional
 
@@ -60,13 +59,6 @@ from vivano_jax import workdir as workdir_lib
 
 EXPORT_DIR = 'export'
 FORMAT_VERSION = 1
-
-
-def safe_stem(filename: str) -> str:
-  """A file-name-safe form of a dataset file name without its extension ('test/a b.png' ->
-  'test_a_b')."""
-  stem = os.path.splitext(str(filename))[0]
-  return re.sub(r'[^A-Za-z0-9._-]+', '_', stem).strip('._')[:80] or 'image'
 
 
 def _display_range(state, scorer: scorer_lib.Scorer, local: input_pipeline.SplitData,
@@ -122,7 +114,7 @@ def write_split(directory: pathlib.Path, data: input_pipeline.SplitData,
   order = np.argsort(-result.scores, kind='stable')
   drawn = set(range(n)) if max_overlays < 0 else set(order[:max_overlays]) | set(
       order[::-1][:max_overlays])
-  overlays = {i: f'{export_format.array_key(i)}_{safe_stem(data.filenames[i])}.png'
+  overlays = {i: f'{export_format.array_key(i)}_{export_format.safe_stem(data.filenames[i])}.png'
               for i in sorted(drawn)}
 
   def draw(i: int, path: pathlib.Path) -> None:

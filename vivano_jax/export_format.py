@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -47,6 +48,13 @@ OVERLAY_COLUMN = 'overlay'
 
 class ExportError(errors.DataError):
   """An export folder (or ground-truth folder) that cannot be evaluated; lists every problem."""
+
+
+def safe_stem(filename: str) -> str:
+  """A file-name-safe form of a dataset file name without its extension ('test/a b.png' ->
+  'test_a_b'): the stem of overlay and map files, in exports and in predict's outputs alike."""
+  stem = os.path.splitext(str(filename))[0]
+  return re.sub(r'[^A-Za-z0-9._-]+', '_', stem).strip('._')[:80] or 'image'
 
 
 def _raise_problems(problems: list[str], where: Any) -> None:

@@ -32,7 +32,6 @@ import csv
 import glob
 import os
 import pathlib
-import re
 import shutil
 import sys
 import tempfile
@@ -125,13 +124,6 @@ def predict_with_model(model: model_dir.ExportedModel, paths: list[pathlib.Path]
                        f'{model.card.get("checkpoint_step")}'}
 
 
-def safe_stem(filename: str) -> str:
-  """export.safe_stem, which this module cannot import (export.py imports JAX): 'test/a b.png'
-  -> 'test_a_b'. tests/test_predict.py holds the two equal."""
-  stem = os.path.splitext(str(filename))[0]
-  return re.sub(r'[^A-Za-z0-9._-]+', '_', stem).strip('._')[:80] or 'image'
-
-
 def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, Any]) -> str:
   """maps/*.npy, overlays/*.png and predictions.csv in `output`; returns the csv's path."""
   out = pathlib.Path(output)
@@ -147,7 +139,7 @@ def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, 
     writer.writerow(['index', 'path', 'height', 'width', 'score', 'threshold', 'decision',
                      *names, 'map', 'overlay'])
     for i, path in enumerate(paths):
-      base = f'{export_format.array_key(i)}_{safe_stem(path.name)}'
+      base = f'{export_format.array_key(i)}_{export_format.safe_stem(path.name)}'
       amap = result['maps'][i]
       np.save(out / 'maps' / f'{base}.npy', amap)
       report.save_overlay(out / 'overlays' / f'{base}.png', result['images'][i], amap, None,
