@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.conftest import load_config
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
 from vivano_jax import checkpoints
+from vivano_jax import errors
 from vivano_jax import scorer
 from vivano_jax import sharding
 from vivano_jax import train
@@ -165,6 +167,27 @@ def test_config_override_unknown_key_is_a_clear_error(tmp_path, tfds_dir):
   assert proc.returncode != 0
   assert 'depthh' in err
   assert not (tmp_path / 'w' / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('field, value, match', [
+    ('model.depth', -1, r'^model.depth must be a positive int, got -1$'),
+    ('model.width', 0, r'^model.width must be a positive int, got 0$'),
+    ('density.num_components', 0, r'^density.num_components must be a positive int, got 0$'),
+    ('density.num_layers', -1, r'^density.num_layers must be an int >= 0, got -1$'),
+    ('train.optimizer', 'sgd', r'^train.optimizer must be one of'),
+    ('train.lr_scaling', 'cubic', r'^train.lr_scaling must be one of'),
+    ('train.grad_accum_steps', 3, r'^train.batch_size=8 must be a positive multiple of 3'),
+])
+def test_bad_fields_are_refused_before_data_preparation(tmp_path, field, value, match):
+  """Refused before any dataset is prepared or anything is written to the workdir."""
+  config = load_config('tiny')
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  section, name = field.split('.')
+  config[section][name] = value
+  workdir = tmp_path / 'w'
+  with pytest.raises(errors.UsageError, match=match):
+    train.train_and_evaluate(config, str(workdir))
+  assert not (tmp_path / 'tfds').exists() and not workdir.exists()
 
 
 def test_gradient_accumulation_equals_one_big_batch(tiny_config):

@@ -25,6 +25,7 @@ from vivano_jax import console
 from vivano_jax import errors
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
+from vivano_jax import optimizer
 from vivano_jax import score_selection
 from vivano_jax import scorer as scorer_lib
 from vivano_jax import scoring
@@ -115,14 +116,23 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
   return state, train_ips
 
 
+def _checked_model(config: ml_collections.ConfigDict, mesh: Mesh):
+  """The model, once the fields a run would otherwise trip over late (after preparing its data)
+  are checked: batch sizes against the devices, the optimizer and its rule, the model's sizes."""
+  sharding.check_batch_size(config.train.batch_size, 'train.batch_size', mesh,
+                            config.train.grad_accum_steps)
+  sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
+  optimizer.scaled_hyperparameters(config)
+  return model_lib.create_model(config)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint in `workdir`), evaluates on the test split.
 
   Returns a summary dict: metrics per defect type, throughput, paths.
   """
   mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.train.batch_size, 'train.batch_size', mesh)
-  sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
+  model = _checked_model(config, mesh)
   workdir_lib.check_compatible(config, workdir)  # Before anything is written.
   with console.stage(f'prepare data ({config.dataset.name})'):
     data = input_pipeline.load(config, tuple(dict.fromkeys(
@@ -142,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = int(meta['step'])
     logging.info('Resumed from checkpoint step %d in %s', start_step, workdir)
   else:
-    state = train_step.create_train_state(config, model_lib.create_model(config), total_steps, mesh)
+    state = train_step.create_train_state(config, model, total_steps, mesh)
     _write_hparams(writer, config)
   batches = input_pipeline.train_batches(data['train'], config.dataset,
                                          config.train.batch_size // jax.process_count(),

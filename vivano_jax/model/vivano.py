@@ -129,6 +129,25 @@ def _check_choice(field: str, value: Any, choices: tuple[str, ...]):
     raise errors.UsageError(f'{field} must be one of {", ".join(choices)}; got {value!r}')
 
 
+# Sizes that must be positive ints (num_layers may be 0: a linear head).
+_SIZE_FIELDS = (('model', ('patch_size', 'width', 'depth', 'num_heads', 'mlp_dim',
+                           'cnn_base_features', 'latent_dim', 'decoder_base_features',
+                           'decoder_min_features')),
+                ('density', ('num_components', 'hidden_dim', 'position_embed_dim')))
+
+
+def _check_sizes(config: ml_collections.ConfigDict) -> None:
+  """A zero or negative size would build a model with an empty layer, or none, without error."""
+  for section, names in _SIZE_FIELDS:
+    for name in names:
+      value = config[section].get(name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise errors.UsageError(f'{section}.{name} must be a positive int, got {value!r}')
+  layers = config.density.get('num_layers')
+  if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+    raise errors.UsageError(f'density.num_layers must be an int >= 0, got {layers!r}')
+
+
 def compute_dtype(name: str):
   """`train.compute_dtype` -> a jnp dtype ('float32' or 'bfloat16')."""
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -140,6 +159,7 @@ def create_model(config: ml_collections.ConfigDict) -> ViVAno:
   """The model described by `config.model`, `config.density`, the dataset's image size and channels
   and `train.compute_dtype`. Every field of `config.model` is passed as is: a field ViVAno does not
   take is a TypeError here, not a setting that is quietly ignored."""
+  _check_sizes(config)
   return ViVAno(**config.model, density=config.density.to_dict(),
                 image_size=config.dataset.image_size, image_channels=config.dataset.channels,
                 dtype=compute_dtype(config.train.compute_dtype))
