@@ -3,7 +3,18 @@
 import os
 import pathlib
 
+import shutil
+import tempfile
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One persistent XLA compilation cache for the whole run: pytest-xdist's workers and the
+# subprocesses tests start inherit it, so the tiny models' steps are compiled once, not in every
+# test. Set before JAX is imported; a cache the caller set is used as it is.
+_OWN_CACHE = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
+if _OWN_CACHE:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='vivano-tests-xla-cache-')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
 
 import pytest  # noqa: E402
 
@@ -28,3 +39,9 @@ def tiny_config(tfds_dir):
   config = load_config('tiny')
   config.dataset.data_dir = tfds_dir
   return config
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:  # The process that made the cache (xdist's workers inherit the variable).
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)

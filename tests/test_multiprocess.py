@@ -86,7 +86,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batch(tiny_conf
   input_pipeline.load(config, ('train', 'test'))  # Prepare the data once, before the subprocesses.
   flags = [f'--config={TINY}', f'--config.dataset.data_dir={config.dataset.data_dir}',
            '--config.train.num_steps=4', '--config.train.checkpoint_every_steps=4',
-           '--config.train.log_every_steps=2',
+           '--config.train.log_every_steps=2', '--config.export.at_end=False',
            # The combined score standardises by statistics of the training normals of all processes.
            '--config.score.image=combined', '--config.score.pixel=combined']
   script = str(REPO / 'tests' / 'multiprocess_main.py')
