@@ -46,12 +46,14 @@ NORMALIZE = ('global', 'pixel')
 PRIOR_MAPS = 10  # Pseudo-maps of the per-pixel statistics' shrinkage (stats_from_moments).
 STATS_FILENAME = 'score_stats.npz'  # In the workdir, written by the export beside thresholds.json.
 
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> Array:
-  """The normalised 1-D Gaussian of scipy.ndimage.gaussian_filter: radius int(truncate * sigma + 0.5)."""
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
+  """The normalised 1-D Gaussian of scipy.ndimage.gaussian_filter: radius int(truncate * sigma + 0.5).
+
+  numpy, so its weights are constants of the traced blur."""
   radius = int(truncate * sigma + 0.5)
-  x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-  k = jnp.exp(-0.5 * jnp.square(x / sigma))
-  return k / jnp.sum(k)
+  x = np.arange(-radius, radius + 1, dtype=np.float64)
+  k = np.exp(-0.5 * np.square(x / sigma))
+  return (k / np.sum(k)).astype(np.float32)
 
 
 def gaussian_blur(maps: Array, sigma: float, truncate: float = 4.0) -> Array:
@@ -60,20 +62,21 @@ def gaussian_blur(maps: Array, sigma: float, truncate: float = 4.0) -> Array:
     return maps
   k = gaussian_kernel1d(sigma, truncate)
   r = (k.shape[0] - 1) // 2
-  h, w = maps.shape[1], maps.shape[2]
 
-  def blur_axis(x, axis, n):
-    pad = [(0, 0)] * 3
+  def blur_axis(x, axis):
+    n = x.shape[axis]
+    pad = [(0, 0)] * x.ndim
     pad[axis] = (r, r)
     # Borders wider than the map itself need repeated reflection; jnp.pad handles it.
     x = jnp.pad(x, pad, mode='symmetric')
-    idx = jnp.arange(n)[:, None] + jnp.arange(2 * r + 1)[None, :]  # [n, 2r + 1] windows
-    win = jnp.take(x, idx, axis=axis)  # [..., n, 2r + 1, ...]
-    if axis == 1:
-      return jnp.einsum('bnkw,k->bnw', win, k)
-    return jnp.einsum('bhnk,k->bhn', win, k)
+    # A weighted sum of 2r + 1 shifted slices: XLA fuses it into one pass over the map, where
+    # gathering the windows would first write a (2r + 1) times larger array.
+    out = float(k[0]) * jax.lax.slice_in_dim(x, 0, n, axis=axis)
+    for i in range(1, 2 * r + 1):
+      out = out + float(k[i]) * jax.lax.slice_in_dim(x, i, i + n, axis=axis)
+    return out
 
-  return blur_axis(blur_axis(maps.astype(jnp.float32), 1, h), 2, w)
+  return blur_axis(blur_axis(maps.astype(jnp.float32), 1), 2)
 
 
 def ssim_map(x: Array, y: Array, data_range: float = 2.0, sigma: float = 1.5, k1: float = 0.01,
@@ -83,18 +86,16 @@ def ssim_map(x: Array, y: Array, data_range: float = 2.0, sigma: float = 1.5, k1
   Wang et al. 2004 with Gaussian windows (sigma 1.5, truncated at 3.5 sigma) and population
   (co)variances, as skimage.metrics.structural_similarity(gaussian_weights=True,
   use_sample_covariance=False, full=True); borders reflected. Images in [-1, 1]: data_range 2.
+  The five local moments of every channel plane are blurred together, in one pass.
   """
   b, h, w, c = x.shape
-  planes = lambda a: jnp.moveaxis(a.astype(jnp.float32), -1, 1).reshape(b * c, h, w)
-  blur = lambda a: gaussian_blur(a, sigma, truncate=3.5)
-  x, y = planes(x), planes(y)
-  mx, my = blur(x), blur(y)
-  vx = blur(x * x) - mx * mx
-  vy = blur(y * y) - my * my
-  cxy = blur(x * y) - mx * my
+  x, y = (jnp.moveaxis(a.astype(jnp.float32), -1, 0).reshape(c * b, h, w) for a in (x, y))
+  moments = gaussian_blur(jnp.concatenate([x, y, x * x, y * y, x * y]), sigma, truncate=3.5)
+  mx, my, sxx, syy, sxy = (m.reshape(c, b, h, w) for m in jnp.split(moments, 5))
+  vx, vy, cxy = sxx - mx * mx, syy - my * my, sxy - mx * my
   c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
   s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-  return jnp.mean(s.reshape(b, c, h, w), axis=1)
+  return jnp.mean(s, axis=0)
 
 
 def squared_error_map(images: Array, recon: Array) -> Array:
