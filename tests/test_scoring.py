@@ -17,6 +17,13 @@ def test_gaussian_blur_matches_scipy(sigma):
   np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_gaussian_blur_smooths_the_last_two_axes_of_stacked_planes():
+  x = np.random.default_rng(1).normal(size=(2, 3, 24, 17)).astype(np.float32)
+  got = np.asarray(scoring.gaussian_blur(jnp.asarray(x), 2.0))
+  ref = ndimage.gaussian_filter(x, (0, 0, 2.0, 2.0), mode='reflect', truncate=4.0)
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_gaussian_blur_off_and_kernel_is_normalised():
   x = jnp.ones((1, 5, 5))
   np.testing.assert_array_equal(np.asarray(scoring.gaussian_blur(x, 0.0)), 1.0)

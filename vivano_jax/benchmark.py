@@ -14,7 +14,8 @@ size in --sizes (patch size fixed by the config, so the patch grid grows with th
     device count. Counted with remat off and one microbatch, since XLA counts a loop body once and a
     rematerialised forward twice;
   - achieved train FLOP/s and MFU = achieved / ceiling, where the ceiling is the FLOP/s of a large
-    matmul in the compute dtype measured here on all devices at once;
+    matmul in the compute dtype measured here on all devices at once; the same for each score step
+    (score MFU: its FLOPs per image x images/s / ceiling);
   - memory: XLA's buffer sizes for the train step per device (arguments + outputs + temporaries -
     donated), and the peak of the device's allocator where it reports one (GPU, TPU), else the peak
     resident memory of this process (CPU; a maximum over the whole run so far).
@@ -228,6 +229,8 @@ def benchmark_size(config: ml_collections.ConfigDict, mesh: Mesh, steps: int, wa
       'score_nll_flops_per_image': score['nll']['flops_per_image'],
       'score_decode_flops_per_image': score['decode']['flops_per_image'],
       'achieved_flops_per_sec': achieved, 'mfu': achieved / ceiling,
+      'score_mfu': {k: score[k]['flops_per_image'] * score[k]['images_per_sec'] / ceiling
+                    for k in ('nll', 'decode')},
       'xla_train_bytes_per_device': _xla_bytes(compiled),
       'peak_memory_bytes': peak, 'peak_memory_source': peak_source,
   }
@@ -286,11 +289,11 @@ def format_report(result: dict[str, Any]) -> str:
       f"matmul ceiling ({result['compute_dtype']}, {result['matmul_size']}^2 per device, all "
       f"devices): {_si(result['matmul_ceiling_flops_per_sec'], 'FLOP/s')}",
       f"median of {result['steps']} steps after {result['warmup']} warm-up; FLOPs are model FLOPs "
-      f"(XLA cost analysis); score = NLL only / with decoder",
+      f"(XLA cost analysis); score = NLL only / with decoder; MFU = achieved FLOP/s / ceiling",
       '',
   ]
   head = ('size', 'grid', 'batch', 'compile', 'step', 'train img/s', 'score img/s',
-          'train FLOP/img', 'achieved', 'MFU', 'XLA mem/dev', 'peak mem', 'x FLOPs', 'x time')
+          'train FLOP/img', 'achieved', 'MFU', 'score MFU', 'XLA mem/dev', 'peak mem', 'x FLOPs', 'x time')
   rows = []
   first = result['sizes'][0] if result['sizes'] else None
   for r in result['sizes']:
@@ -300,7 +303,9 @@ def format_report(result: dict[str, Any]) -> str:
         f"{r['train_images_per_sec']:.1f}",
         f"{r['score_nll_images_per_sec']:.1f} / {r['score_decode_images_per_sec']:.1f}",
         _si(r['train_flops_per_image'], 'FLOP'), _si(r['achieved_flops_per_sec'], 'FLOP/s'),
-        f"{100 * r['mfu']:.1f}%", _bytes(r['xla_train_bytes_per_device']),
+        f"{100 * r['mfu']:.1f}%",
+        f"{100 * r['score_mfu']['nll']:.1f}% / {100 * r['score_mfu']['decode']:.1f}%",
+        _bytes(r['xla_train_bytes_per_device']),
         _bytes(r['peak_memory_bytes']),
         f"{r['train_flops_per_image'] / first['train_flops_per_image']:.2f}",
         f"{r['step_s'] / first['step_s'] * first['batch_size'] / r['batch_size']:.2f}"))

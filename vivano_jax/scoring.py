@@ -57,7 +57,8 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
 
 
 def gaussian_blur(maps: Array, sigma: float, truncate: float = 4.0) -> Array:
-  """Separable Gaussian smoothing of [B, H, W] maps with symmetric (scipy 'reflect') borders."""
+  """Separable Gaussian smoothing of [B, H, W] maps (or [..., H, W]: the last two axes) with
+  symmetric (scipy 'reflect') borders."""
   if sigma <= 0:
     return maps
   k = gaussian_kernel1d(sigma, truncate)
@@ -76,7 +77,7 @@ def gaussian_blur(maps: Array, sigma: float, truncate: float = 4.0) -> Array:
       out = out + float(k[i]) * jax.lax.slice_in_dim(x, i, i + n, axis=axis)
     return out
 
-  return blur_axis(blur_axis(maps.astype(jnp.float32), 1), 2)
+  return blur_axis(blur_axis(maps.astype(jnp.float32), maps.ndim - 2), maps.ndim - 1)
 
 
 def ssim_map(x: Array, y: Array, data_range: float = 2.0, sigma: float = 1.5, k1: float = 0.01,
@@ -88,10 +89,10 @@ def ssim_map(x: Array, y: Array, data_range: float = 2.0, sigma: float = 1.5, k1
   use_sample_covariance=False, full=True); borders reflected. Images in [-1, 1]: data_range 2.
   The five local moments of every channel plane are blurred together, in one pass.
   """
-  b, h, w, c = x.shape
-  x, y = (jnp.moveaxis(a.astype(jnp.float32), -1, 0).reshape(c * b, h, w) for a in (x, y))
-  moments = gaussian_blur(jnp.concatenate([x, y, x * x, y * y, x * y]), sigma, truncate=3.5)
-  mx, my, sxx, syy, sxy = (m.reshape(c, b, h, w) for m in jnp.split(moments, 5))
+  x, y = (jnp.moveaxis(a.astype(jnp.float32), -1, 0) for a in (x, y))  # [C, B, H, W] planes.
+  # [5, C, B, H, W]: stacked on a new axis, so an exported model's symbolic batch is never split.
+  mx, my, sxx, syy, sxy = gaussian_blur(jnp.stack([x, y, x * x, y * y, x * y]), sigma,
+                                        truncate=3.5)
   vx, vy, cxy = sxx - mx * mx, syy - my * my, sxy - mx * my
   c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
   s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
