@@ -254,3 +254,15 @@ def test_a_run_failing_before_training_leaves_no_workdir(tmp_path, tfds_dir, cap
                          '--config.dataset.name=folder', f'--config.dataset.manual_dir={tmp_path}/x')
   assert code == errors.EXIT_DATA and 'dataset.manual_dir' in err
   assert not work.exists()
+
+
+def test_a_run_saved_before_a_default_changed_keeps_its_former_value(run):
+  """config.json without model.decoder_upsample was written when only nearest upsampling existed:
+  it loads as 'nearest', not as today's default, so its checkpoint restores into the same model."""
+  path = run / 'config.json'
+  saved = json.loads(path.read_text())
+  assert saved['model']['decoder_upsample'] == 'subpixel'  # Today's default, recorded.
+  assert workdir_lib.load_config(str(run)).model.decoder_upsample == 'subpixel'
+  del saved['model']['decoder_upsample']
+  path.write_text(json.dumps(saved))
+  assert workdir_lib.load_config(str(run)).model.decoder_upsample == 'nearest'
