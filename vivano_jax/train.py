@@ -161,8 +161,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batches = synthetic_batches(batches, config, start_step)
   logging.info('Training %d steps (from %d), global batch %d on %d devices', total_steps, start_step,
                config.train.batch_size, mesh.devices.size)
+  devices = f'{mesh.devices.size} device' + 's' * (mesh.devices.size > 1)
   with console.stage(f'train ({total_steps - start_step} steps of batch '
-                     f'{config.train.batch_size} on {mesh.devices.size} devices)'):
+                     f'{config.train.batch_size} on {devices})'):
     state, train_ips = _train(config, workdir, state, mngr, batches, start_step, total_steps,
                               mesh, writer)
 
