@@ -311,13 +311,13 @@ def test_export_failing_halfway_leaves_no_complete_looking_split(folder_run, tmp
                                                                   monkeypatch):
   from vivano_jax import export  # pylint: disable=g-import-not-at-top
   from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from vivano_jax import report  # pylint: disable=g-import-not-at-top
+  from vivano_jax import overlays  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns('export', 'report'))
   thresholds_before = (run / 'thresholds.json').read_bytes()
   config = workdir_lib.load_config(str(run))
   calls = []
-  real = report.save_overlay
+  real = overlays.save_overlay
 
   def failing(*args, **kwargs):  # Scores, maps and masks are written; the 4th overlay fails.
     calls.append(args[0])
@@ -325,7 +325,7 @@ def test_export_failing_halfway_leaves_no_complete_looking_split(folder_run, tmp
       raise OSError('No space left on device')
     return real(*args, **kwargs)
 
-  monkeypatch.setattr(report, 'save_overlay', failing)
+  monkeypatch.setattr(overlays, 'save_overlay', failing)
   with pytest.raises(OSError, match='No space'):
     export.export_run(config, str(run))
   split_tmp = pathlib.Path(calls[0]).parent.parent
@@ -389,3 +389,21 @@ def test_digits_export_then_evaluate_equals_training(tiny_config, tmp_path):
   assert t['num_normal'] == len(input_pipeline.load(config, ('train',))['train'])
   page = (tmp_path / 'report' / 'index.html').read_text()
   assert 'no PRO curve' in page and (tmp_path / 'report' / 'roc.png').is_file()
+
+
+def test_overlay_colours_are_matplotlibs_jet_and_the_panels_are_laid_out():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  from vivano_jax import overlays  # pylint: disable=g-import-not-at-top
+  want = matplotlib.colormaps['jet'](np.linspace(0.0, 1.0, 256))[:, :3] * 255
+  np.testing.assert_allclose(overlays.jet_colors(), want, atol=1e-3)
+  image = np.full((6, 5), 100, np.uint8)
+  amap = np.zeros((6, 5), np.float32)
+  amap[0, 0] = 1.0  # Red at the top of the range, blue (0, 0, 127.5) elsewhere.
+  mask = np.zeros((6, 5), bool)
+  pic = overlays.overlay(image, amap, mask, (0.0, 1.0))
+  assert pic.shape == (6, 3 * 5 + 2 * 4, 3) and pic.dtype == np.uint8
+  np.testing.assert_array_equal(pic[:, :5], 100)  # The image, grey to RGB.
+  np.testing.assert_array_equal(pic[:, 5:9], 255)  # The white gap.
+  np.testing.assert_array_equal(pic[0, 9], np.round(0.5 * 100 + 0.5 * want[255]))
+  np.testing.assert_array_equal(pic[5, 13], np.round(0.5 * 100 + 0.5 * want[0]))
+  np.testing.assert_array_equal(pic[:, 18:], 0)  # The mask panel: no defect.

@@ -220,7 +220,7 @@ def test_a_float32_model_scores_as_predict_with_the_run(workdir, run, tmp_path):
 # The commands.
 
 
-def test_predict_with_an_onnx_model_needs_no_jax_nor_tensorflow(exported, workdir, tmp_path):
+def test_predict_with_an_onnx_model_needs_only_onnxruntime_numpy_pillow_and_absl(exported, workdir, tmp_path):
   inputs = tmp_path / 'in'
   inputs.mkdir()
   for i, image in enumerate(texture_images()[:4]):
@@ -232,7 +232,8 @@ def test_predict_with_an_onnx_model_needs_no_jax_nor_tensorflow(exported, workdi
           f'code = cli.run_command("predict", ["vivano predict", "--model={exported["onnx"]}", '
           f'"--input={inputs}", "--output={out}", "--batch_size=2"])\n'
           'print("HEAVY", sorted({m.split(".")[0] for m in sys.modules} & '
-          '{"jax", "jaxlib", "flax", "tensorflow", "orbax"}))\nsys.exit(code)')
+          '{"jax", "jaxlib", "flax", "tensorflow", "orbax", "tensorflow_datasets", "sklearn", '
+          '"scipy", "matplotlib", "ml_collections"}))\nsys.exit(code)')
   proc = subprocess.run([sys.executable, '-c', code], env=_env(), cwd=str(REPO),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

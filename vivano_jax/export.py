@@ -48,6 +48,7 @@ from vivano_jax import checkpoints
 from vivano_jax import errors
 from vivano_jax import export_format
 from vivano_jax import input_pipeline
+from vivano_jax import overlays
 from vivano_jax import report
 from vivano_jax import score_selection
 from vivano_jax import scorer as scorer_lib
@@ -114,19 +115,19 @@ def write_split(directory: pathlib.Path, data: input_pipeline.SplitData,
   order = np.argsort(-result.scores, kind='stable')
   drawn = set(range(n)) if max_overlays < 0 else set(order[:max_overlays]) | set(
       order[::-1][:max_overlays])
-  overlays = {i: f'{export_format.array_key(i)}_{export_format.safe_stem(data.filenames[i])}.png'
-              for i in sorted(drawn)}
+  names = {i: f'{export_format.array_key(i)}_{export_format.safe_stem(data.filenames[i])}.png'
+           for i in sorted(drawn)}
 
   def draw(i: int, path: pathlib.Path) -> None:
     with Image.open(io.BytesIO(data.images[i])) as im:
       image = np.asarray(im)
-    report.save_overlay(path, image, result.native_maps[i], result.native_masks[i], display_range,
-                        has_mask=bool(data.has_mask[i]))
+    overlays.save_overlay(path, image, result.native_maps[i], result.native_masks[i],
+                          display_range, has_mask=bool(data.has_mask[i]))
 
   table = {'filename': data.filenames, 'label': data.labels, 'defect_type': data.defect_types,
            'has_mask': data.has_mask, 'score': result.scores}
   export_format.write_split(directory, table, components, result.native_maps,
-                            result.native_masks, overlays, draw, result.metrics, run)
+                            result.native_masks, names, draw, result.metrics, run)
 
 
 def _run_record(config, workdir, split, step, n, scored, stats, record) -> dict[str, Any]:

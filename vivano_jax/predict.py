@@ -43,7 +43,7 @@ import numpy as np
 from vivano_jax import errors
 from vivano_jax import export_format
 from vivano_jax import image_io
-from vivano_jax import report
+from vivano_jax import overlays
 from vivano_jax.datasets import image_files
 from vivano_jax.serving import model_dir
 from vivano_jax.serving import preprocess
@@ -142,7 +142,7 @@ def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, 
       base = f'{export_format.array_key(i)}_{export_format.safe_stem(path.name)}'
       amap = result['maps'][i]
       np.save(out / 'maps' / f'{base}.npy', amap)
-      report.save_overlay(out / 'overlays' / f'{base}.png', result['images'][i], amap, None,
+      overlays.save_overlay(out / 'overlays' / f'{base}.png', result['images'][i], amap, None,
                           record['pixel_display_range'])
       writer.writerow([i, str(path), *amap.shape, export_format.format_float(result['scores'][i]),
                        export_format.format_float(record['threshold']),

@@ -1,10 +1,4 @@
-"""Pictures of a run: heatmap overlays and the HTML report (`WORKDIR/report/index.html`).
-
-An overlay puts side by side, at the image's native size: the image | the anomaly map in colour
-over a grey copy of it | the ground-truth mask (white on black; mid-grey when the image has no
-pixel annotation; left out for new images). The map's colours run from blue at `display_range[0]`
-to red at `display_range[1]`, one scale for every image of a run (export.py takes it from held-out
-normal images), so colours compare across images.
+"""The HTML report of a run (`WORKDIR/report/index.html`).
 
 The report reads only the exported files (export_format.read_export): the metrics table, the image-level
 ROC curve, the PRO curve (which AU-PRO integrates up to an FPR of 0.3) and the overlays of the most
@@ -20,64 +14,18 @@ import shutil
 from typing import Any, Optional
 
 from absl import flags
-import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
-from PIL import Image
 import sklearn.metrics
 
 from vivano_jax import atomic_files
 from vivano_jax import export_format
-from vivano_jax import image_io
 from vivano_jax import metrics as metrics_lib
 from vivano_jax import tables
 
 REPORT_DIR = 'report'
-_GAP = 4  # White pixels between panels.
-_MASK_UNKNOWN = 128  # Grey mask panel: no pixel ground truth for this image.
 _MAX_CURVE_POINTS = 4096  # Curves are thinned to this many points for plotting.
-_COLORS = (matplotlib.colormaps['jet'](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.float32)
-
-
-def overlay(image: np.ndarray, amap: np.ndarray, mask: Optional[np.ndarray],
-            display_range: tuple[float, float], has_mask: bool = True) -> np.ndarray:
-  """The side-by-side picture, uint8 [H, 2 W + gap or 3 W + 2 gaps, 3].
-
-  Args:
-    image: uint8 [H, W], [H, W, 1] or [H, W, 3] at native size.
-    amap: float [h, w] anomaly map (resized bilinearly to [H, W] if needed).
-    mask: bool [h, w] ground truth, or None for no mask panel.
-    display_range: (lo, hi) map values drawn blue and red.
-    has_mask: False draws the mask panel grey (no pixel ground truth).
-  """
-  image = np.asarray(image)
-  if image.ndim == 3 and image.shape[-1] == 1:
-    image = image[..., 0]
-  rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
-  h, w = rgb.shape[:2]
-  lo, hi = float(display_range[0]), float(display_range[1])
-  level = np.clip((image_io.resize(np.asarray(amap, np.float32), (h, w)) - lo)
-                  / max(hi - lo, 1e-12), 0.0, 1.0)
-  heat = _COLORS[np.round(level * 255).astype(np.int32)]
-  gray = rgb.astype(np.float32).mean(axis=-1, keepdims=True)
-  panels = [rgb.astype(np.uint8), np.round(0.5 * gray + 0.5 * heat).astype(np.uint8)]
-  if mask is not None:
-    if has_mask:
-      m = image_io.resize(np.asarray(mask, bool), (h, w)).astype(np.uint8) * 255
-    else:
-      m = np.full((h, w), _MASK_UNKNOWN, np.uint8)
-    panels.append(np.repeat(m[..., None], 3, axis=-1))
-  gap = np.full((h, _GAP, 3), 255, np.uint8)
-  out = [panels[0]]
-  for p in panels[1:]:
-    out += [gap, p]
-  return np.concatenate(out, axis=1)
-
-
-def save_overlay(path: str | os.PathLike, *args, **kwargs) -> None:
-  """`overlay(*args, **kwargs)` as a PNG."""
-  Image.fromarray(overlay(*args, **kwargs)).save(path, format='png', compress_level=1)
 
 
 def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

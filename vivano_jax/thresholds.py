@@ -20,10 +20,11 @@ import os
 from typing import Any, Optional
 
 import numpy as np
-import sklearn.metrics
 
-from vivano_jax import config_defaults
 from vivano_jax import errors
+
+# sklearn and config_defaults (ml_collections) are imported where they are used: scoring with an
+# exported ONNX model reads thresholds.json through this module with numpy alone.
 
 KINDS = ('quantile', 'f1')
 FILENAME = 'thresholds.json'
@@ -49,6 +50,7 @@ def f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Optional[dict[str, f
     raise ValueError(f'{scores.size} scores but {labels.size} labels')
   if np.unique(labels).size != 2:
     return None
+  import sklearn.metrics  # pylint: disable=g-import-not-at-top
   precision, recall, thresholds = sklearn.metrics.precision_recall_curve(labels, scores)
   # The last point (precision 1, recall 0) has no threshold.
   p, r = precision[:-1], recall[:-1]
@@ -121,6 +123,7 @@ def check_score(record: dict[str, Any], score: Any, workdir: str) -> None:
   else:
     # A field added to config.score after the export counts at its default, which is what the
     # export computed without it.
+    from vivano_jax import config_defaults  # pylint: disable=g-import-not-at-top
     defaults = json.loads(json.dumps(config_defaults.base_config().score.to_dict()))
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))

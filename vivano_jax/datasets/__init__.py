@@ -13,11 +13,13 @@ All builders share the example format in `features.py` and the checks and writin
 """
 
 import importlib
-
-import ml_collections
-import tensorflow_datasets as tfds
+from typing import TYPE_CHECKING
 
 from vivano_jax import errors
+
+if TYPE_CHECKING:  # Each builder module imports tfds itself: image_files alone needs neither.
+  import ml_collections
+  import tensorflow_datasets as tfds
 
 # Builder name -> module defining it (imported lazily: TF-heavy builders load only when used).
 BUILDER_MODULES = {
@@ -30,7 +32,7 @@ BUILDER_MODULES = {
 }
 
 
-def get_builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+def get_builder(cfg: 'ml_collections.ConfigDict') -> 'tfds.core.DatasetBuilder':
   """The prepared tfds builder for `cfg` (= config.dataset); data in `cfg.data_dir` ('' = default).
 
   Raises:
