@@ -37,7 +37,8 @@ def _one_error_line(err: str) -> str:
 def test_vivano_help_lists_every_subcommand(capsys):
   code, out, _ = _call(capsys, '--help')
   assert code == 0
-  for name in ('train', 'export', 'evaluate', 'predict', 'sweep', 'benchmark', 'report'):
+  for name in ('train', 'export', 'evaluate', 'predict', 'sweep', 'benchmark', 'report',
+               'export-model'):
     assert f'  {name} ' in out
   assert cli.main(['vivano']) == errors.EXIT_USAGE
   code, _, err = _call(capsys, 'nope')
@@ -66,6 +67,7 @@ def test_sweep_help_and_bad_argument(capsys):
     ('predict', ['--workdir=/nonexistent/run', '--input=x.png', '--output=o']),
     ('report', ['--workdir=/nonexistent/run']),
     ('benchmark', ['--config=/nonexistent/config.py']),
+    ('export-model', ['--workdir=/nonexistent/run', '--format=onnx', '--output=/tmp/unused']),
     ('sweep', ['run', '--sweep=/nonexistent/sweep.py', '--root=/tmp/r', '--dry_run']),
 ])
 def test_missing_file_is_a_data_error(capsys, command, args):
