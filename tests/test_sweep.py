@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -323,6 +324,29 @@ def test_gather_over_seed_pools_mean_and_sample_std(tmp_path, capsys):
              {'metrics': {'overall': {'image_auroc': 0.7}}})
   with pytest.raises(sweep_lib.SweepError, match=r"share the group 'base' but differ"):
     sweep_lib.summarize(*sweep_lib.gather(str(single)), over='seed')
+  # Told that model.depth changes nothing, the runs pool: n = 2, mean (0.5 + 0.7) / 2.
+  columns, (row,) = sweep_lib.summarize(*sweep_lib.gather(str(single)), over='seed',
+                                        ignore=['model.depth'])
+  assert 'model.depth' not in columns and row['n'] == 2
+  assert row['image_auroc_mean'] == pytest.approx(0.6)
+  with pytest.raises(sweep_lib.SweepError, match=r'--ignore=model.width: not a field'):
+    sweep_lib.summarize(*sweep_lib.gather(str(single)), over='seed', ignore=['model.width'])
+
+
+def test_gather_compares_a_field_a_run_lacks_at_the_value_it_ran_with(tmp_path):
+  """A config.json written before a field existed pools with a later run of the same setting."""
+  root = tmp_path / 'root'
+  for seed, model in ((0, {}), (1, {'decoder_upsample': 'nearest'}),
+                      (2, {'decoder_upsample': 'subpixel'})):
+    _write_run(root, f'seed={seed}', {'seed': seed, 'model': model},
+               {'metrics': {'overall': {'image_auroc': 0.5 + 0.1 * seed}}})
+  columns, rows = sweep_lib.gather(str(root))
+  assert [r['model.decoder_upsample'] for r in rows] == ['nearest', 'nearest', 'subpixel']
+  with pytest.raises(sweep_lib.SweepError, match='differ in other fields than seed'):
+    sweep_lib.summarize(columns, rows, over='seed')
+  shutil.rmtree(root / 'seed=2')
+  _, (row,) = sweep_lib.summarize(*sweep_lib.gather(str(root)), over='seed')
+  assert row['n'] == 2 and row['image_auroc_mean'] == pytest.approx(0.55)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 A run is reproducible from its config alone: `main.py` saves it as `config.json` in the workdir.
 """
 
+import copy
+from typing import Any
+
 import ml_collections
 
 
@@ -242,3 +245,24 @@ def small_32px_config() -> ml_collections.ConfigDict:
   config.train.num_tensorboard_images = 4
   config.export.at_end = False  # Metrics only; `vivano export` writes maps on demand.
   return config
+
+
+# Fields added with one behaviour and whose default changed later: a config.json written before
+# the field existed trained with this value, not with today's default.
+FORMER_DEFAULTS = {('model', 'decoder_upsample'): 'nearest'}
+
+
+def completed(saved: dict[str, Any]) -> dict[str, Any]:
+  """A config.json's dict with every field it lacks: its FORMER_DEFAULTS value where the default
+  has changed since the field was added, else today's default (keys beyond the config kept)."""
+  saved = copy.deepcopy(saved)
+  for (section, name), former in FORMER_DEFAULTS.items():
+    if name not in saved.setdefault(section, {}):
+      saved[section][name] = former
+
+  def merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+      base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+
+  return merge(base_config().to_dict(), saved)

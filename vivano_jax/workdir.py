@@ -69,14 +69,9 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
                             json.loads(config.to_json_best_effort()) | {EFFECTIVE: effective})
 
 
-# Fields added with one behaviour and whose default changed later: a config.json written before
-# the field existed trained with this value, not with today's default.
-FORMER_DEFAULTS = {('model', 'decoder_upsample'): 'nearest'}
-
-
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """WORKDIR/config.json over the current defaults (a field added since the run has its
-  default, or its FORMER_DEFAULTS value where the default has changed since)."""
+  default, or its former default where the default has changed since: config_defaults.completed)."""
   path = os.path.join(workdir, CONFIG_JSON)
   if not os.path.isfile(path):
     raise errors.DataError(f'{path} does not exist: {workdir} is not a run folder (--workdir of '
@@ -87,16 +82,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   except (OSError, ValueError) as e:
     raise errors.DataError(f'{path}: unreadable ({e})') from e
   saved.pop(EFFECTIVE, None)  # Derived from the config, not a section of it.
-  for (section, name), former in FORMER_DEFAULTS.items():
-    if isinstance(saved.get(section), dict) and name not in saved[section]:
-      saved[section][name] = former
-
-  def merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-      base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return base
-
-  return ml_collections.ConfigDict(merge(config_defaults.base_config().to_dict(), saved))
+  return ml_collections.ConfigDict(config_defaults.completed(saved))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
   gather_parser.add_argument('--over', default=None,
                              help='also pool runs differing only in this field (e.g. seed) into '
                                   'mean +- std: ROOT/results_over_<field>.{csv,md}')
+  gather_parser.add_argument('--ignore', default='',
+                             help='with --over: fields (comma-separated) whose differences change '
+                                  'nothing and may split no group, e.g. dataset.manual_dir written '
+                                  'as two paths of one folder')
   args, unknown = parser.parse_known_args(argv)
   args.extra = {}
   for arg in unknown:
@@ -62,7 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       columns, rows = gather(args.root)
       print(write_results(os.path.abspath(args.root), columns, rows), end='')
       if args.over:
-        summary_columns, summary_rows = summarize(columns, rows, args.over)
+        ignore = [f for f in args.ignore.split(',') if f.strip()]
+        summary_columns, summary_rows = summarize(columns, rows, args.over, ignore)
         print(f'\nover {args.over} (mean ± sample std):\n'
               + write_summary(os.path.abspath(args.root), args.over, summary_columns,
                               summary_rows), end='')

@@ -8,6 +8,7 @@ import math
 import os
 from typing import Any, Optional
 
+from vivano_jax import config_defaults
 from vivano_jax.config_files import flatten
 from vivano_jax.sweep.plan import SweepError, name_part
 
@@ -37,6 +38,8 @@ def _read_runs(root: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     workdir = os.path.join(root, name)
     config = _read_json(os.path.join(workdir, 'config.json'))
     record = _read_json(os.path.join(workdir, 'sweep_run.json')) or planned.get(name, {})
+    # Fields a run's config.json lacks (added since) are compared at the value it ran with.
+    config = config_defaults.completed(config) if config else None
     runs.append({'name': name, 'config': flatten(config) if config else None,
                  'flags': record.get('flags', {}), 'overrides': record.get('overrides', {}),
                  'metrics': _read_json(os.path.join(workdir, 'metrics.json'))})
@@ -122,8 +125,8 @@ def write_results(root: str, columns: Sequence[str], rows: Sequence[Mapping[str,
 
 
 
-def summarize(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], over: str = 'seed'
-              ) -> tuple[list[str], list[dict[str, Any]]]:
+def summarize(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], over: str = 'seed',
+              ignore: Sequence[str] = ()) -> tuple[list[str], list[dict[str, Any]]]:
   """Pools runs that differ only in the field `over` (e.g. 'seed'): one row per group.
 
   Takes `gather`'s (columns, rows). Runs are grouped by their name without the `<over>=` part
@@ -131,14 +134,20 @@ def summarize(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], over: s
   group's row has that name, the other swept fields, n (finished runs), `over`'s values of those
   runs, and for image AUROC, pixel AUROC and AU-PRO the mean and sample standard deviation
   (ddof = 1; None when n < 2), plus the mean train images/s. Groups keep the order of their first
-  run; a group with no finished run is kept with n = 0.
+  run; a group with no finished run is kept with n = 0. Fields in `ignore` are left out of that
+  check and of the table: differences the user knows change nothing (one data folder reached by
+  two paths).
   """
   metric_start = columns.index(METRIC_COLUMNS[0])
   fields = list(columns[2:metric_start])
   if over not in fields:
     raise SweepError(f'--over={over}: not a field that differs between the runs (fields: '
                      f'{", ".join(fields) or "none"})')
-  others = [f for f in fields if f != over]
+  unknown = sorted(set(ignore) - set(fields))
+  if unknown:
+    raise SweepError(f'--ignore={",".join(unknown)}: not a field that differs between the runs '
+                     f'(fields: {", ".join(fields) or "none"})')
+  others = [f for f in fields if f != over and f not in ignore]
   label = over.rsplit('.', 1)[-1]
   # Pooled by name: sweep run names are made from the swept values, so runs that differ only in
   # `over` share their name without it, whether or not they have run (an unstarted run has no
@@ -159,7 +168,8 @@ def summarize(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], over: s
                 for r in done}
     if len(settings) > 1:
       raise SweepError(f'--over={over}: runs {", ".join(settings.values())} share the group '
-                       f'{group!r} but differ in other fields than {over}')
+                       f'{group!r} but differ in other fields than {over} (--ignore=FIELD '
+                       'leaves out a difference that changes nothing)')
     row = {'group': group, **{f: (done or members)[0][f] for f in others},
            'n': len(done), over: ','.join(str(r[over]) for r in done)}
     for m in SPREAD_METRICS + ('train_images_per_sec',):
