@@ -15,7 +15,8 @@
 #       images/s, step time, compute and communication on 1, 2, 4, 8 of this host's GPUs, weak
 #       (64 images per GPU) and strong (global batch 512) scaling, the study's model in bfloat16;
 #   launch/large_batch.sh gather ROOT
-#       ROOT/results.{csv,md} and ROOT/results_over_seed.{csv,md}.
+#       ROOT/results.{csv,md}, ROOT/results_over_seed.{csv,md} and ROOT/large_batch.png (image
+#       AUROC and AU-PRO against the global batch, one line per optimizer and rule).
 #
 # DATA_DIR sets dataset.data_dir (tfds' prepared data; default: tfds' own, ~/tensorflow_datasets);
 # PYTHON the interpreter (default: python). Every mode restarts where it stopped: finished runs are
@@ -26,7 +27,7 @@ PY="${PYTHON:-python}"
 SWEEP=sweeps/large_batch.py
 export TF_CPP_MIN_LOG_LEVEL=2
 
-usage() { sed -n '2,22p' "$0" >&2; exit 2; }
+usage() { sed -n '2,23p' "$0" >&2; exit 2; }
 mode="${1:-}"
 [[ -n "$mode" ]] || usage
 shift
@@ -37,7 +38,9 @@ case "$mode" in
       --per_device_batch=64 --global_batch=512 --set=train.compute_dtype=bfloat16 --steps=10 "$@" ;;
   gather)
     [[ $# -ge 1 ]] || usage
-    exec "$PY" -m vivano_jax.sweep gather --root="$1" --over=seed ;;
+    "$PY" -m vivano_jax.sweep gather --root="$1" --over=seed
+    exec "$PY" -m vivano_jax.sweep plot --root="$1" --x=train.batch_size \
+      --lines=train.optimizer,train.lr_scaling --panels=dataset.name --output="$1/large_batch.png" ;;
   cpu|host|slurm) ;;
   *) usage ;;
 esac

@@ -39,6 +39,8 @@ not read it.
       --sweep=sweeps/large_batch.py --root=runs/large_batch --config.dataset.data_dir=/tmp/tfds \\
       --config.dataset.manual_dir=../shared/data/magnetic_tile
   python -m vivano_jax.sweep gather --root=runs/large_batch --over=seed
+  python -m vivano_jax.sweep plot --root=runs/large_batch --x=train.batch_size \\
+      --lines=train.optimizer,train.lr_scaling --panels=dataset.name --output=large_batch.png
 """
 
 SEEDS = (0, 1, 2)

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -347,6 +348,74 @@ def test_gather_compares_a_field_a_run_lacks_at_the_value_it_ran_with(tmp_path):
   shutil.rmtree(root / 'seed=2')
   _, (row,) = sweep_lib.summarize(*sweep_lib.gather(str(root)), over='seed')
   assert row['n'] == 2 and row['image_auroc_mean'] == pytest.approx(0.55)
+
+
+def test_plot_draws_the_pooled_means_and_spreads_per_line_and_panel(tmp_path, capsys):
+  """gather --over=seed, then plot: each drawn point is the mean over seeds of its group."""
+  root = tmp_path / 'root'
+  auroc = {}  # (dataset, optimizer, batch, seed) -> image AUROC.
+  for d, dataset in enumerate(('brick', 'tile')):
+    for o, optimizer in enumerate(('adamw', 'lamb')):
+      for b, batch in enumerate((16, 64, 256)):
+        for seed in (0, 1):
+          if (dataset, optimizer, batch) == ('tile', 'lamb', 256):
+            continue  # Never ran: left out of the plot.
+          value = 0.9 - 0.1 * b * (o + 1) + 0.01 * seed + 0.05 * d
+          auroc[dataset, optimizer, batch, seed] = value
+          _write_run(root, f'name={dataset},optimizer={optimizer},batch_size={batch},seed={seed}',
+                     {'seed': seed, 'dataset': {'name': dataset},
+                      'train': {'optimizer': optimizer, 'batch_size': batch}},
+                     {'metrics': {'overall': {'image_auroc': value, 'pixel_auroc': 0.5,
+                                              'au_pro': 1 - value}}})
+  assert sweep_lib.main(['gather', f'--root={root}', '--over=seed']) == 0
+  output = tmp_path / 'plot.png'
+  assert sweep_lib.main(['plot', f'--root={root}', '--x=train.batch_size',
+                         '--lines=train.optimizer', '--panels=dataset.name',
+                         f'--output={output}']) == 0
+  assert f'wrote {output}' in capsys.readouterr().out
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(output) as png:
+    assert png.format == 'PNG' and png.size == (2 * 420, 2 * 320)  # 2 panels x 2 metrics.
+  assert not [p for p in os.listdir(tmp_path) if '.tmp' in p]
+
+  from vivano_jax.sweep import plot as plot_lib  # pylint: disable=g-import-not-at-top
+  rows = plot_lib.read_summary(str(root), 'seed')
+  data = plot_lib.series(rows, 'train.batch_size', ['train.optimizer'], 'dataset.name')
+  fig = plot_lib.plot(data, 'train.batch_size', str(output))
+  top_left, _, bottom_left, bottom_right = fig.axes
+  assert top_left.get_title() == 'brick: image AUROC' and top_left.get_xscale() == 'log'
+  drawn = {c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()))
+           for c in top_left.containers}
+  for optimizer in ('adamw', 'lamb'):
+    xs, ys = drawn[optimizer]
+    assert xs == [16, 64, 256]
+    expected = [statistics.mean(auroc['brick', optimizer, b, s] for s in (0, 1))
+                for b in (16, 64, 256)]
+    assert ys == pytest.approx(expected, abs=1e-12)
+  tile_lamb = data['tile']['lamb']
+  assert [x for x, _ in tile_lamb] == [16, 64]  # The group that never ran has no point.
+  mean, std = tile_lamb[1][1]['au_pro']
+  sample = [1 - auroc['tile', 'lamb', 64, s] for s in (0, 1)]
+  assert (mean, std) == pytest.approx((statistics.mean(sample), statistics.stdev(sample)))
+  assert bottom_left.get_ylabel() == bottom_right.get_ylabel() == 'AU-PRO'
+
+  # Bad input: one line naming the flag, exit code 2.
+  for flags, message in (
+      (['--x=train.lr'], '--x=train.lr: not a field that differs between the runs'),
+      (['--x=train.batch_size', '--lines=model.depth'], '--lines=model.depth: not a field'),
+      (['--x=dataset.name'], r"--x=dataset.name: 'brick' \(group "),
+      (['--x=train.batch_size', '--metrics=f1'], "--metrics: unknown metric 'f1'"),
+      (['--x=train.batch_size', f'--output={tmp_path}/missing/plot.png'],
+       'the folder .*missing does not exist'),
+      (['--x=seed', '--over=model.depth'], r'results_over_model.depth.csv does not exist')):
+    args = ['plot', f'--root={root}', *flags]
+    if not any(f.startswith('--output') for f in flags):
+      args.append(f'--output={tmp_path}/bad.png')
+    assert sweep_lib.main(args) == 2, flags
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err
+    assert re.search(message, err), (message, err)
+  assert not (tmp_path / 'bad.png').exists()
 
 
 # --------------------------------------------------------------------------------------------------

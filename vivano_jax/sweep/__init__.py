@@ -26,6 +26,8 @@ so a stopped sweep restarts where it stopped (an unfinished run resumes from its
       [--dry_run] [--only=K[,K...]] [--print_commands] [--launcher='CMD'] [--config.<field>=<value>]
   python -m vivano_jax.sweep run --sweep=sweeps/example.py --root=runs/example --count
   python -m vivano_jax.sweep gather --root=runs/example [--over=seed]
+  python -m vivano_jax.sweep plot --root=runs/example --x=train.batch_size
+      [--lines=F[,F...]] [--panels=F] [--metrics=image_auroc,au_pro] --output=plot.png
 
 `run` also writes ROOT/sweep.json (the plan), and per run ROOT/<name>/sweep_run.json (its flags)
 and ROOT/<name>/sweep_run.log (its output). Extra `--config.<field>=<value>` flags go to every run
@@ -37,11 +39,12 @@ ROOT/results.csv and ROOT/results.md: one row per run with the swept fields as t
 (and any config field that differs between runs, e.g. config.json's effective.learning_rate under
 a scaling rule), image AUROC, pixel AUROC, AU-PRO and train/score images/s. `gather --over=seed`
 also pools the runs that differ only in the seed into one row each: n, mean and sample standard
-deviation (ROOT/results_over_seed.{csv,md}).
+deviation (ROOT/results_over_seed.{csv,md}). `plot` draws that table's metrics against a swept
+field as a PNG (plot.py), one line per value of the `--lines` fields.
 
 The package: plan.py reads and expands a sweep file, run.py runs it, results.py gathers it,
-command_line.py is the command line (`main(argv)`); config fields are read and set by
-vivano_jax.config_files, the way main reads its `--config.<field>` flags. `run --dry_run` lists
+plot.py plots it, command_line.py is the command line (`main(argv)`); config fields are read and
+set by vivano_jax.config_files, the way main reads its `--config.<field>` flags. `run --dry_run` lists
 every run with its index (what --only selects: a job array's task id) and the learning rate and
 warmup it will train with; `run --count` prints the number of runs (the array's size).
 """

@@ -1,4 +1,4 @@
-"""The sweep's command line: `python -m vivano_jax.sweep run|gather ...` (the flags: the package
+"""The sweep's command line: `python -m vivano_jax.sweep run|gather|plot ...` (the flags: the package
 docstring, vivano_jax/sweep/__init__.py). Exit codes: 0 done, 1 some run failed, 2 bad input (a
 SweepError, printed as one line), 130 interrupted."""
 
@@ -11,6 +11,7 @@ from typing import Optional
 
 from vivano_jax import errors
 import vivano_jax.sweep as sweep_package
+from vivano_jax.sweep import plot as plot_lib
 from vivano_jax.sweep.plan import SweepError, load_sweep
 from vivano_jax.sweep.results import gather, summarize, write_results, write_summary
 from vivano_jax.sweep.run import print_commands, run_sweep
@@ -43,6 +44,19 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              help='with --over: fields (comma-separated) whose differences change '
                                   'nothing and may split no group, e.g. dataset.manual_dir written '
                                   'as two paths of one folder')
+  plot_parser = sub.add_parser('plot', help='plot metrics against a swept field (PNG) from '
+                               "gather --over's table")
+  plot_parser.add_argument('--root', required=True)
+  plot_parser.add_argument('--over', default='seed', help="the table gather --over wrote")
+  plot_parser.add_argument('--x', required=True, help='the swept field on the x axis, e.g. '
+                           'train.batch_size')
+  plot_parser.add_argument('--lines', default='', help='fields (comma-separated) whose values '
+                           'make one line each, e.g. train.optimizer,train.lr_scaling')
+  plot_parser.add_argument('--panels', default=None, help='a field with one column of panels '
+                           'per value, e.g. dataset.name')
+  plot_parser.add_argument('--metrics', default='image_auroc,au_pro',
+                           help='one row of panels each: image_auroc, pixel_auroc, au_pro')
+  plot_parser.add_argument('--output', required=True, help='the PNG to write')
   args, unknown = parser.parse_known_args(argv)
   args.extra = {}
   for arg in unknown:
@@ -54,7 +68,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Runs `run` or `gather` with argv (without the program name); returns the exit code, also for
+  """Runs `run`, `gather` or `plot` with argv (without the program name); returns the exit code, also for
   --help (0) and a bad argument (2), which argparse ends with SystemExit, so that a caller (the
   `vivano sweep` command) gets a code back whatever happens."""
   try:
@@ -71,6 +85,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'\nover {args.over} (mean ± sample std):\n'
               + write_summary(os.path.abspath(args.root), args.over, summary_columns,
                               summary_rows), end='')
+      return 0
+    if args.command == 'plot':
+      metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
+      data = plot_lib.series(plot_lib.read_summary(args.root, args.over), args.x,
+                             [f.strip() for f in args.lines.split(',') if f.strip()],
+                             args.panels, metrics)
+      plot_lib.plot(data, args.x, args.output, metrics)
+      print(f'wrote {args.output}')
       return 0
     sweep = load_sweep(args.sweep, args.extra)
     only = None

@@ -1,0 +1,107 @@
+"""`sweep plot`: a metric against a swept field from `gather --over=...`'s table, as a PNG.
+
+One row of panels per metric, one column per value of `--panels` (e.g. dataset.name), one line per
+combination of the `--lines` fields (e.g. train.optimizer,train.lr_scaling): points are the mean over
+the pooled runs, bars the sample standard deviation where more than one finished. Groups with no
+finished run are left out. The x axis is logarithmic (base 2) when every x is positive and they
+span a factor of 8 or more (batch sizes, learning rates).
+
+  python -m vivano_jax.sweep gather --root=runs/large_batch --over=seed
+  python -m vivano_jax.sweep plot --root=runs/large_batch --x=train.batch_size \\
+      --lines=train.optimizer,train.lr_scaling --panels=dataset.name --output=large_batch.png
+"""
+
+from collections.abc import Sequence
+import csv
+import os
+from typing import Optional
+
+from vivano_jax.sweep.plan import SweepError, name_part
+from vivano_jax.sweep.results import SPREAD_METRICS
+
+METRIC_LABELS = {'image_auroc': 'image AUROC', 'pixel_auroc': 'pixel AUROC', 'au_pro': 'AU-PRO'}
+
+# {panel: {line label: [(x, {metric: (mean, std or None)}), ...] ascending in x}}.
+Series = dict[str, dict[str, list[tuple[float, dict[str, tuple[float, Optional[float]]]]]]]
+
+
+def read_summary(root: str, over: str) -> list[dict[str, str]]:
+  """The rows of ROOT/results_over_<over>.csv."""
+  path = os.path.join(root, f'results_over_{name_part(over)}.csv')
+  if not os.path.isfile(path):
+    raise SweepError(f'{path} does not exist: run `python -m vivano_jax.sweep gather '
+                     f'--root={root} --over={over}` first')
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def series(rows: Sequence[dict[str, str]], x: str, lines: Sequence[str],
+           panels: Optional[str] = None, metrics: Sequence[str] = ('image_auroc', 'au_pro')
+           ) -> Series:
+  """Groups `read_summary`'s rows into panels and lines (see the module docstring)."""
+  columns = list(rows[0]) if rows else []
+  fields = columns[1:columns.index('n')] if 'n' in columns else []
+  for name, field in [('--x', x), ('--panels', panels)] + [('--lines', f) for f in lines]:
+    if field is not None and field not in fields:
+      raise SweepError(f'{name}={field}: not a field that differs between the runs (fields: '
+                       f'{", ".join(fields) or "none"})')
+  for m in metrics:
+    if m not in SPREAD_METRICS:
+      raise SweepError(f'--metrics: unknown metric {m!r} (one of {", ".join(SPREAD_METRICS)})')
+  out: Series = {}
+  for row in rows:
+    if int(row['n']) == 0 or any(row[f'{m}_mean'] == '' for m in metrics):
+      continue
+    try:
+      x_value = float(row[x])
+    except ValueError:
+      raise SweepError(f'--x={x}: {row[x]!r} (group {row["group"]}) is not a number') from None
+    panel = row[panels] if panels else ''
+    label = ' '.join(row[f] for f in lines) or 'all'
+    values = {m: (float(row[f'{m}_mean']), float(row[f'{m}_std']) if row[f'{m}_std'] else None)
+              for m in metrics}
+    out.setdefault(panel, {}).setdefault(label, []).append((x_value, values))
+  if not out:
+    raise SweepError('no group has a finished run to plot')
+  for lines_of_panel in out.values():
+    for points in lines_of_panel.values():
+      points.sort(key=lambda p: p[0])
+  return out
+
+
+def plot(data: Series, x: str, output: str, metrics: Sequence[str] = ('image_auroc', 'au_pro')):
+  """Draws `series`' data and writes it to the PNG `output`; returns the matplotlib Figure."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  panels = sorted(data)
+  xs = [p[0] for lines in data.values() for points in lines.values() for p in points]
+  log_x = min(xs) > 0 and max(xs) / min(xs) >= 8
+  fig = Figure(figsize=(4.2 * len(panels), 3.2 * len(metrics)), dpi=100)
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(len(metrics), len(panels), squeeze=False)
+  for j, panel in enumerate(panels):
+    for i, metric in enumerate(metrics):
+      ax = axes[i][j]
+      for label, points in sorted(data[panel].items()):
+        stds = [p[1][metric][1] for p in points]
+        ax.errorbar([p[0] for p in points], [p[1][metric][0] for p in points],
+                    yerr=None if all(s is None for s in stds) else [s or 0.0 for s in stds],
+                    marker='o', ms=3, lw=1.2, capsize=2, label=label)
+      if log_x:
+        ax.set_xscale('log', base=2)
+      name = METRIC_LABELS.get(metric, metric)
+      ax.set(xlabel=x, ylabel=name, title=f'{panel}: {name}' if panel else name)
+      ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=7)
+  fig.tight_layout()
+  folder = os.path.dirname(os.path.abspath(output))
+  if not os.path.isdir(folder):
+    raise SweepError(f'--output={output}: the folder {folder} does not exist')
+  tmp = f'{output}.tmp{os.getpid()}.png'  # Renamed over `output`: never a half-written PNG.
+  try:
+    fig.savefig(tmp)
+    os.replace(tmp, output)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return fig
