@@ -548,7 +548,8 @@ def test_real_sweep_of_two_tiny_runs_then_restart_and_gather(tmp_path, tfds_dir)
   root = tmp_path / 'root'
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
   cmd = [sys.executable, '-m', 'vivano_jax.sweep', 'run', f'--sweep={path}', f'--root={root}',
-         '--config.train.num_steps=10', f'--config.dataset.data_dir={tfds_dir}']
+         '--config.train.num_steps=10', f'--config.dataset.data_dir={tfds_dir}',
+         '--config.export.at_end=False']  # Export is tested elsewhere; gather reads metrics.json.
   proc = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=400)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert proc.stdout.count(': done in ') == 2, proc.stdout

@@ -114,7 +114,7 @@ def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path):
   The uninterrupted run doubles as the CLI smoke test: summary printed, outputs written, overrides used.
   """
   input_pipeline.load(tiny_config, ('train', 'test'))  # Prepare data once for the subprocesses.
-  steps = ['--config.train.num_steps=150', '--config.train.checkpoint_every_steps=10',
+  steps = ['--config.train.num_steps=150', '--config.train.checkpoint_every_steps=50',
            '--config.train.log_every_steps=10']
   full = tmp_path / 'full'
   proc = _main(full, tiny_config.dataset.data_dir, *steps, '--config.model.depth=2')
