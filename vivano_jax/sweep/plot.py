@@ -73,6 +73,7 @@ def plot(data: Series, x: str, output: str, metrics: Sequence[str] = ('image_aur
   """Draws `series`' data and writes it to the PNG `output`; returns the matplotlib Figure."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import ScalarFormatter  # pylint: disable=g-import-not-at-top
   panels = sorted(data)
   xs = [p[0] for lines in data.values() for points in lines.values() for p in points]
   log_x = min(xs) > 0 and max(xs) / min(xs) >= 8
@@ -89,6 +90,7 @@ def plot(data: Series, x: str, output: str, metrics: Sequence[str] = ('image_aur
                     marker='o', ms=3, lw=1.2, capsize=2, label=label)
       if log_x:
         ax.set_xscale('log', base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 16, 64, not 2^4, 2^6.
       name = METRIC_LABELS.get(metric, metric)
       ax.set(xlabel=x, ylabel=name, title=f'{panel}: {name}' if panel else name)
       ax.grid(alpha=0.3)
