@@ -21,17 +21,17 @@ The budget is 20 epochs (train.num_epochs; steps = 20 * ceil(train images / B)):
 16 on Magnetic Tile (685 train images after the 10 % held out), 460 on brick (360); at B = 1024,
 20 steps. A batch larger than the training set repeats images within the batch, so there the
 budget is more than 20 epochs of images. Batches above 256 are accumulated (train.grad_accum_steps
-= B / 256: microbatches of 256, 32 per device), which bounds activation memory; BatchNorm
-statistics are then per microbatch.
+= B / 256: microbatches of 256, 32 per device), which bounds activation memory on GPUs (on a CPU
+the microbatches are unrolled: same speed as one batch, not less memory); BatchNorm statistics
+are then per microbatch.
 
 The runs are meant for 8 devices (every batch and microbatch divides by 8): on a CPU, simulate them
 with XLA_FLAGS (the runs inherit it); on a GPU host, the runs use all its GPUs
 (launch/large_batch.sh has both, and the SLURM job array). Runs are listed seed 0 first, then
 Magnetic Tile before brick, method by method, batch by batch: 33 runs per dataset and seed, 198 in
-all, each training on about the same number of images. On 2 CPU cores that is days: one step of
-batch 1024 on 8 simulated devices, compilation included, took about 4 minutes (a 1-epoch smoke
-run of runs 45 and 65 on brick); time a batch first with benchmarks/bench_scaling.py, and start
-with seed 0 (runs 0 to 65: `--only`, or stop the sweep after run 65; it restarts where it
+all, each training on about the same number of images. On 2 CPU cores that is days (a brick run of
+batch 16-256 takes 2.5-5 minutes); time a batch first with benchmarks/bench_scaling.py, and
+start with seed 0 (runs 0 to 65: `--only`, or stop the sweep after run 65; it restarts where it
 stopped). The Magnetic Tile folder is the user's to give; it reaches the brick runs too, which do
 not read it.
 

@@ -1,5 +1,6 @@
 """Training: loss decreases, data parallelism is exact, NaN stops, checkpoints resume after SIGKILL."""
 
+import functools
 import json
 import os
 import pathlib
@@ -199,16 +200,21 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_config):
   x = np.random.default_rng(0).uniform(-1, 1, size=(8, 32, 32, 1)).astype(np.float32)
   model = model_lib.create_model(config)
   finals = {}
-  for k in (1, 4):
+  # k = 4 both as the rolled loop (accelerators) and unrolled (CPUs): see train_step.train_step.
+  for k, unroll in ((1, None), (4, False), (4, True)):
     config.train.grad_accum_steps = k
     state = train_step.create_train_state(config, model, 10, mesh)
-    step = train_step.make_train_step(config, mesh)
+    step = jax.jit(functools.partial(train_step.train_step, accum_steps=k, mesh=mesh,
+                                     unroll=unroll,
+                                     loss_weights=train_step.loss_weights(config)))
     for _ in range(2):
       state, m = step(state, sharding.global_batch({'image': x}, mesh))
-    finals[k] = (state, m.compute())
-  for a, b in zip(jax.tree.leaves(finals[1][0].params), jax.tree.leaves(finals[4][0].params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
-  np.testing.assert_allclose(finals[1][1]['loss'], finals[4][1]['loss'], rtol=1e-5)
+    finals[k, unroll] = (state, m.compute())
+  for key in ((4, False), (4, True)):
+    for a, b in zip(jax.tree.leaves(finals[1, None][0].params),
+                    jax.tree.leaves(finals[key][0].params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6, err_msg=key)
+    np.testing.assert_allclose(finals[1, None][1]['loss'], finals[key][1]['loss'], rtol=1e-5)
   config.train.grad_accum_steps = 3
   with pytest.raises(ValueError, match='grad_accum_steps=3'):
     train_step.make_train_step(config, mesh)

@@ -140,7 +140,9 @@ def _train() -> ml_collections.ConfigDict:
   # Fraction of training inputs given a synthetic anomaly, the clean image staying the target
   # (denoising; vivano_jax/synthetic.py). 0 = plain reconstruction, as the paper.
   c.synthetic_anomalies = 0.0
-  c.grad_accum_steps = 1  # Microbatches per step (same memory as batch / this).
+  # Microbatches per step: on accelerators the memory of batch / this; on CPUs unrolled, the
+  # speed of one batch but not less memory (train_step.train_step).
+  c.grad_accum_steps = 1
   c.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (parameters stay float32).
   c.log_every_steps = 50
   c.checkpoint_every_steps = 200

@@ -76,8 +76,10 @@ def _loss_and_grads(state: TrainState, params, batch_stats, batch: dict[str, jax
 
 
 def _accumulated(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
-                 loss_weights: dict[str, float], accum_steps: int, mesh: Optional[Mesh]):
-  """`_loss_and_grads` averaged over `accum_steps` microbatches of the batch."""
+                 loss_weights: dict[str, float], accum_steps: int, mesh: Optional[Mesh],
+                 unroll: bool):
+  """`_loss_and_grads` averaged over `accum_steps` microbatches of the batch: a rolled loop
+  (`lax.scan`: one microbatch's activations in memory), or unrolled (see `train_step`)."""
   b = batch['image'].shape[0]
   # Row j of microbatch i is global row j * k + i: every device holds a slice of every microbatch.
   micro = jax.tree.map(
@@ -94,15 +96,21 @@ def _accumulated(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   zero_terms = {k: jnp.zeros((), jnp.float32) for k in losses.TERMS}
-  (grads, terms, batch_stats), _ = jax.lax.scan(
-      body, (zeros, zero_terms, state.batch_stats), (jnp.arange(accum_steps), micro))
+  carry = (zeros, zero_terms, state.batch_stats)
+  if unroll:
+    for i in range(accum_steps):
+      carry, _ = body(carry, (jnp.asarray(i), jax.tree.map(lambda m, i=i: m[i], micro)))
+    grads, terms, batch_stats = carry
+  else:
+    (grads, terms, batch_stats), _ = jax.lax.scan(body, carry, (jnp.arange(accum_steps), micro))
   grads = jax.tree.map(lambda g: g / accum_steps, grads)
   terms = jax.tree.map(lambda t: t / accum_steps, terms)
   return grads, terms, batch_stats
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], loss_weights: dict[str, float],
-               accum_steps: int = 1, mesh: Optional[Mesh] = None) -> tuple[TrainState, TrainMetrics]:
+               accum_steps: int = 1, mesh: Optional[Mesh] = None, unroll: Optional[bool] = None
+               ) -> tuple[TrainState, TrainMetrics]:
   """One optimisation step on the global batch {'image': [B, S, S, C]} (see `_loss_and_grads`).
 
   With accum_steps = k > 1 the batch is processed as k microbatches of B / k (each spread over all
@@ -110,13 +118,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], loss_weights: dic
   BatchNorm statistics are then per microbatch (BatchNorm statistics are carried from one microbatch
   to the next); with a deterministic bottleneck and no BatchNorm the step equals one step on B
   exactly.
+
+  The microbatches run in a rolled loop (`lax.scan`) on accelerators, unrolled on CPUs (`unroll`
+  None: by the default backend). XLA:CPU runs the loop body 10-20x slower than the same
+  operations unrolled (BENCHMARKS.md), and unrolled its scheduler keeps about the whole batch's
+  activations alive: on a CPU accumulation gives the same step, not less memory.
   """
+  if unroll is None:
+    unroll = jax.default_backend() == 'cpu'
   rng = jax.random.fold_in(state.rng, state.step)
   if accum_steps == 1:
     grads, terms, batch_stats = _loss_and_grads(state, state.params, state.batch_stats, batch, rng,
                                                 loss_weights)
   else:
-    grads, terms, batch_stats = _accumulated(state, batch, rng, loss_weights, accum_steps, mesh)
+    grads, terms, batch_stats = _accumulated(state, batch, rng, loss_weights, accum_steps, mesh,
+                                             unroll)
   terms['grad_norm'] = optax.global_norm(grads)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   return state, TrainMetrics.single_from_model_output(**terms)
