@@ -26,7 +26,8 @@ def worker(config_path: str, batch: int, accum: int, unroll: bool, steps: int) -
   """Compiles and times one variant in this process."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from vivano_jax import benchmark, config_files, sharding, train_step  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from vivano_jax import benchmark, config_files, sharding, train_step
   from vivano_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   config = config_files.load_config(config_path)
   config.train.batch_size = batch

@@ -44,9 +44,9 @@ field as a PNG (plot.py), one line per value of the `--lines` fields.
 
 The package: plan.py reads and expands a sweep file, run.py runs it, results.py gathers it,
 plot.py plots it, command_line.py is the command line (`main(argv)`); config fields are read and
-set by vivano_jax.config_files, the way main reads its `--config.<field>` flags. `run --dry_run` lists
-every run with its index (what --only selects: a job array's task id) and the learning rate and
-warmup it will train with; `run --count` prints the number of runs (the array's size).
+set by vivano_jax.config_files, the way main reads its `--config.<field>` flags. `run --dry_run`
+lists every run with its index (what --only selects: a job array's task id) and the learning rate
+and warmup it will train with; `run --count` prints the number of runs (the array's size).
 """
 
 from vivano_jax.config_files import flatten

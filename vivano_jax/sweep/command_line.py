@@ -1,6 +1,6 @@
-"""The sweep's command line: `python -m vivano_jax.sweep run|gather|plot ...` (the flags: the package
-docstring, vivano_jax/sweep/__init__.py). Exit codes: 0 done, 1 some run failed, 2 bad input (a
-SweepError, printed as one line), 130 interrupted."""
+"""The sweep's command line: `python -m vivano_jax.sweep run|gather|plot ...` (the flags: the
+package docstring, vivano_jax/sweep/__init__.py). Exit codes: 0 done, 1 some run failed, 2 bad
+input (a SweepError, printed as one line), 130 interrupted."""
 
 import argparse
 from collections.abc import Sequence
@@ -68,9 +68,9 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """Runs `run`, `gather` or `plot` with argv (without the program name); returns the exit code, also for
-  --help (0) and a bad argument (2), which argparse ends with SystemExit, so that a caller (the
-  `vivano sweep` command) gets a code back whatever happens."""
+  """Runs `run`, `gather` or `plot` with argv (without the program name); returns the exit code,
+  also for --help (0) and a bad argument (2), which argparse ends with SystemExit, so that a caller
+  (the `vivano sweep` command) gets a code back whatever happens."""
   try:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
   except SystemExit as e:

@@ -1,10 +1,10 @@
 """`sweep plot`: a metric against a swept field from `gather --over=...`'s table, as a PNG.
 
-One row of panels per metric, one column per value of `--panels` (e.g. dataset.name), one line per
-combination of the `--lines` fields (e.g. train.optimizer,train.lr_scaling): points are the mean over
-the pooled runs, bars the sample standard deviation where more than one finished. Groups with no
-finished run are left out. The x axis is logarithmic (base 2) when every x is positive and they
-span a factor of 8 or more (batch sizes, learning rates).
+One row of panels per metric, one column per value of `--panels` (e.g. dataset.name), one line
+per combination of the `--lines` fields (e.g. train.optimizer,train.lr_scaling): points are the
+mean over the pooled runs, bars the sample standard deviation where more than one finished.
+Groups with no finished run are left out. The x axis is logarithmic (base 2) when every x is
+positive and they span a factor of 8 or more (batch sizes, learning rates).
 
   python -m vivano_jax.sweep gather --root=runs/large_batch --over=seed
   python -m vivano_jax.sweep plot --root=runs/large_batch --x=train.batch_size \\
