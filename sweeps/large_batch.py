@@ -32,8 +32,8 @@ Magnetic Tile before brick, method by method, batch by batch: 33 runs per datase
 all, each training on about the same number of images. On 2 CPU cores that is about a day (a
 brick run of batch 16-256 takes 2.5-5 minutes); time a batch first with
 benchmarks/bench_scaling.py, and start with seed 0 (runs 0 to 65: `--only`, or stop the sweep
-after run 65; it restarts where it stopped). The Magnetic Tile folder is the user's to give; it reaches the brick runs too, which do
-not read it.
+after run 65; it restarts where it stopped). The Magnetic Tile folder is the user's to give; it
+reaches the brick runs too, which do not read it.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 nice -n 5 python -m vivano_jax.sweep run \\
       --sweep=sweeps/large_batch.py --root=runs/large_batch --config.dataset.data_dir=/tmp/tfds \\
