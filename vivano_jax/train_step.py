@@ -96,13 +96,9 @@ def _accumulated(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   zero_terms = {k: jnp.zeros((), jnp.float32) for k in losses.TERMS}
-  carry = (zeros, zero_terms, state.batch_stats)
-  if unroll:
-    for i in range(accum_steps):
-      carry, _ = body(carry, (jnp.asarray(i), jax.tree.map(lambda m, i=i: m[i], micro)))
-    grads, terms, batch_stats = carry
-  else:
-    (grads, terms, batch_stats), _ = jax.lax.scan(body, carry, (jnp.arange(accum_steps), micro))
+  (grads, terms, batch_stats), _ = jax.lax.scan(
+      body, (zeros, zero_terms, state.batch_stats), (jnp.arange(accum_steps), micro),
+      unroll=unroll)
   grads = jax.tree.map(lambda g: g / accum_steps, grads)
   terms = jax.tree.map(lambda t: t / accum_steps, terms)
   return grads, terms, batch_stats
@@ -120,7 +116,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], loss_weights: dic
   exactly.
 
   The microbatches run in a rolled loop (`lax.scan`) on accelerators, unrolled on CPUs (`unroll`
-  None: by the default backend). XLA:CPU runs the loop body 10-20x slower than the same
+  None: by the default backend). XLA:CPU runs the loop body 5-20x slower than the same
   operations unrolled (BENCHMARKS.md), and unrolled its scheduler keeps about the whole batch's
   activations alive: on a CPU accumulation gives the same step, not less memory.
   """
