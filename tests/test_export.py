@@ -69,7 +69,9 @@ def folder_overrides(folder, tfds_dir):
   return [f'--config={TINY}', '--config.dataset.name=folder',
           f'--config.dataset.manual_dir={folder}',
           f'--config.dataset.data_dir={tfds_dir}', '--config.train.num_steps=10',
-          '--config.train.checkpoint_every_steps=5', '--config.dataset.validation_fraction=0.25']
+          '--config.train.checkpoint_every_steps=5', '--config.dataset.validation_fraction=0.25',
+          # With the segmenter, so export, predict and every deployed format carry its component.
+          '--config.model.segmenter_features=4', '--config.train.synthetic_anomalies=0.5']
 
 
 def trained_folder_run(base: pathlib.Path, tfds_dir: str) -> pathlib.Path:

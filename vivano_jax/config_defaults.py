@@ -59,6 +59,11 @@ def _model() -> ml_collections.ConfigDict:
   # Same quality over 3 seeds on brick and Magnetic Tile; sub-pixel scores 20 % faster at 512 px.
   c.decoder_upsample = 'subpixel'
   c.remat = False  # Rematerialise encoder blocks (less memory, more compute).
+  # > 0: a discriminative head (model/segmenter.py, DRAEM's), a U-Net of this many channels at
+  # full resolution reading the input beside its reconstruction, trained to segment the synthetic
+  # anomalies of `train.synthetic_anomalies` (which must be > 0); its map is the score
+  # component 'seg'. 0: none (the paper's model).
+  c.segmenter_features = 0
   return c
 
 
@@ -83,6 +88,7 @@ def _loss() -> ml_collections.ConfigDict:
   c.kl_weight = 0.25
   c.nll_weight = 1.0  # lambda.
   c.ssim_weight = 0.0  # Weight of mean(1 - SSIM(x, x_hat)) beside the MSE (VT-ADL's loss).
+  c.seg_weight = 1.0  # Weight of the segmenter's focal loss (gamma 2, per pixel; with a segmenter).
   return c
 
 

@@ -3,10 +3,12 @@
 Components, computed per batch in the jitted eval step (`score_components`):
   pixel maps [B, H, W]: 'nll' (the per-patch mixture NLL [B, h, w] upsampled bilinearly to the image
     size, half-pixel centres as PyTorch's interpolate with align_corners=False), 'recon' (squared
-    reconstruction error), 'ssim' (1 - SSIM between input and reconstruction); each optionally smoothed
+    reconstruction error), 'ssim' (1 - SSIM between input and reconstruction), 'seg' (the
+    segmenter's anomaly probability, with `model.segmenter_features` > 0); each optionally smoothed
     with a Gaussian (`score.smoothing_sigma`);
   image scores [B]: 'nll_max' (the paper: the maximum per-patch NLL), 'nll_mean', 'recon' (mean squared
-    error), 'ssim' (mean of 1 - SSIM).
+    error), 'ssim' (mean of 1 - SSIM), 'seg_max' (the maximum of the smoothed 'seg' map, DRAEM's
+    image score).
 
 Final scores (`final_scores`, from `config.score`):
   score.pixel: one component, or 'combined': the sum of the components in `score.combine`, each
@@ -37,10 +39,12 @@ from vivano_jax import errors
 
 Array = jax.Array
 
-COMPONENTS = ('nll', 'recon', 'ssim')  # Pixel components; `score.combine` takes these names.
-IMAGE_COMPONENT = {'nll': 'nll_max', 'recon': 'recon', 'ssim': 'ssim'}  # Their image counterparts.
+COMPONENTS = ('nll', 'recon', 'ssim', 'seg')  # Pixel components; `score.combine` takes these names.
+# Their image counterparts.
+IMAGE_COMPONENT = {'nll': 'nll_max', 'recon': 'recon', 'ssim': 'ssim', 'seg': 'seg_max'}
+DECODER_COMPONENTS = ('recon', 'ssim', 'seg', 'seg_max')  # Computed from the reconstruction.
 MAP_SCORES = ('map_max', 'map_topk')
-IMAGE_SCORES = ('nll_max', 'nll_mean', 'recon', 'ssim', 'combined') + MAP_SCORES
+IMAGE_SCORES = ('nll_max', 'nll_mean', 'recon', 'ssim', 'seg_max', 'combined') + MAP_SCORES
 PIXEL_MAPS = COMPONENTS + ('combined',)
 NORMALIZE = ('global', 'pixel')
 PRIOR_MAPS = 10  # Pseudo-maps of the per-pixel statistics' shrinkage (stats_from_moments).
@@ -188,6 +192,9 @@ def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: 
     dissim = 1.0 - ssim_map(images, outputs['recon'])
     image['ssim'] = jnp.mean(dissim, axis=(1, 2))
     pixel['ssim'] = gaussian_blur(dissim, smoothing_sigma)
+  if 'seg_logits' in outputs:
+    pixel['seg'] = gaussian_blur(jax.nn.sigmoid(outputs['seg_logits']), smoothing_sigma)
+    image['seg_max'] = jnp.max(pixel['seg'], axis=(1, 2))
   return image, pixel
 
 
@@ -324,7 +331,29 @@ def needs_decoder(score: ml_collections.ConfigDict) -> bool:
   if score.image not in MAP_SCORES:
     kinds.append(score.image)
   used = set(kinds) | (set(score.combine) if 'combined' in kinds else set())
-  return bool(used & {'recon', 'ssim'})
+  return bool(used & set(DECODER_COMPONENTS))
+
+
+def components_used(score: ml_collections.ConfigDict) -> set[str]:
+  """The pixel and image components the configured scores read."""
+  kinds = [kind for kind, _ in _maps_used(score)]
+  if score.image not in MAP_SCORES:
+    kinds.append(score.image)
+  used = set(kinds) - {'combined'}
+  if 'combined' in kinds:
+    used |= set(score.combine)
+  if score.image == 'combined':
+    used |= {IMAGE_COMPONENT[c] for c in score.combine}
+  return used
+
+
+def check_components(config: ml_collections.ConfigDict) -> None:
+  """One clear error when `config.score` reads the segmenter's map and the model has none."""
+  check_config(config.score)
+  if config.model.segmenter_features == 0 and components_used(config.score) & {'seg', 'seg_max'}:
+    raise errors.UsageError(f'score.image={config.score.image!r} / score.pixel='
+                            f'{config.score.pixel!r} / score.combine={tuple(config.score.combine)}'
+                            ' use the segmenter: set model.segmenter_features > 0')
 
 
 def stats_from_moments(image: dict[str, np.ndarray], moments: dict[str, tuple]) -> ScoreStats:

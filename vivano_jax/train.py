@@ -45,7 +45,7 @@ def total_train_steps(config: ml_collections.ConfigDict, num_train_global: int) 
 def synthetic_batches(batches: Iterator[dict[str, np.ndarray]], config: ml_collections.ConfigDict,
                       start_step: int) -> Iterator[dict[str, np.ndarray]]:
   """Local batches with synthetic anomalies drawn on a `train.synthetic_anomalies` fraction of the
-  inputs ({'image', 'target', 'patch_weights'}; synthetic.py). Seeded by (seed, step, process), so a
+  inputs ({'image', 'target', 'patch_weights', 'mask'}; synthetic.py). Seeded by (seed, step, process), so a
   resumed run draws the same anomalies."""
   p = config.train.synthetic_anomalies
   if not 0.0 <= p <= 1.0:
@@ -54,7 +54,8 @@ def synthetic_batches(batches: Iterator[dict[str, np.ndarray]], config: ml_colle
     rng = np.random.default_rng([config.seed, step, jax.process_index(), 1])
     inputs, masks = synthetic.corrupt_batch(batch['image'], p, rng)
     yield {'image': inputs, 'target': batch['image'],
-           'patch_weights': synthetic.patch_weights(masks, config.model.patch_size)}
+           'patch_weights': synthetic.patch_weights(masks, config.model.patch_size),
+           'mask': masks.astype(np.float32)}
 
 
 def _write_hparams(writer, config: ml_collections.ConfigDict) -> None:
@@ -118,7 +119,12 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
 
 def _checked_model(config: ml_collections.ConfigDict, mesh: Mesh):
   """The model, once the fields a run would otherwise trip over late (after preparing its data)
-  are checked: batch sizes against the devices, the optimizer and its rule, the model's sizes."""
+  are checked: batch sizes against the devices, the optimizer and its rule, the model's sizes, a
+  segmenter's training data and the score's components."""
+  if config.model.segmenter_features and not config.train.synthetic_anomalies > 0:
+    raise errors.UsageError('model.segmenter_features > 0 trains on synthetic anomalies: set '
+                            'train.synthetic_anomalies > 0 (e.g. 0.5)')
+  scoring.check_components(config)
   sharding.check_batch_size(config.train.batch_size, 'train.batch_size', mesh,
                             config.train.grad_accum_steps)
   sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)

@@ -36,6 +36,7 @@ class TrainMetrics(clu_metrics.Collection):
   kl: clu_metrics.Average.from_output('kl')
   nll: clu_metrics.Average.from_output('nll')
   ssim: clu_metrics.Average.from_output('ssim')
+  seg: clu_metrics.Average.from_output('seg')
   grad_norm: clu_metrics.Average.from_output('grad_norm')
 
 
@@ -60,7 +61,7 @@ def _loss_and_grads(state: TrainState, params, batch_stats, batch: dict[str, jax
   """Gradients of the loss on one (micro)batch: (grads, loss terms, updated BatchNorm statistics).
 
   batch: {'image': model input [B, S, S, C]} and, with synthetic anomalies, 'target' (the clean
-  images) and 'patch_weights' [B, h, w] (`train.synthetic_batches`).
+  images), 'patch_weights' [B, h, w] and 'mask' [B, S, S] (`train.synthetic_batches`).
   """
   images = batch['image']
 
@@ -68,7 +69,8 @@ def _loss_and_grads(state: TrainState, params, batch_stats, batch: dict[str, jax
     out, updates = state.apply_fn({'params': p, 'batch_stats': batch_stats}, images, train=True,
                                   rngs={'latent': rng}, mutable=['batch_stats'])
     loss, terms = losses.vivano_loss(out, batch.get('target', images),
-                                     patch_weights=batch.get('patch_weights'), **loss_weights)
+                                     patch_weights=batch.get('patch_weights'),
+                                     masks=batch.get('mask'), **loss_weights)
     return loss, (terms, updates['batch_stats'])
 
   (_, (terms, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -136,7 +138,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], loss_weights: dic
 
 def loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
   return {'recon_weight': config.loss.recon_weight, 'kl_weight': config.loss.kl_weight,
-          'nll_weight': config.loss.nll_weight, 'ssim_weight': config.loss.ssim_weight}
+          'nll_weight': config.loss.nll_weight, 'ssim_weight': config.loss.ssim_weight,
+          'seg_weight': config.loss.seg_weight}
 
 
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh):

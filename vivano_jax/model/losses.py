@@ -1,17 +1,20 @@
-"""The training objective: reconstruction MSE (+ SSIM) + beta * KL + lambda * mixture NLL."""
+"""The training objective: reconstruction MSE (+ SSIM) + beta * KL + lambda * mixture NLL
+(+ the segmenter's focal loss, with a segmenter)."""
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from vivano_jax import scoring
 
 Array = jax.Array
 
-TERMS = ('loss', 'recon', 'kl', 'nll', 'ssim')  # What `vivano_loss` returns besides the loss.
+TERMS = ('loss', 'recon', 'kl', 'nll', 'ssim', 'seg')  # What `vivano_loss` returns besides the loss.
 
 
 def vivano_loss(outputs: dict[str, Array], images: Array, recon_weight: float, kl_weight: float,
-                nll_weight: float, ssim_weight: float = 0.0, patch_weights: Array | None = None
+                nll_weight: float, ssim_weight: float = 0.0, patch_weights: Array | None = None,
+                seg_weight: float = 0.0, masks: Array | None = None
                 ) -> tuple[Array, dict[str, Array]]:
   """The weighted loss and each term, all scalars.
 
@@ -26,6 +29,9 @@ def vivano_loss(outputs: dict[str, Array], images: Array, recon_weight: float, k
     as the MSE, so a `loss.kl_weight` means the same at every patch size and channel count.
   nll: mixture NLL in nats per patch, averaged over patches.
   ssim: mean of 1 - SSIM(x, x_hat) per pixel (only computed when ssim_weight > 0).
+  seg: the sigmoid focal loss (gamma 2; Lin et al. 2017, as DRAEM) of outputs['seg_logits']
+    [B, H, W] against `masks` [B, H, W] (1 where a synthetic anomaly was drawn), per pixel; 0
+    when the model has no segmenter.
   """
   b, h, w, c = images.shape
   grid_h, grid_w = outputs['kl'].shape[1:3]
@@ -42,4 +48,10 @@ def vivano_loss(outputs: dict[str, Array], images: Array, recon_weight: float, k
     loss = loss + ssim_weight * terms['ssim']
   else:
     terms['ssim'] = jnp.zeros((), jnp.float32)
+  terms['seg'] = jnp.zeros((), jnp.float32)
+  if 'seg_logits' in outputs:
+    if masks is None:
+      raise ValueError('a model with a segmenter trains on synthetic anomalies: pass their masks')
+    terms['seg'] = jnp.mean(optax.sigmoid_focal_loss(outputs['seg_logits'], masks, gamma=2.0))
+    loss = loss + seg_weight * terms['seg']
   return loss, dict(terms, loss=loss)

@@ -5,8 +5,9 @@ dict, the input size and the compute dtype, and sets none of them itself: the co
 (vivano_jax/config_defaults.py) is the one place a size or a default is written down, and a config
 field the model does not take is an error rather than silently unused.
 
-Its parameters: 'encoder', 'bottleneck', 'decoder', 'density' (the mixture head) and
-'density_position_embedding' [h, w, E]. Training draws the VAE's samples from the 'latent' rng
+Its parameters: 'encoder', 'bottleneck', 'decoder', 'density' (the mixture head),
+'density_position_embedding' [h, w, E] and, with `model.segmenter_features` > 0, 'segmenter' (the
+discriminative head, model/segmenter.py). Training draws the VAE's samples from the 'latent' rng
 stream.
 """
 
@@ -23,6 +24,7 @@ from vivano_jax.model import bottleneck
 from vivano_jax.model import decoder as decoder_lib
 from vivano_jax.model import encoder as encoder_lib
 from vivano_jax.model import mixture
+from vivano_jax.model import segmenter as segmenter_lib
 
 Array = jax.Array
 
@@ -53,6 +55,7 @@ class ViVAno(nn.Module):
   decoder_norm: str
   decoder_upsample: str
   remat: bool
+  segmenter_features: int
   density: Mapping[str, Any]
   image_size: int
   image_channels: int
@@ -69,7 +72,8 @@ class ViVAno(nn.Module):
 
     Returns a dict of float32 arrays:
       recon [B, H, W, C] (only when decode), z / mean / logvar [B, h, w, d_z], kl [B, h, w] (nats),
-      nll [B, h, w] (nats, the mixture NLL of each patch's code).
+      nll [B, h, w] (nats, the mixture NLL of each patch's code), seg_logits [B, H, W] (only when
+      decode and the model has a segmenter: the discriminative head's anomaly logits).
     With decode=False the decoder is skipped: scoring by the NLL alone needs no reconstruction.
     """
     self._check(x)
@@ -89,6 +93,10 @@ class ViVAno(nn.Module):
       decoder = decoder_lib.ConvDecoder(features, self.image_channels, self.decoder_norm,
                                         self.decoder_upsample, dtype=self.dtype, name='decoder')
       out['recon'] = decoder(post['z'], train=train)
+      if self.segmenter_features:
+        segmenter = segmenter_lib.Segmenter(self.segmenter_features, dtype=self.dtype,
+                                            name='segmenter')
+        out['seg_logits'] = segmenter(x, jax.lax.stop_gradient(out['recon']), train=train)
     out['nll'] = self._patch_nll(tokens.astype(jnp.float32), class_token.astype(jnp.float32),
                                  post['mean'])
     return out
@@ -100,6 +108,10 @@ class ViVAno(nn.Module):
     if x.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f'input is {x.shape[1]}x{x.shape[2]}, the model expects dataset.image_size='
                        f'{self.image_size}')
+    grid = 2 ** segmenter_lib.LEVELS
+    if self.segmenter_features and self.image_size % grid:
+      raise errors.UsageError(f'model.segmenter_features > 0 needs dataset.image_size divisible '
+                              f'by {grid}, got {self.image_size}')
     if x.shape[-1] != self.image_channels:
       raise ValueError(f'input has {x.shape[-1]} channels, the model expects dataset.channels='
                        f'{self.image_channels}')
@@ -143,6 +155,9 @@ def _check_sizes(config: ml_collections.ConfigDict) -> None:
       value = config[section].get(name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise errors.UsageError(f'{section}.{name} must be a positive int, got {value!r}')
+  features = config.model.get('segmenter_features')
+  if isinstance(features, bool) or not isinstance(features, int) or features < 0:
+    raise errors.UsageError(f'model.segmenter_features must be an int >= 0, got {features!r}')
   layers = config.density.get('num_layers')
   if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
     raise errors.UsageError(f'density.num_layers must be an int >= 0, got {layers!r}')
