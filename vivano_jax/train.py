@@ -45,8 +45,8 @@ def total_train_steps(config: ml_collections.ConfigDict, num_train_global: int) 
 def synthetic_batches(batches: Iterator[dict[str, np.ndarray]], config: ml_collections.ConfigDict,
                       start_step: int) -> Iterator[dict[str, np.ndarray]]:
   """Local batches with synthetic anomalies drawn on a `train.synthetic_anomalies` fraction of the
-  inputs ({'image', 'target', 'patch_weights', 'mask'}; synthetic.py). Seeded by (seed, step, process), so a
-  resumed run draws the same anomalies."""
+  inputs ({'image', 'target', 'patch_weights', 'mask'}; synthetic.py). Seeded by (seed, step,
+  process), so a resumed run draws the same anomalies."""
   p = config.train.synthetic_anomalies
   if not 0.0 <= p <= 1.0:
     raise errors.UsageError(f'train.synthetic_anomalies must be in [0, 1], got {p}')

@@ -9,7 +9,8 @@ from vivano_jax import scoring
 
 Array = jax.Array
 
-TERMS = ('loss', 'recon', 'kl', 'nll', 'ssim', 'seg')  # What `vivano_loss` returns besides the loss.
+# What `vivano_loss` returns besides the loss.
+TERMS = ('loss', 'recon', 'kl', 'nll', 'ssim', 'seg')
 
 
 def vivano_loss(outputs: dict[str, Array], images: Array, recon_weight: float, kl_weight: float,
