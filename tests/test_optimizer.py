@@ -20,9 +20,10 @@ from vivano_jax import train_step
 from vivano_jax import workdir as workdir_lib
 
 
-def _params(encoder='vit'):
+def _params(encoder='vit', segmenter_features=0):
   config = load_config('tiny')
   config.model.encoder = encoder
+  config.model.segmenter_features = segmenter_features
   m = model_lib.create_model(config)
   variables = m.init({'params': jax.random.PRNGKey(0), 'latent': jax.random.PRNGKey(1)},
                      jnp.zeros((1, 32, 32, 1)))
@@ -72,25 +73,30 @@ def test_weight_decay_touches_kernels_only(encoder, name):
 
 
 def test_gradients_are_clipped_per_part():
-  _, params = _params()
+  _, params = _params(segmenter_features=4)
   flat = _flat(params)
   rng = np.random.default_rng(0)
+  scale = lambda name: 100.0 if name.startswith('density') else (
+      30.0 if name.startswith('segmenter') else 0.001)
   grads = jax.tree_util.tree_map_with_path(
-      lambda path, p: jnp.asarray(rng.normal(size=p.shape) * (100.0 if path[0].key.startswith(
-          'density') else 0.001), jnp.float32), params)
+      lambda path, p: jnp.asarray(rng.normal(size=p.shape) * scale(path[0].key), jnp.float32),
+      params)
   clipped, _ = optimizer.gradient_clipping(1.0).update(grads, optimizer.gradient_clipping(1.0).init(params))
   g, c = _flat(grads), _flat(clipped)
   norm = lambda names, d: np.sqrt(sum(float(jnp.sum(jnp.square(d[n]))) for n in names))
   density = [n for n in flat if n.startswith('density')]
-  auto = [n for n in flat if not n.startswith('density')]
-  # The density head's huge gradients are scaled to norm 1; the autoencoder's (norm < 1) untouched.
-  assert norm(density, g) > 1.0
-  np.testing.assert_allclose(norm(density, c), 1.0, rtol=1e-5)
+  segmenter = [n for n in flat if n.startswith('segmenter')]
+  auto = [n for n in flat if n not in density + segmenter]
+  assert segmenter and density and auto
+  # The heads' huge gradients are each scaled to norm 1; the autoencoder's (norm < 1) untouched.
+  for head in (density, segmenter):
+    assert norm(head, g) > 1.0
+    np.testing.assert_allclose(norm(head, c), 1.0, rtol=1e-5)
+    for n in head:
+      np.testing.assert_allclose(c[n], g[n] / norm(head, g), rtol=1e-5)
   assert norm(auto, g) < 1.0
   for n in auto:
     np.testing.assert_array_equal(c[n], g[n])
-  for n in density:
-    np.testing.assert_allclose(c[n], g[n] / norm(density, g), rtol=1e-5)
   # Off: the identity.
   off, _ = optimizer.gradient_clipping(0.0).update(grads, optimizer.gradient_clipping(0.0).init(params))
   for n in flat:

@@ -30,10 +30,15 @@ def weight_decay_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+PARTS = ('autoencoder', 'density', 'segmenter')  # Clipped separately (`gradient_clipping`).
+
+
 def _part(params) -> Any:
-  """'density' for the mixture density head's parameters, 'autoencoder' for the rest."""
-  return {k: jax.tree.map(lambda _, k=k: 'density' if k.startswith('density') else 'autoencoder', v)
-          for k, v in params.items()}
+  """'density' for the mixture density head's parameters, 'segmenter' for the segmentation
+  head's, 'autoencoder' for the rest."""
+  def part(name):
+    return next((p for p in PARTS[1:] if name.startswith(p)), 'autoencoder')
+  return {k: jax.tree.map(lambda _, k=k: part(k), v) for k, v in params.items()}
 
 
 def _one_of(field: str, value: Any, options: tuple[str, ...]) -> None:
@@ -118,9 +123,10 @@ def create_optimizer(config: ml_collections.ConfigDict, total_steps: int
   three) on the `train.schedule`, after gradient clipping.
 
   Clipping (`train.grad_clip_norm`) is by the global norm of each part separately: the autoencoder
-  (encoder, VAE, decoder) and the density head. The head's NLL gradients are large early in training
-  and would otherwise set the clipping factor of the autoencoder's step too, although, under
-  `density.stop_gradient`, the NLL does not train the autoencoder.
+  (encoder, VAE, decoder), the density head and the segmenter. The head's NLL gradients are large
+  early in training and would otherwise set the clipping factor of the autoencoder's step too,
+  although, under `density.stop_gradient`, the NLL does not train the autoencoder; the segmenter
+  likewise trains on a stop-gradient reconstruction.
   """
   schedule = learning_rate_schedule(config, total_steps)  # Checks the optimizer and rule first.
   return optax.chain(gradient_clipping(config.train.grad_clip_norm),
@@ -128,9 +134,9 @@ def create_optimizer(config: ml_collections.ConfigDict, total_steps: int
 
 
 def gradient_clipping(max_norm: float) -> optax.GradientTransformation:
-  """Clips the autoencoder's and the density head's gradients each to global norm `max_norm`
-  (identity when max_norm <= 0)."""
+  """Clips the gradients of each of `PARTS` to global norm `max_norm` (identity when max_norm <=
+  0)."""
   if max_norm <= 0:
     return optax.identity()
   clip = optax.clip_by_global_norm(max_norm)
-  return optax.multi_transform({'autoencoder': clip, 'density': clip}, _part)
+  return optax.multi_transform({part: clip for part in PARTS}, _part)
