@@ -4,10 +4,12 @@ three embedded textures, at seeds 0, 1 and 2. The runs without the head are swee
 
   segmenter  model.segmenter_features=16, train.synthetic_anomalies=0.5 (the head learns from
              them; the autoencoder still reconstructs the clean image), pixel map = the head's
-             anomaly probability ('seg', globally standardised), image score = its maximum
-             ('seg_max'); the fields are written out, so the sweep does not depend on the defaults.
+             anomaly probability ('seg'), image score = its maximum ('seg_max'); the fields are
+             written out, so the sweep does not depend on the defaults. Other scores of the same
+             checkpoints are computed by rescoring (RESULTS.md section 1e);
+  steps      1200 and 600 steps of batch 16.
 
-Runs are listed seed 0 first, Magnetic Tile first. Two runs at a time fit a 2-core machine
+Runs are listed 1200 steps first, then seed 0 first, Magnetic Tile first. Two runs at a time fit a 2-core machine
 (`--print_commands | xargs -P 2`).
 
   nice -n 5 python -m vivano_jax.sweep run --sweep=sweeps/segmenter.py --root=runs/segmenter \\
@@ -22,6 +24,7 @@ from vivano_jax import config_files
 SEEDS = (0, 1, 2)
 SEGMENTER = {'model.segmenter_features': 16, 'train.synthetic_anomalies': 0.5,
              'score.image': 'seg_max', 'score.pixel': 'seg', 'score.normalize': 'global'}
+STEPS = (1200, 600)  # Training steps of batch 16; the runs of 1200 first.
 
 
 DATASETS = ('folder', 'textures/brick', 'textures/grass', 'textures/gravel')
@@ -30,6 +33,7 @@ DATASETS = ('folder', 'textures/brick', 'textures/grass', 'textures/gravel')
 def get_sweep():
   dataset_fields = config_files.load_function(
       os.path.join(os.path.dirname(__file__), 'recipe.py'), 'dataset_fields', 'sweep file')
-  runs = [dict(dataset_fields(name), seed=seed, **SEGMENTER)
-          for seed in SEEDS for name in DATASETS]
+  runs = [dict(dataset_fields(name), seed=seed, **SEGMENTER,
+               **{'train.num_steps': steps, 'train.checkpoint_every_steps': 600})
+          for steps in STEPS for seed in SEEDS for name in DATASETS]
   return {'base_config': '../configs/magnetic_tile.py', 'runs': runs}

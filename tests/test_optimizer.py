@@ -81,7 +81,8 @@ def test_gradients_are_clipped_per_part():
   grads = jax.tree_util.tree_map_with_path(
       lambda path, p: jnp.asarray(rng.normal(size=p.shape) * scale(path[0].key), jnp.float32),
       params)
-  clipped, _ = optimizer.gradient_clipping(1.0).update(grads, optimizer.gradient_clipping(1.0).init(params))
+  clip = optimizer.gradient_clipping(1.0, segmenter=True)
+  clipped, _ = clip.update(grads, clip.init(params))
   g, c = _flat(grads), _flat(clipped)
   norm = lambda names, d: np.sqrt(sum(float(jnp.sum(jnp.square(d[n]))) for n in names))
   density = [n for n in flat if n.startswith('density')]
@@ -97,6 +98,11 @@ def test_gradients_are_clipped_per_part():
   assert norm(auto, g) < 1.0
   for n in auto:
     np.testing.assert_array_equal(c[n], g[n])
+  # Without a segmenter the state has the two parts it had before there was one, so the
+  # checkpoints of such runs keep restoring.
+  _, plain = _params()
+  state = optimizer.gradient_clipping(1.0).init(plain)
+  assert sorted(state.inner_states) == ['autoencoder', 'density']
   # Off: the identity.
   off, _ = optimizer.gradient_clipping(0.0).update(grads, optimizer.gradient_clipping(0.0).init(params))
   for n in flat:

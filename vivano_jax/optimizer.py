@@ -129,14 +129,17 @@ def create_optimizer(config: ml_collections.ConfigDict, total_steps: int
   likewise trains on a stop-gradient reconstruction.
   """
   schedule = learning_rate_schedule(config, total_steps)  # Checks the optimizer and rule first.
-  return optax.chain(gradient_clipping(config.train.grad_clip_norm),
+  return optax.chain(gradient_clipping(config.train.grad_clip_norm,
+                                       segmenter=bool(config.model.get('segmenter_features'))),
                      _BUILDERS[config.train.optimizer](schedule, config.train))
 
 
-def gradient_clipping(max_norm: float) -> optax.GradientTransformation:
+def gradient_clipping(max_norm: float, segmenter: bool = False) -> optax.GradientTransformation:
   """Clips the gradients of each of `PARTS` to global norm `max_norm` (identity when max_norm <=
-  0)."""
+  0). The 'segmenter' part is there only for a model that has one, so the optimizer state of a
+  model without it keeps the structure its checkpoints were saved with."""
   if max_norm <= 0:
     return optax.identity()
   clip = optax.clip_by_global_norm(max_norm)
-  return optax.multi_transform({part: clip for part in PARTS}, _part)
+  parts = PARTS if segmenter else tuple(p for p in PARTS if p != 'segmenter')
+  return optax.multi_transform({part: clip for part in parts}, _part)
