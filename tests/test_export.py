@@ -365,6 +365,30 @@ def test_export_mode_of_main_uses_the_given_step(folder_run, tmp_path, tfds_dir)
   assert 'has no checkpoint for it; there are [5, 10]' in proc.stderr
 
 
+def test_ensemble_score_is_standardised_on_the_heldout_normals(folder_run, tmp_path):
+  from vivano_jax import export  # pylint: disable=g-import-not-at-top
+  from vivano_jax import scoring  # pylint: disable=g-import-not-at-top
+  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  shutil.copytree(folder_run, run)
+  config = workdir_lib.load_config(str(run))
+  config.score.update(image='ensemble', pixel='seg', normalize='global',
+                      ensemble=('seg_max', 'recon'))
+  config.export.splits = ('test', 'validation')
+  export.export_run(config, str(run))
+  stats = scoring.load_stats(str(run / scoring.STATS_FILENAME))
+  normals = export_format.read_export(run / 'export' / 'validation', load_maps=False)
+  assert (normals.labels == 0).all()
+  for member in ('seg_max', 'recon'):  # Each member's mean and std over the held-out normals.
+    np.testing.assert_allclose(stats[f'ensemble:{member}'],
+                               (normals.components[member].mean(),
+                                normals.components[member].std()), rtol=1e-5)
+  test = export_format.read_export(run / 'export' / 'test', load_maps=False)
+  want = sum((test.components[m] - stats[f'ensemble:{m}'][0]) / stats[f'ensemble:{m}'][1]
+             for m in ('seg_max', 'recon'))
+  np.testing.assert_allclose(test.scores, want, rtol=1e-4, atol=1e-4)
+
+
 # --------------------------------------------------------------------------------------------------
 # Digits: no pixel ground truth.
 

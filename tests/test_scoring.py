@@ -234,3 +234,48 @@ def test_shifts_must_divide_the_patch():
 def test_bad_shifts_name_the_field(shifts):
   with pytest.raises(ValueError, match=r'score\.shifts must be a positive integer'):
     scoring.check_config(_score(shifts=shifts))
+
+
+def test_ensemble_sums_members_standardised_on_the_normals():
+  rng = np.random.default_rng(3)
+  normal = rng.normal(size=(30, 4, 4)) * np.linspace(0.5, 2.0, 16).reshape(4, 4) + 1.0
+  normal_seg = rng.uniform(size=(30, 4, 4))
+  image = {'recon': normal.mean(axis=(1, 2)), 'seg_max': normal_seg.max(axis=(1, 2))}
+  moments = {'recon': (normal.sum(0), np.square(normal).sum(0), len(normal)),
+             'seg': (normal_seg.sum(0), np.square(normal_seg).sum(0), len(normal_seg))}
+  score = _score(image='ensemble', pixel='seg', ensemble=('seg_max', 'map_max:recon:pixel'))
+  stats = scoring.with_ensemble_stats(image, {'recon': normal, 'seg': normal_seg}, score,
+                                      scoring.stats_from_moments(image, moments))
+  # By hand: each member's scores on the normals give its mean and std.
+  w = 30 / (30 + scoring.PRIOR_MAPS)
+  mean_map = w * normal.mean(0) + (1 - w) * normal.mean()
+  std_map = np.sqrt(w * normal.var(0) + (1 - w) * normal.var())
+  z_max = lambda maps: ((maps - mean_map) / std_map).reshape(len(maps), -1).max(1)
+  normal_member2 = z_max(normal)
+  np.testing.assert_allclose(stats['ensemble:seg_max'], (image['seg_max'].mean(),
+                                                         image['seg_max'].std()), rtol=1e-6)
+  np.testing.assert_allclose(stats['ensemble:map_max:recon:pixel'],
+                             (normal_member2.mean(), normal_member2.std()), rtol=1e-4)
+  test, test_seg = rng.normal(size=(3, 4, 4)), rng.uniform(size=(3, 4, 4))
+  img, px = scoring.final_scores({'recon': jnp.zeros(3), 'seg_max': jnp.asarray(test_seg.max((1, 2)))},
+                                 {'recon': jnp.asarray(test), 'seg': jnp.asarray(test_seg)}, score,
+                                 stats)
+  want = ((test_seg.max((1, 2)) - image['seg_max'].mean()) / image['seg_max'].std()
+          + (z_max(test) - normal_member2.mean()) / normal_member2.std())
+  np.testing.assert_allclose(np.asarray(img), want, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(px), test_seg, rtol=1e-6)  # The output map: as asked.
+  # Its needs follow its members.
+  assert scoring.needs_stats(score) and scoring.needs_decoder(score)
+  assert scoring.image_needs_maps(score)
+  assert scoring.components_used(score) == {'seg', 'seg_max', 'recon'}
+  assert not scoring.needs_decoder(_score(image='ensemble', pixel='nll',
+                                          ensemble=('nll_max', 'map_max:nll:pixel')))
+
+
+@pytest.mark.parametrize('members,match', [((), 'distinct'), (('recon', 'recon'), 'distinct'),
+                                           (('recon', 'edges'), "'edges'"),
+                                           (('ensemble',), "'ensemble'"),
+                                           (('map_max:recon',), "'map_max:recon'")])
+def test_bad_ensemble_names_the_field(members, match):
+  with pytest.raises(ValueError, match=f'score.ensemble.*{match}|{match}.*'):
+    scoring.check_config(_score(image='ensemble', ensemble=members))

@@ -97,12 +97,15 @@ def _score() -> ml_collections.ConfigDict:
   # The paper scores by the mixture NLL ('nll_max' / 'nll'). On the default data the reconstruction
   # error detects and localises far better (README, RESULTS.md), so it is the default here.
   # Every kind is described in vivano_jax/scoring.py.
-  c.image = 'recon'  # 'nll_max' (paper) | 'nll_mean' | 'recon' | 'ssim' | 'combined'
-  #                               | 'map_max' | 'map_topk' (from the final pixel map).
-  c.pixel = 'recon'  # 'nll' (paper) | 'recon' | 'ssim' | 'combined'.
+  c.image = 'recon'  # 'nll_max' (paper) | 'nll_mean' | 'recon' | 'ssim' | 'seg_max' | 'combined'
+  #                   | 'map_max' | 'map_topk' (from the final pixel map) | 'ensemble'.
+  c.pixel = 'recon'  # 'nll' (paper) | 'recon' | 'ssim' | 'seg' | 'combined'.
   c.combine = ('nll', 'recon')  # Components summed by 'combined' (each standardised).
   c.normalize = 'global'  # 'global' | 'pixel' (per-position standardisation of maps).
   c.topk_fraction = 0.01  # 'map_topk': the mean of this fraction of highest pixels.
+  # 'ensemble': these image scores, each standardised on the held-out normals, summed (an image
+  # component or 'MAP:KIND:NORMALIZE', as in image_candidates below; scoring.py).
+  c.ensemble = ('seg_max', 'map_max:combined:pixel')
   c.image_map = ''  # The map 'map_*' image scores use: '' = score.pixel, or a pixel kind.
   c.image_normalize = ''  # ...and its normalisation: '' = score.normalize.
   c.smoothing_sigma = 4.0  # Gaussian smoothing of pixel maps, pixels; 0 = off.

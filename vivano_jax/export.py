@@ -87,7 +87,7 @@ def choose_thresholds(state, scorer: scorer_lib.Scorer,
     logging.warning('%s', note)
     heldout = 'train'
     whole = input_pipeline.whole_split(config, heldout, data[heldout])
-  from_maps = config.score.image in scoring.MAP_SCORES
+  from_maps = scoring.image_needs_maps(config.score)
   scored = scorer.split(state, data[heldout], decode=True, keep_maps=from_maps).gathered()
   scores = scorer.image_scores(scored, stats)
   normal = whole.labels == 0

@@ -38,16 +38,7 @@ SELECT = ('none', 'synthetic')
 
 def parse_image_candidate(text: str) -> dict[str, str]:
   """An image candidate -> the score fields it sets (image, image_map, image_normalize)."""
-  parts = str(text).split(':')
-  if len(parts) == 1 and parts[0] in scoring.IMAGE_SCORES and parts[0] not in scoring.MAP_SCORES:
-    return {'image': parts[0], 'image_map': '', 'image_normalize': ''}
-  if (len(parts) == 3 and parts[0] in scoring.MAP_SCORES and parts[1] in scoring.PIXEL_MAPS
-      and parts[2] in scoring.NORMALIZE):
-    return {'image': parts[0], 'image_map': parts[1], 'image_normalize': parts[2]}
-  components = [k for k in scoring.IMAGE_SCORES if k not in scoring.MAP_SCORES]
-  raise errors.UsageError(f'score.image_candidates: {text!r} is neither one of {components} nor '
-                   f"'MAP:KIND:NORMALIZE' with MAP in {scoring.MAP_SCORES}, KIND in "
-                   f'{scoring.PIXEL_MAPS}, NORMALIZE in {scoring.NORMALIZE}')
+  return scoring.parse_image_spec(text, 'score.image_candidates')
 
 
 def parse_pixel_candidate(text: str) -> dict[str, str]:

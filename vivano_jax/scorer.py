@@ -206,7 +206,13 @@ class Scorer:
     process's shard); None when the score needs none."""
     if not scoring.needs_stats(self.score):
       return None
-    return self.split(state, normals, keep_maps=False).stats()
+    ensemble = self.score.image == scoring.ENSEMBLE
+    scored = self.split(state, normals, keep_maps=ensemble)
+    stats = scored.stats()
+    if ensemble:  # Its members' image scores on the normals: from the maps, standardised.
+      whole = scored.gathered()
+      stats = scoring.with_ensemble_stats(whole.image, whole.pixel, self.score, stats)
+    return stats
 
   def final(self, scored: ScoredSplit, stats: Optional[scoring.ScoreStats]
             ) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +222,7 @@ class Scorer:
 
   def image_scores(self, scored: ScoredSplit, stats: Optional[scoring.ScoreStats]) -> np.ndarray:
     """The configured image scores [n]; needs the maps only when the score is taken from them."""
-    if self.score.image in scoring.MAP_SCORES:
+    if scoring.image_needs_maps(self.score):
       return self.final(scored, stats)[0]
     return np.asarray(scoring.image_scores(scored.image, self.score, stats))
 

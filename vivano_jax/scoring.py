@@ -20,7 +20,11 @@ Final scores (`final_scores`, from `config.score`):
   score.image: one image component, 'combined' (the standardised sum of the image components of
     `score.combine`), or a statistic of a pixel map: 'map_max' or 'map_topk' (the mean of its highest
     `score.topk_fraction` of pixels), of the output map or of the one `score.image_map` and
-    `score.image_normalize` name (which normalisation detects best need not localise best).
+    `score.image_normalize` name (which normalisation detects best need not localise best);
+    or 'ensemble': several image scores (`score.ensemble`, each an image component or
+    'MAP:KIND:NORMALIZE', `parse_image_spec`), each standardised by its mean and std over the
+    held-out normal images, summed. Detectors that fail on different data then back each other
+    up: an image is anomalous when it is far from normal by either, in units of normal spread.
 
 Test-time shifts (`score.shifts` = S > 1, `shifted_nll`): the image is scored S^2 times with its
 content moved by fractions P / S of a patch, and the NLL grids interleaved into one S-times finer
@@ -44,7 +48,8 @@ COMPONENTS = ('nll', 'recon', 'ssim', 'seg')  # Pixel components; `score.combine
 IMAGE_COMPONENT = {'nll': 'nll_max', 'recon': 'recon', 'ssim': 'ssim', 'seg': 'seg_max'}
 DECODER_COMPONENTS = ('recon', 'ssim', 'seg', 'seg_max')  # Computed from the reconstruction.
 MAP_SCORES = ('map_max', 'map_topk')
-IMAGE_SCORES = ('nll_max', 'nll_mean', 'recon', 'ssim', 'seg_max', 'combined') + MAP_SCORES
+ENSEMBLE = 'ensemble'  # The sum of the standardised image scores of `score.ensemble`.
+IMAGE_SCORES = ('nll_max', 'nll_mean', 'recon', 'ssim', 'seg_max', 'combined', ENSEMBLE) + MAP_SCORES
 PIXEL_MAPS = COMPONENTS + ('combined',)
 NORMALIZE = ('global', 'pixel')
 PRIOR_MAPS = 10  # Pseudo-maps of the per-pixel statistics' shrinkage (stats_from_moments).
@@ -226,6 +231,36 @@ def check_config(score: ml_collections.ConfigDict) -> None:
     raise errors.UsageError(f'score.topk_fraction must be in (0, 1], got {score.topk_fraction}')
   if not isinstance(score.shifts, int) or score.shifts < 1:
     raise errors.UsageError(f'score.shifts must be a positive integer, got {score.shifts!r}')
+  if score.image == ENSEMBLE:
+    members = tuple(score.ensemble)
+    if not members or len(set(members)) != len(members):
+      raise errors.UsageError(f'score.ensemble must name distinct image scores, got {members!r}')
+    for member in members:
+      parse_image_spec(member, 'score.ensemble')
+
+
+def parse_image_spec(text: str, field: str) -> dict[str, str]:
+  """An image score written as a string -> the score fields it sets (image, image_map,
+  image_normalize): an image component ('recon', 'nll_max', 'combined', ...) or
+  'MAP:KIND:NORMALIZE' (a statistic of the KIND map under NORMALIZE). `field` names the config
+  field in the error."""
+  parts = str(text).split(':')
+  singles = [k for k in IMAGE_SCORES if k not in MAP_SCORES + (ENSEMBLE,)]
+  if len(parts) == 1 and parts[0] in singles:
+    return {'image': parts[0], 'image_map': '', 'image_normalize': ''}
+  if (len(parts) == 3 and parts[0] in MAP_SCORES and parts[1] in PIXEL_MAPS
+      and parts[2] in NORMALIZE):
+    return {'image': parts[0], 'image_map': parts[1], 'image_normalize': parts[2]}
+  raise errors.UsageError(f'{field}: {text!r} is neither one of {singles} nor '
+                          f"'MAP:KIND:NORMALIZE' with MAP in {MAP_SCORES}, KIND in "
+                          f'{PIXEL_MAPS}, NORMALIZE in {NORMALIZE}')
+
+
+def _member(score: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:
+  """`score` with the image score of ensemble member `spec`."""
+  out = ml_collections.ConfigDict(score.to_dict())
+  out.update(parse_image_spec(spec, 'score.ensemble'))
+  return out
 
 
 def check_shifts(shifts: int, patch_size: int) -> None:
@@ -276,6 +311,10 @@ def final_scores(image_components: dict[str, Array], pixel_components: dict[str,
   """(image scores [B], pixel maps [B, H, W]) for `config.score` (see the module doc)."""
   _check_stats(score, stats)
   pixel = _pixel_maps(pixel_components, score.pixel, score.normalize, score, stats)
+  if score.image == ENSEMBLE:
+    return sum(_standardise(final_scores(image_components, pixel_components, _member(score, m),
+                                         stats)[0], stats[f'{ENSEMBLE}:{m}'])
+               for m in score.ensemble), pixel
   source = pixel
   if score.image in MAP_SCORES and image_map_kind(score) != (score.pixel, score.normalize):
     source = _pixel_maps(pixel_components, *image_map_kind(score), score, stats)
@@ -290,6 +329,9 @@ def image_scores(image_components: dict[str, Array], score: ml_collections.Confi
   if score.image in MAP_SCORES:
     if pixel_maps is None:
       raise ValueError(f'score.image={score.image!r} needs pixel maps')
+  if score.image == ENSEMBLE:
+    raise ValueError("score.image='ensemble' is computed by final_scores, from the components")
+  if score.image in MAP_SCORES:
     return map_score(pixel_maps, score.image, score.topk_fraction)
   if score.image == 'combined':
     names = [IMAGE_COMPONENT[c] for c in score.combine]
@@ -315,36 +357,56 @@ def _maps_used(score: ml_collections.ConfigDict) -> list[tuple[str, str]]:
   used = [(score.pixel, score.normalize)]
   if score.image in MAP_SCORES:
     used.append(image_map_kind(score))
+  if score.image == ENSEMBLE:
+    for member in score.ensemble:
+      used += _maps_used(_member(score, member))
   return used
+
+
+def image_needs_maps(score: ml_collections.ConfigDict) -> bool:
+  """Whether the image score is computed from pixel maps (they must be kept while scoring)."""
+  return score.image in MAP_SCORES + (ENSEMBLE,)
 
 
 def needs_stats(score: ml_collections.ConfigDict) -> bool:
   """Whether the configured scores standardise by statistics of held-out normal images."""
   multi = len(tuple(score.combine)) > 1
-  return score.image == 'combined' or any(
+  return score.image in ('combined', ENSEMBLE) or any(
       norm == 'pixel' or (kind == 'combined' and multi) for kind, norm in _maps_used(score))
 
 
 def needs_decoder(score: ml_collections.ConfigDict) -> bool:
   """Whether the configured scores need the reconstruction (else the decoder pass is skipped)."""
-  kinds = [kind for kind, _ in _maps_used(score)]
-  if score.image not in MAP_SCORES:
-    kinds.append(score.image)
-  used = set(kinds) | (set(score.combine) if 'combined' in kinds else set())
-  return bool(used & set(DECODER_COMPONENTS))
+  return bool(components_used(score) & set(DECODER_COMPONENTS))
 
 
 def components_used(score: ml_collections.ConfigDict) -> set[str]:
   """The pixel and image components the configured scores read."""
   kinds = [kind for kind, _ in _maps_used(score)]
-  if score.image not in MAP_SCORES:
-    kinds.append(score.image)
+  images = [_member(score, m).image for m in score.ensemble] if score.image == ENSEMBLE else [
+      score.image]
+  kinds += [image for image in images if image not in MAP_SCORES]
   used = set(kinds) - {'combined'}
   if 'combined' in kinds:
     used |= set(score.combine)
-  if score.image == 'combined':
+  if 'combined' in images:
     used |= {IMAGE_COMPONENT[c] for c in score.combine}
   return used
+
+
+def with_ensemble_stats(image_components: dict[str, np.ndarray],
+                        pixel_components: dict[str, np.ndarray], score: ml_collections.ConfigDict,
+                        stats: ScoreStats) -> ScoreStats:
+  """`stats` and, for `score.image='ensemble'`, the mean and std of each member's image scores
+  over the held-out normal images whose components are given (all of them, every process's)."""
+  if score.image != ENSEMBLE:
+    return stats
+  out = dict(stats)
+  for m in score.ensemble:
+    values = np.asarray(final_scores(image_components, pixel_components, _member(score, m),
+                                     stats)[0], np.float64)
+    out[f'{ENSEMBLE}:{m}'] = (float(values.mean()), float(values.std()))
+  return out
 
 
 def check_components(config: ml_collections.ConfigDict) -> None:

@@ -181,6 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   summary['score'] = {k: config.score[k] for k in ('image', 'pixel', 'normalize')}
   if config.score.image in scoring.MAP_SCORES:
     summary['score']['image_map'] = scoring.image_map_kind(config.score)
+  if config.score.image == scoring.ENSEMBLE:
+    summary['score']['ensemble'] = list(config.score.ensemble)
   if train_ips is None:  # Nothing trained now: keep the figure of the run that trained.
     train_ips = workdir_lib.previous_metric(workdir, 'train_images_per_sec')
   summary.update(score_selection=selection, train_images_per_sec=train_ips,
