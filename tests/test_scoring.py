@@ -272,6 +272,26 @@ def test_ensemble_sums_members_standardised_on_the_normals():
                                           ensemble=('nll_max', 'map_max:nll:pixel')))
 
 
+def test_a_map_of_named_components_is_their_standardised_sum():
+  rng = np.random.default_rng(4)
+  a, b, c = (rng.normal(size=(2, 3, 3)) for _ in range(3))
+  pix = {'recon': jnp.asarray(a), 'nll': jnp.asarray(b), 'seg': jnp.asarray(c)}
+  stats = {'pixel_recon': (1.0, 2.0), 'pixel_nll': (-1.0, 0.5), 'pixel_seg': (0.0, 1.0)}
+  # 'recon+nll' sums those two, whatever score.combine holds (here all three, for the output map).
+  score = _score(image='map_max', image_map='recon', pixel='combined',
+                 combine=('recon', 'nll', 'seg'))
+  fields = scoring.parse_image_spec('map_max:recon+nll:global', 'score.ensemble')
+  score.update(fields)
+  img, px = scoring.final_scores({}, pix, score, stats)
+  z = (a - 1.0) / 2.0 + (b + 1.0) / 0.5
+  np.testing.assert_allclose(np.asarray(img), z.reshape(2, -1).max(1), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(px), z + c, rtol=1e-5)
+  assert scoring.components_used(score) == {'recon', 'nll', 'seg'}
+  for bad in ('map_max:recon+recon:global', 'map_max:recon+edges:global'):
+    with pytest.raises(ValueError, match='score.ensemble'):
+      scoring.parse_image_spec(bad, 'score.ensemble')
+
+
 @pytest.mark.parametrize('members,match', [((), 'distinct'), (('recon', 'recon'), 'distinct'),
                                            (('recon', 'edges'), "'edges'"),
                                            (('ensemble',), "'ensemble'"),

@@ -106,7 +106,7 @@ def _score() -> ml_collections.ConfigDict:
   # 'ensemble': these image scores, each standardised on the held-out normals, summed (an image
   # component or 'MAP:KIND:NORMALIZE', as in image_candidates below; scoring.py).
   c.ensemble = ('seg_max', 'map_max:combined:pixel')
-  c.image_map = ''  # The map 'map_*' image scores use: '' = score.pixel, or a pixel kind.
+  c.image_map = ''  # The map 'map_*' image scores use: '' = score.pixel, a pixel kind or 'a+b'.
   c.image_normalize = ''  # ...and its normalisation: '' = score.normalize.
   c.smoothing_sigma = 4.0  # Gaussian smoothing of pixel maps, pixels; 0 = off.
   # Test-time shifts S: the NLL map from S x S passes shifted by P / S pixels, S times finer.

@@ -51,6 +51,8 @@ MAP_SCORES = ('map_max', 'map_topk')
 ENSEMBLE = 'ensemble'  # The sum of the standardised image scores of `score.ensemble`.
 IMAGE_SCORES = ('nll_max', 'nll_mean', 'recon', 'ssim', 'seg_max', 'combined', ENSEMBLE) + MAP_SCORES
 PIXEL_MAPS = COMPONENTS + ('combined',)
+# Beside these, an image score's map ('MAP:KIND:NORMALIZE', `parse_image_spec`) may be a sum of
+# named components, 'recon+nll': 'combined' over those instead of `score.combine`.
 NORMALIZE = ('global', 'pixel')
 PRIOR_MAPS = 10  # Pseudo-maps of the per-pixel statistics' shrinkage (stats_from_moments).
 STATS_FILENAME = 'score_stats.npz'  # In the workdir, written by the export beside thresholds.json.
@@ -219,8 +221,9 @@ def check_config(score: ml_collections.ConfigDict) -> None:
     raise errors.UsageError(f'score.pixel must be one of {PIXEL_MAPS}, got {score.pixel!r}')
   if score.normalize not in NORMALIZE:
     raise errors.UsageError(f'score.normalize must be one of {NORMALIZE}, got {score.normalize!r}')
-  if score.image_map not in ('',) + PIXEL_MAPS:
-    raise errors.UsageError(f"score.image_map must be '' or one of {PIXEL_MAPS}, got {score.image_map!r}")
+  if score.image_map and not _is_map_kind(score.image_map):
+    raise errors.UsageError(f"score.image_map must be '', one of {PIXEL_MAPS} or components joined "
+                            f"by '+', got {score.image_map!r}")
   if score.image_normalize not in ('',) + NORMALIZE:
     raise errors.UsageError(f"score.image_normalize must be '' or one of {NORMALIZE}, got "
                      f'{score.image_normalize!r}')
@@ -248,12 +251,24 @@ def parse_image_spec(text: str, field: str) -> dict[str, str]:
   singles = [k for k in IMAGE_SCORES if k not in MAP_SCORES + (ENSEMBLE,)]
   if len(parts) == 1 and parts[0] in singles:
     return {'image': parts[0], 'image_map': '', 'image_normalize': ''}
-  if (len(parts) == 3 and parts[0] in MAP_SCORES and parts[1] in PIXEL_MAPS
+  if (len(parts) == 3 and parts[0] in MAP_SCORES and _is_map_kind(parts[1])
       and parts[2] in NORMALIZE):
     return {'image': parts[0], 'image_map': parts[1], 'image_normalize': parts[2]}
   raise errors.UsageError(f'{field}: {text!r} is neither one of {singles} nor '
                           f"'MAP:KIND:NORMALIZE' with MAP in {MAP_SCORES}, KIND in "
-                          f'{PIXEL_MAPS}, NORMALIZE in {NORMALIZE}')
+                          f"{PIXEL_MAPS} or components joined by '+', NORMALIZE in {NORMALIZE}")
+
+
+def _is_map_kind(kind: str) -> bool:
+  parts = kind.split('+')
+  if len(parts) == 1:
+    return kind in PIXEL_MAPS
+  return all(p in COMPONENTS for p in parts) and len(set(parts)) == len(parts)
+
+
+def _map_components(kind: str, score: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The components a map of `kind` sums: `score.combine` for 'combined', 'a+b' -> (a, b)."""
+  return tuple(score.combine) if kind == 'combined' else tuple(kind.split('+'))
 
 
 def _member(score: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:
@@ -282,8 +297,9 @@ def image_map_kind(score: ml_collections.ConfigDict) -> tuple[str, str]:
 
 def _pixel_maps(pixel_components: dict[str, Array], kind: str, normalize: str,
                 score: ml_collections.ConfigDict, stats: Optional[ScoreStats]) -> Array:
-  """Pixel maps [B, H, W] of `kind` ('combined' or a component) under `normalize`."""
-  names = tuple(score.combine) if kind == 'combined' else (kind,)
+  """Pixel maps [B, H, W] of `kind` ('combined', a component, or components joined by '+') under
+  `normalize`."""
+  names = _map_components(kind, score)
   for name in names:
     if name not in pixel_components:
       raise ValueError(f'the {kind!r} map needs the {name!r} component, which was not computed '
@@ -370,9 +386,8 @@ def image_needs_maps(score: ml_collections.ConfigDict) -> bool:
 
 def needs_stats(score: ml_collections.ConfigDict) -> bool:
   """Whether the configured scores standardise by statistics of held-out normal images."""
-  multi = len(tuple(score.combine)) > 1
   return score.image in ('combined', ENSEMBLE) or any(
-      norm == 'pixel' or (kind == 'combined' and multi) for kind, norm in _maps_used(score))
+      norm == 'pixel' or len(_map_components(kind, score)) > 1 for kind, norm in _maps_used(score))
 
 
 def needs_decoder(score: ml_collections.ConfigDict) -> bool:
@@ -386,9 +401,9 @@ def components_used(score: ml_collections.ConfigDict) -> set[str]:
   images = [_member(score, m).image for m in score.ensemble] if score.image == ENSEMBLE else [
       score.image]
   kinds += [image for image in images if image not in MAP_SCORES]
-  used = set(kinds) - {'combined'}
-  if 'combined' in kinds:
-    used |= set(score.combine)
+  used = set()
+  for kind in kinds:
+    used |= set(_map_components(kind, score)) if kind == 'combined' or '+' in kind else {kind}
   if 'combined' in images:
     used |= {IMAGE_COMPONENT[c] for c in score.combine}
   return used
