@@ -1,7 +1,7 @@
 """Serving speed: ONNX Runtime (CPU) against the JAX scorer, and the export time of each format (not
 a test).
 
-For the 128 px recipe (config_defaults.small_128px_config: combined per-pixel standardised score,
+For the 128 px recipe (config_defaults.plain_128px_config: combined per-pixel standardised score,
 map_max) and the paper's 512 px config (config_defaults.paper_config: NLL, 3 channels), with random
 weights (speed does not depend on training; the 128 px score's statistics come from random
 images), this script
@@ -42,7 +42,7 @@ from vivano_jax.serving import from_checkpoint
 from vivano_jax.serving import model_dir
 from vivano_jax.serving import score_function
 
-CONFIGS = {128: config_defaults.small_128px_config, 512: config_defaults.paper_config}
+CONFIGS = {128: config_defaults.plain_128px_config, 512: config_defaults.paper_config}
 
 
 def _run(size: int) -> from_checkpoint.Run:

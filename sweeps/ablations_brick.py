@@ -1,4 +1,4 @@
-"""Ablations on textures/brick with the reduced Magnetic Tile model (configs/magnetic_tile.py:
+"""Ablations on textures/brick with the reduced Magnetic Tile model (configs/magnetic_tile_plain.py:
 128 px, patch 16, width 128, depth 3, 600 steps), each at seeds 0, 1 and 2: the runs of
 `sweeps/ablations_magnetic_tile.py` with the dataset switched (its docstring says what each run is,
 and how to only rescore the runs that differ from the reference in score.* alone). The reference

@@ -1,11 +1,13 @@
-"""Ablations on Magnetic Tile (configs/magnetic_tile.py, 128 px, 600 steps), each at seeds 0, 1, 2.
+"""Ablations on Magnetic Tile (configs/magnetic_tile_plain.py, 128 px, 600 steps), each at seeds 0,
+1, 2.
 
-The reference run (ViT, VAE, K = 10, position-conditioned, recon scores) is configs/magnetic_tile.py
-itself: the runs named 'seed=S'. Architecture runs (encoder, VAE vs AE, the l2-CAE baseline = CNN
-encoder + deterministic AE + reconstruction scores) score by the reconstruction error; mixture runs
-(K, condition) score by the paper's NLL (image: max patch NLL, pixels: NLL map), since with
-density.stop_gradient=True the head's gradients reach the autoencoder only through the shared
-global-norm gradient clip (which Adam's per-parameter scaling nearly cancels).
+The reference run (ViT, VAE, K = 10, position-conditioned, recon scores) is
+configs/magnetic_tile_plain.py itself: the runs named 'seed=S'. Architecture runs (encoder, VAE vs
+AE, the l2-CAE baseline = CNN encoder + deterministic AE + reconstruction scores) score by the
+reconstruction error; mixture runs (K, condition) score by the paper's NLL (image: max patch NLL,
+pixels: NLL map), since with density.stop_gradient=True the head's gradients reach the autoencoder
+only through the shared global-norm gradient clip (which Adam's per-parameter scaling nearly
+cancels).
 
 Runs that differ from the reference only in score.* (NLL, combined, smoothing off) train exactly
 as the reference does; to only rescore, copy the reference's checkpoints/ into the run's workdir
@@ -47,4 +49,4 @@ def get_sweep():
   ]
   # Seed 0 first, then 1, 2: run index = seed position * len(runs) + position in the list.
   runs = [dict(r, seed=seed) for seed in SEEDS for r in runs]
-  return {'base_config': '../configs/magnetic_tile.py', 'runs': runs}
+  return {'base_config': '../configs/magnetic_tile_plain.py', 'runs': runs}

@@ -2,7 +2,7 @@
 position embedding learns; gradients are clipped per part): the number of components K and the
 conditioning of the head, on Magnetic Tile and textures/brick, at seeds 0, 1 and 2.
 
-Every run is configs/magnetic_tile.py (the recipe's training) scored by the paper's NLL alone
+Every run is configs/magnetic_tile_plain.py (the recipe's training) scored by the paper's NLL alone
 (image: max patch NLL; pixels: the NLL map, globally standardised), so the rows show what the
 head itself detects. The reference row (K = 10, condition 'position') trains exactly as the
 recipe does: to only rescore, copy the recipe run's checkpoints/ into the row's workdir before
@@ -43,4 +43,4 @@ def get_sweep():
       os.path.join(os.path.dirname(__file__), 'recipe.py'), 'dataset_fields', 'sweep file')
   runs = [dict(dataset_fields(name), seed=seed, **NLL, **row)
           for seed in SEEDS for name in DATASETS for row in ROWS]
-  return {'base_config': '../configs/magnetic_tile.py', 'runs': runs}
+  return {'base_config': '../configs/magnetic_tile_plain.py', 'runs': runs}

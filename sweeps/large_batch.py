@@ -1,6 +1,6 @@
 """The large-batch study: global batch 16 to 1024 on a fixed budget of 20 epochs, each batch with a
 learning-rate scaling rule and an optimizer, on textures/brick and Magnetic Tile with the recipe
-configs/magnetic_tile.py (128 px, patch 16, width 128, depth 3), at seeds 0, 1 and 2.
+configs/magnetic_tile_plain.py (128 px, patch 16, width 128, depth 3), at seeds 0, 1 and 2.
 
 Methods (optimizer, train.lr_scaling, learning rate at the base batch 16):
   adamw none    1e-3   the recipe's rate at every batch: the baseline;
@@ -46,7 +46,7 @@ reaches the brick runs too, which do not read it.
 SEEDS = (0, 1, 2)
 DATASETS = ('folder', 'textures/brick')
 BATCHES = (16, 32, 64, 128, 256, 512, 1024)
-BASE_BATCH = 16  # configs/magnetic_tile.py's batch: its rate and warmup are given at it.
+BASE_BATCH = 16  # configs/magnetic_tile_plain.py's batch: its rate and warmup are given at it.
 EPOCHS = 20
 MAX_MICROBATCH = 256  # Larger global batches are accumulated in microbatches of this size.
 METHODS = (  # (train.optimizer, train.lr_scaling, train.learning_rate at BASE_BATCH).
@@ -80,4 +80,4 @@ def get_sweep():
                        'train.lr_scaling': rule, 'train.learning_rate': lr,
                        'train.batch_size': batch, 'train.grad_accum_steps': grad_accum_steps(batch),
                        'seed': seed})
-  return {'base_config': '../configs/magnetic_tile.py', 'runs': runs, 'fixed': dict(FIXED)}
+  return {'base_config': '../configs/magnetic_tile_plain.py', 'runs': runs, 'fixed': dict(FIXED)}

@@ -1,8 +1,8 @@
-"""The recipe study: configs/magnetic_tile.py's recipe (config_defaults.small_128px_config says what
-it is), the same trained with synthetic anomalies, and the l2-CAE baseline, on Magnetic Tile and the
-three embedded textures, at seeds 0, 1 and 2.
+"""The recipe study: configs/magnetic_tile_plain.py's recipe (config_defaults.plain_128px_config
+says what it is), the same trained with synthetic anomalies, and the l2-CAE baseline, on Magnetic
+Tile and the three embedded textures, at seeds 0, 1 and 2.
 
-  recipe     configs/magnetic_tile.py as it is (train.synthetic_anomalies=0, written out);
+  recipe     configs/magnetic_tile_plain.py as it is (train.synthetic_anomalies=0, written out);
              rescored with the reconstruction error alone (the previous default) it is the
              reference: copy its checkpoints/ into a new workdir and run main there with
              --config.score.image=recon --config.score.pixel=recon --config.score.normalize=global
@@ -44,4 +44,4 @@ def get_sweep():
       runs += [dict(data, **SYNTHETIC), dict(data, **RECIPE)]
       if name == 'folder':
         runs.append(dict(data, **L2_CAE))
-  return {'base_config': '../configs/magnetic_tile.py', 'runs': runs}
+  return {'base_config': '../configs/magnetic_tile_plain.py', 'runs': runs}

@@ -9,8 +9,8 @@ three embedded textures, at seeds 0, 1 and 2. The runs without the head are swee
              checkpoints are computed by rescoring (RESULTS.md section 1e);
   steps      1200 and 600 steps of batch 16.
 
-Runs are listed 1200 steps first, then seed 0 first, Magnetic Tile first. Two runs at a time fit a 2-core machine
-(`--print_commands | xargs -P 2`).
+Runs are listed 1200 steps first, then seed 0 first, Magnetic Tile first. Two runs at a time fit a
+2-core machine (`--print_commands | xargs -P 2`).
 
   nice -n 5 python -m vivano_jax.sweep run --sweep=sweeps/segmenter.py --root=runs/segmenter \\
       --config.dataset.data_dir=/tmp/tfds --config.dataset.manual_dir=../shared/data/magnetic_tile

@@ -141,6 +141,7 @@ def test_paper_scores():
 
 
 @pytest.mark.parametrize('name,size,channels,patch', [('magnetic_tile', 128, 1, 16),
+                                                      ('magnetic_tile_plain', 128, 1, 16),
                                                       ('mnist', 32, 1, 8), ('cifar10', 32, 3, 8),
                                                       ('mvtec_ad', 128, 3, 16)])
 def test_reduced_variants_are_small_and_build(name, size, channels, patch):
@@ -148,8 +149,10 @@ def test_reduced_variants_are_small_and_build(name, size, channels, patch):
   assert (config.dataset.image_size, config.dataset.channels) == (size, channels)
   assert config.model.patch_size == patch
   assert config.model.width <= 128 and config.model.depth <= 3
-  assert 0 < config.train.num_steps <= 600
+  assert 0 < config.train.num_steps <= 1200
   assert output_shape(config) == (2, size, size, channels)
+  # The recipe with the segmenter trains it on synthetic anomalies; the plain one has neither.
+  assert (config.model.segmenter_features > 0) == (config.train.synthetic_anomalies > 0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,7 +160,8 @@ def test_reduced_variants_are_small_and_build(name, size, channels, patch):
 
 
 @pytest.mark.parametrize('name,arg', [
-    *((n, None) for n in ('default', 'paper', 'tiny', 'magnetic_tile', 'magnetic_tile_paper')),
+    *((n, None) for n in ('default', 'paper', 'tiny', 'magnetic_tile', 'magnetic_tile_paper',
+                          'magnetic_tile_plain')),
     *((n + v, a) for n, a in (('mnist', 7), ('cifar10', 'dog'), ('mvtec_ad', 'screw'))
       for v in ('', '_paper'))])
 def test_load_config_matches_config_flags(name, arg):
