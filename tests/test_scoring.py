@@ -6,33 +6,34 @@ import pytest
 from scipy import ndimage
 import tensorflow as tf
 
+from vivano_jax import score_maps
 from vivano_jax import scoring
 
 
 @pytest.mark.parametrize('sigma', [0.8, 2.0, 4.0])
 def test_gaussian_blur_matches_scipy(sigma):
   x = np.random.default_rng(0).normal(size=(2, 24, 17)).astype(np.float32)
-  got = np.asarray(scoring.gaussian_blur(jnp.asarray(x), sigma))
+  got = np.asarray(score_maps.gaussian_blur(jnp.asarray(x), sigma))
   ref = np.stack([ndimage.gaussian_filter(m, sigma, mode='reflect', truncate=4.0) for m in x])
   np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_gaussian_blur_smooths_the_last_two_axes_of_stacked_planes():
   x = np.random.default_rng(1).normal(size=(2, 3, 24, 17)).astype(np.float32)
-  got = np.asarray(scoring.gaussian_blur(jnp.asarray(x), 2.0))
+  got = np.asarray(score_maps.gaussian_blur(jnp.asarray(x), 2.0))
   ref = ndimage.gaussian_filter(x, (0, 0, 2.0, 2.0), mode='reflect', truncate=4.0)
   np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_gaussian_blur_off_and_kernel_is_normalised():
   x = jnp.ones((1, 5, 5))
-  np.testing.assert_array_equal(np.asarray(scoring.gaussian_blur(x, 0.0)), 1.0)
-  np.testing.assert_allclose(float(scoring.gaussian_kernel1d(3.0).sum()), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(score_maps.gaussian_blur(x, 0.0)), 1.0)
+  np.testing.assert_allclose(float(score_maps.gaussian_kernel1d(3.0).sum()), 1.0, rtol=1e-6)
 
 
 def test_bilinear_upsampling_matches_tensorflow_half_pixel():
   patch = np.random.default_rng(1).normal(size=(2, 4, 4)).astype(np.float32)
-  got = np.asarray(scoring.upsample(jnp.asarray(patch), 32, 32))
+  got = np.asarray(score_maps.upsample(jnp.asarray(patch), 32, 32))
   ref = tf.image.resize(patch[..., None], (32, 32), method='bilinear', antialias=False).numpy()[..., 0]
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
@@ -91,7 +92,7 @@ def test_ssim_map_matches_skimage(channels):
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, size=(2, 24, 20, channels)).astype(np.float32)
   y = np.clip(x + rng.normal(scale=0.3, size=x.shape), -1, 1).astype(np.float32)
-  got = np.asarray(scoring.ssim_map(jnp.asarray(x), jnp.asarray(y)))
+  got = np.asarray(score_maps.ssim_map(jnp.asarray(x), jnp.asarray(y)))
   assert got.shape == (2, 24, 20)
   for i in range(2):
     per_channel = [structural_similarity(x[i, ..., c], y[i, ..., c], data_range=2.0,
@@ -100,7 +101,7 @@ def test_ssim_map_matches_skimage(channels):
                    for c in range(channels)]
     np.testing.assert_allclose(got[i], np.mean(per_channel, axis=0), rtol=1e-4, atol=1e-4)
   # Identical images: SSIM 1 everywhere.
-  np.testing.assert_allclose(np.asarray(scoring.ssim_map(jnp.asarray(x), jnp.asarray(x))), 1.0,
+  np.testing.assert_allclose(np.asarray(score_maps.ssim_map(jnp.asarray(x), jnp.asarray(x))), 1.0,
                              atol=1e-5)
 
 
@@ -197,7 +198,7 @@ def _patch_means(images, patch):
 def test_shifted_nll_scores_every_offset_of_the_patch_grid(shifts):
   patch, size = 8, 32
   images = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
-  fine = scoring.shifted_nll(lambda x: _patch_means(x, patch), jnp.asarray(images),
+  fine = score_maps.shifted_nll(lambda x: _patch_means(x, patch), jnp.asarray(images),
                              _patch_means(jnp.asarray(images), patch), patch, shifts)
   assert fine.shape == (2, size // patch * shifts, size // patch * shifts)
   # Reference: the mean of the P x P window starting at (i, j) * P / S of the image with its bottom
@@ -214,7 +215,7 @@ def test_shifted_nll_scores_every_offset_of_the_patch_grid(shifts):
 def test_upsampled_shifted_grid_is_linear_between_patch_centres(shifts):
   patch, size = 8, 32
   grid = np.random.default_rng(1).normal(size=(1, 4 * shifts, 4 * shifts)).astype(np.float32)
-  up = np.asarray(scoring.upsample(jnp.asarray(grid), size, size, shifts))
+  up = np.asarray(score_maps.upsample(jnp.asarray(grid), size, size, shifts))
   # Value j sits at the centre of the patch starting at pixel j * P / S, i.e. at pixel coordinate
   # j * P / S + P / 2 - 0.5; linear in between, the edge value beyond (np.interp), per axis.
   centres = np.arange(grid.shape[1]) * patch / shifts + patch / 2 - 0.5

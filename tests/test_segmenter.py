@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 from tests.conftest import load_config
 from vivano_jax import errors
 from vivano_jax import model as model_lib
+from vivano_jax import score_maps
 from vivano_jax import scoring
 from vivano_jax import sharding
 from vivano_jax import synthetic
@@ -78,7 +79,7 @@ def test_seg_component_is_the_smoothed_probability():
                              rtol=1e-5)
   _, smoothed = scoring.score_components(out, images, smoothing_sigma=2.0)
   np.testing.assert_allclose(np.asarray(smoothed['seg']),
-                             np.asarray(scoring.gaussian_blur(special.expit(logits), 2.0)),
+                             np.asarray(score_maps.gaussian_blur(special.expit(logits), 2.0)),
                              rtol=1e-5)
 
 

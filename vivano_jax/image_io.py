@@ -56,7 +56,7 @@ def format_problems(problems: Sequence[str], where: str | os.PathLike) -> str:
 
 
 def resize(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-  """[h, w] float map -> shape [H, W], bilinear with half-pixel centres (as scoring.upsample);
+  """[h, w] float map -> shape [H, W], bilinear with half-pixel centres (as score_maps.upsample);
   a bool mask -> nearest neighbour. Returned as is when already of that shape."""
   if x.shape == tuple(shape):
     return x

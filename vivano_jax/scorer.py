@@ -23,6 +23,7 @@ import numpy as np
 from vivano_jax import image_io
 from vivano_jax import input_pipeline
 from vivano_jax import metrics as metrics_lib
+from vivano_jax import score_maps
 from vivano_jax import scoring
 from vivano_jax import sharding
 
@@ -87,13 +88,13 @@ class Evaluation:
 def eval_step(state, batch: dict[str, jax.Array], smoothing_sigma: float, decode: bool,
               shifts: int = 1, patch_size: int = 0) -> dict[str, Any]:
   """Scores a global batch: {'image': {component: [B]}, 'pixel': {component: [B, S, S]}, 'recon'?}.
-  With shifts > 1 the NLL is the finer grid of test-time shifts (scoring.shifted_nll)."""
+  With shifts > 1 the NLL is the finer grid of test-time shifts (score_maps.shifted_nll)."""
   apply = lambda images, decode: state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False,
       decode=decode)
   out = apply(batch['image'], decode)
   if shifts > 1:
-    out = dict(out, nll=scoring.shifted_nll(lambda x: apply(x, False)['nll'], batch['image'],
+    out = dict(out, nll=score_maps.shifted_nll(lambda x: apply(x, False)['nll'], batch['image'],
                                             out['nll'], patch_size, shifts))
   image, pixel = scoring.score_components(out, batch['image'], smoothing_sigma, shifts)
   result = {'image': image, 'pixel': pixel}

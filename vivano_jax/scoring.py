@@ -25,10 +25,6 @@ Final scores (`final_scores`, from `config.score`):
     'MAP:KIND:NORMALIZE', `parse_image_spec`), each standardised by its mean and std over the
     held-out normal images, summed. Detectors that fail on different data then back each other
     up: an image is anomalous when it is far from normal by either, in units of normal spread.
-
-Test-time shifts (`score.shifts` = S > 1, `shifted_nll`): the image is scored S^2 times with its
-content moved by fractions P / S of a patch, and the NLL grids interleaved into one S-times finer
-grid: the NLL map resolves defects smaller than a patch without retraining anything.
 """
 
 import os
@@ -40,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from vivano_jax import errors
+from vivano_jax import score_maps
 
 Array = jax.Array
 
@@ -57,125 +54,6 @@ NORMALIZE = ('global', 'pixel')
 PRIOR_MAPS = 10  # Pseudo-maps of the per-pixel statistics' shrinkage (stats_from_moments).
 STATS_FILENAME = 'score_stats.npz'  # In the workdir, written by the export beside thresholds.json.
 
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
-  """The normalised 1-D Gaussian of scipy.ndimage.gaussian_filter: radius int(truncate * sigma + 0.5).
-
-  numpy, so its weights are constants of the traced blur."""
-  radius = int(truncate * sigma + 0.5)
-  x = np.arange(-radius, radius + 1, dtype=np.float64)
-  k = np.exp(-0.5 * np.square(x / sigma))
-  return (k / np.sum(k)).astype(np.float32)
-
-
-def gaussian_blur(maps: Array, sigma: float, truncate: float = 4.0) -> Array:
-  """Separable Gaussian smoothing of [B, H, W] maps (or [..., H, W]: the last two axes) with
-  symmetric (scipy 'reflect') borders."""
-  if sigma <= 0:
-    return maps
-  k = gaussian_kernel1d(sigma, truncate)
-  r = (k.shape[0] - 1) // 2
-
-  def blur_axis(x, axis):
-    n = x.shape[axis]
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (r, r)
-    # Borders wider than the map itself need repeated reflection; jnp.pad handles it.
-    x = jnp.pad(x, pad, mode='symmetric')
-    # A weighted sum of 2r + 1 shifted slices: XLA fuses it into one pass over the map, where
-    # gathering the windows would first write a (2r + 1) times larger array.
-    out = float(k[0]) * jax.lax.slice_in_dim(x, 0, n, axis=axis)
-    for i in range(1, 2 * r + 1):
-      out = out + float(k[i]) * jax.lax.slice_in_dim(x, i, i + n, axis=axis)
-    return out
-
-  return blur_axis(blur_axis(maps.astype(jnp.float32), maps.ndim - 2), maps.ndim - 1)
-
-
-def ssim_map(x: Array, y: Array, data_range: float = 2.0, sigma: float = 1.5, k1: float = 0.01,
-             k2: float = 0.03) -> Array:
-  """Structural similarity per pixel, averaged over channels: [B, H, W, C] x2 -> [B, H, W].
-
-  Wang et al. 2004 with Gaussian windows (sigma 1.5, truncated at 3.5 sigma) and population
-  (co)variances, as skimage.metrics.structural_similarity(gaussian_weights=True,
-  use_sample_covariance=False, full=True); borders reflected. Images in [-1, 1]: data_range 2.
-  The five local moments of every channel plane are blurred together, in one pass.
-  """
-  x, y = (jnp.moveaxis(a.astype(jnp.float32), -1, 0) for a in (x, y))  # [C, B, H, W] planes.
-  # [5, C, B, H, W]: stacked on a new axis, so an exported model's symbolic batch is never split.
-  mx, my, sxx, syy, sxy = gaussian_blur(jnp.stack([x, y, x * x, y * y, x * y]), sigma,
-                                        truncate=3.5)
-  vx, vy, cxy = sxx - mx * mx, syy - my * my, sxy - mx * my
-  c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-  s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-  return jnp.mean(s, axis=0)
-
-
-def squared_error_map(images: Array, recon: Array) -> Array:
-  """Per-pixel squared error averaged over channels: [B, H, W, C] x2 -> [B, H, W]."""
-  return jnp.mean(jnp.square(images.astype(jnp.float32) - recon.astype(jnp.float32)), axis=-1)
-
-
-def upsample(patch_maps: Array, height: int, width: int, shifts: int = 1) -> Array:
-  """Bilinear upsampling [B, h, w] -> [B, H, W].
-
-  shifts = 1: a value per patch at its centre (half-pixel centres, as PyTorch's interpolate with
-  align_corners=False). shifts = S > 1: the interleaved grid of `shifted_nll`, whose value j along
-  an axis sits at the centre of the patch starting at pixel j * P / S: the grid is translated by
-  P / 2 - P / (2 S) pixels beside the usual half-pixel placement. Beyond the outermost values the
-  map keeps the edge value, in both cases.
-  """
-  b, h, w = patch_maps.shape
-  x = patch_maps.astype(jnp.float32)
-  if shifts == 1:
-    return jax.image.resize(x, (b, height, width), method='bilinear')
-  rows = _interpolation_matrix(height, h, height * shifts / h, shifts)
-  cols = _interpolation_matrix(width, w, width * shifts / w, shifts)
-  return jnp.einsum('yi,bij,xj->byx', rows, x, cols)
-
-
-def _interpolation_matrix(size: int, n: int, patch: float, shifts: int) -> np.ndarray:
-  """[size, n] linear interpolation weights from n values at pixel coordinates j * patch / shifts +
-  patch / 2 - 0.5 to the pixels 0 .. size - 1, the edge values held beyond the outermost ones."""
-  u = (np.arange(size) - (patch / 2 - 0.5)) / (patch / shifts)
-  u = np.clip(u, 0, n - 1)
-  lo = np.minimum(np.floor(u).astype(int), n - 1)
-  hi = np.minimum(lo + 1, n - 1)
-  frac = u - lo
-  m = np.zeros((size, n), np.float32)
-  np.add.at(m, (np.arange(size), lo), 1 - frac)
-  np.add.at(m, (np.arange(size), hi), frac)
-  return m
-
-
-def shifted_nll(nll_of, images: Array, nll: Array, patch_size: int, shifts: int) -> Array:
-  """A finer NLL grid from test-time shifts: [B, h * S, w * S] for S = `shifts`.
-
-  The image is scored again with its content moved by (ky, kx) * P / S pixels, ky, kx < S (the
-  bottom and right borders reflected), so the patch grid falls at S x S offsets; entry
-  (a * S + ky, c * S + kx) is the NLL of the patch starting at pixel (a * P + ky * P / S,
-  c * P + kx * P / S). S^2 encoder passes give an S-times finer map; the model is unchanged.
-
-  Args:
-    nll_of: images [B, H, W, C] -> per-patch NLL [B, h, w] (the model without its decoder).
-    images: [B, H, W, C].
-    nll: `nll_of(images)`, already computed.
-  """
-  if shifts == 1:
-    return nll
-  step = patch_size // shifts
-  _, height, width, _ = images.shape
-  padded = jnp.pad(images, ((0, 0), (0, patch_size), (0, patch_size), (0, 0)), mode='reflect')
-  rows = []
-  for ky in range(shifts):
-    row = [nll if ky == kx == 0 else
-           nll_of(padded[:, ky * step:ky * step + height, kx * step:kx * step + width])
-           for kx in range(shifts)]
-    rows.append(jnp.stack(row, axis=-1))  # [B, h, w, S (kx)]
-  grid = jnp.stack(rows, axis=-2)  # [B, h, w, S (ky), S (kx)]
-  b, h, w = nll.shape
-  return grid.transpose(0, 1, 3, 2, 4).reshape(b, h * shifts, w * shifts)
-
-
 def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: float,
                      shifts: int = 1) -> tuple[dict[str, Array], dict[str, Array]]:
   """Image-level and pixel-level score components.
@@ -191,16 +69,17 @@ def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: 
   _, height, width, _ = images.shape
   nll = outputs['nll']
   image = {'nll_max': jnp.max(nll, axis=(1, 2)), 'nll_mean': jnp.mean(nll, axis=(1, 2))}
-  pixel = {'nll': gaussian_blur(upsample(nll, height, width, shifts), smoothing_sigma)}
+  blur = lambda maps: score_maps.gaussian_blur(maps, smoothing_sigma)
+  pixel = {'nll': blur(score_maps.upsample(nll, height, width, shifts))}
   if 'recon' in outputs:
-    err = squared_error_map(images, outputs['recon'])
+    err = score_maps.squared_error_map(images, outputs['recon'])
     image['recon'] = jnp.mean(err, axis=(1, 2))
-    pixel['recon'] = gaussian_blur(err, smoothing_sigma)
-    dissim = 1.0 - ssim_map(images, outputs['recon'])
+    pixel['recon'] = blur(err)
+    dissim = 1.0 - score_maps.ssim_map(images, outputs['recon'])
     image['ssim'] = jnp.mean(dissim, axis=(1, 2))
-    pixel['ssim'] = gaussian_blur(dissim, smoothing_sigma)
+    pixel['ssim'] = blur(dissim)
   if 'seg_logits' in outputs:
-    pixel['seg'] = gaussian_blur(jax.nn.sigmoid(outputs['seg_logits']), smoothing_sigma)
+    pixel['seg'] = blur(jax.nn.sigmoid(outputs['seg_logits']))
     image['seg_max'] = jnp.max(pixel['seg'], axis=(1, 2))
   return image, pixel
 

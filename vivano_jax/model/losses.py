@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vivano_jax import scoring
+from vivano_jax import score_maps
 
 Array = jax.Array
 
@@ -38,14 +38,14 @@ def vivano_loss(outputs: dict[str, Array], images: Array, recon_weight: float, k
   grid_h, grid_w = outputs['kl'].shape[1:3]
   values_per_patch = (h // grid_h) * (w // grid_w) * c
   terms = {
-      'recon': jnp.mean(scoring.squared_error_map(images, outputs['recon'])),
+      'recon': jnp.mean(score_maps.squared_error_map(images, outputs['recon'])),
       'kl': jnp.mean(outputs['kl']) / values_per_patch,
       'nll': jnp.mean(outputs['nll']) if patch_weights is None else (
           jnp.sum(outputs['nll'] * patch_weights) / jnp.maximum(jnp.sum(patch_weights), 1.0)),
   }
   loss = recon_weight * terms['recon'] + kl_weight * terms['kl'] + nll_weight * terms['nll']
   if ssim_weight > 0:
-    terms['ssim'] = jnp.mean(1.0 - scoring.ssim_map(images, outputs['recon']))
+    terms['ssim'] = jnp.mean(1.0 - score_maps.ssim_map(images, outputs['recon']))
     loss = loss + ssim_weight * terms['ssim']
   else:
     terms['ssim'] = jnp.zeros((), jnp.float32)
