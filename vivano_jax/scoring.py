@@ -207,13 +207,24 @@ def final_scores(image_components: dict[str, Array], pixel_components: dict[str,
   _check_stats(score, stats)
   pixel = _pixel_maps(pixel_components, score.pixel, score.normalize, score, stats)
   if score.image == ENSEMBLE:
-    return sum(_standardise(final_scores(image_components, pixel_components, _member(score, m),
-                                         stats)[0], stats[f'{ENSEMBLE}:{m}'])
-               for m in score.ensemble), pixel
+    members = _member_scores(image_components, pixel_components, score, stats, pixel)
+    return sum(_standardise(v, stats[f'{ENSEMBLE}:{m}']) for m, v in members.items()), pixel
+  return _image_score(image_components, pixel_components, score, stats, pixel), pixel
+
+
+def _image_score(image_components, pixel_components, score, stats, pixel) -> Array:
+  """The image scores [B] of a score that is not an ensemble; `pixel` is its output map, reused
+  when the image score is taken from the same map."""
   source = pixel
   if score.image in MAP_SCORES and image_map_kind(score) != (score.pixel, score.normalize):
     source = _pixel_maps(pixel_components, *image_map_kind(score), score, stats)
-  return image_scores(image_components, score, stats, source), pixel
+  return image_scores(image_components, score, stats, source)
+
+
+def _member_scores(image_components, pixel_components, score, stats, pixel) -> dict[str, Array]:
+  """{member: its image scores [B]} of `score.ensemble`, unstandardised; `pixel` as above."""
+  return {m: _image_score(image_components, pixel_components, _member(score, m), stats, pixel)
+          for m in score.ensemble}
 
 
 def image_scores(image_components: dict[str, Array], score: ml_collections.ConfigDict,
@@ -221,12 +232,11 @@ def image_scores(image_components: dict[str, Array], score: ml_collections.Confi
   """Final image scores [B] for `config.score`. 'map_*' scores need `pixel_maps`, the maps of
   `image_map_kind(score)` (`final_scores` builds them)."""
   _check_stats(score, stats)
-  if score.image in MAP_SCORES:
-    if pixel_maps is None:
-      raise ValueError(f'score.image={score.image!r} needs pixel maps')
   if score.image == ENSEMBLE:
     raise ValueError("score.image='ensemble' is computed by final_scores, from the components")
   if score.image in MAP_SCORES:
+    if pixel_maps is None:
+      raise ValueError(f'score.image={score.image!r} needs pixel maps')
     return map_score(pixel_maps, score.image, score.topk_fraction)
   if score.image == 'combined':
     names = [IMAGE_COMPONENT[c] for c in score.combine]
@@ -281,8 +291,8 @@ def components_used(score: ml_collections.ConfigDict) -> set[str]:
       score.image]
   kinds += [image for image in images if image not in MAP_SCORES]
   used = set()
-  for kind in kinds:
-    used |= set(_map_components(kind, score)) if kind == 'combined' or '+' in kind else {kind}
+  for kind in kinds:  # 'combined' and 'a+b' sum several components; any other name is one.
+    used |= set(_map_components(kind, score))
   if 'combined' in images:
     used |= {IMAGE_COMPONENT[c] for c in score.combine}
   return used
@@ -295,12 +305,11 @@ def with_ensemble_stats(image_components: dict[str, np.ndarray],
   over the held-out normal images whose components are given (all of them, every process's)."""
   if score.image != ENSEMBLE:
     return stats
-  out = dict(stats)
-  for m in score.ensemble:
-    values = np.asarray(final_scores(image_components, pixel_components, _member(score, m),
-                                     stats)[0], np.float64)
-    out[f'{ENSEMBLE}:{m}'] = (float(values.mean()), float(values.std()))
-  return out
+  pixel = _pixel_maps(pixel_components, score.pixel, score.normalize, score, stats)
+  members = _member_scores(image_components, pixel_components, score, stats, pixel)
+  values = {m: np.asarray(v, np.float64) for m, v in members.items()}
+  return dict(stats) | {f'{ENSEMBLE}:{m}': (float(v.mean()), float(v.std()))
+                        for m, v in values.items()}
 
 
 def check_components(config: ml_collections.ConfigDict) -> None:
