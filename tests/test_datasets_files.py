@@ -4,10 +4,12 @@ Synthetic folders are written with PIL into tmp_path; the real data in ../shared
 tile, MNIST, CIFAR-10) is read in place, and those tests skip when it is absent.
 """
 
+import concurrent.futures
 import gzip
 import os
 import pathlib
 import re
+import time
 import zipfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -317,6 +319,29 @@ def test_failure_during_writing_leaves_no_dataset(tmp_path, monkeypatch):
   assert len(calls) == 7 and leftovers(data_dir) == []
   builder = folder.make_builder(make_cfg('folder', root), data_dir=data_dir)  # Fresh build.
   assert builder.is_prepared() and builder.info.splits['test'].num_examples == 6
+
+
+def test_runs_side_by_side_write_a_dataset_once(tmp_path, monkeypatch):
+  """Two runs started together on the same folder (a sweep's `xargs -P 2`): one writes the
+  dataset, the other waits for it and reuses it, instead of failing on tfds's rename."""
+  root = write_layout(tmp_path / 'parts')
+  data_dir = tmp_path / 'data'
+  spans, original = [], tfds.core.DatasetBuilder.download_and_prepare
+
+  def slow(self, *args, **kwargs):  # Widens the window in which the two would overlap.
+    start = time.monotonic()
+    time.sleep(0.5)
+    original(self, *args, **kwargs)
+    spans.append((start, time.monotonic()))
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', slow)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    builders = list(pool.map(lambda _: folder.make_builder(make_cfg('folder', root), data_dir),
+                             range(2)))
+  (a0, a1), (b0, b1) = sorted(spans)
+  assert a1 <= b0  # One after the other.
+  assert [b.info.splits['test'].num_examples for b in builders] == [4, 4]
+  assert len(finished_datasets(data_dir)) == 1
 
 
 # --- pixel formats

@@ -7,7 +7,9 @@ that a failure never leaves a half-written dataset that tfds would load. `Embedd
 base of the builders whose data ships with a Python package (digits, textures).
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import pathlib
 import shutil
@@ -73,23 +75,43 @@ def _remove_unfinished(builder: tfds.core.DatasetBuilder) -> None:
       path.rmdir()
 
 
+@contextlib.contextmanager
+def _exclusive(data_dir_root: str | os.PathLike):
+  """Holds an exclusive lock on `<data_dir>/.prepare.lock` (runs started side by side, e.g. a
+  sweep's `xargs -P 2`, would otherwise write the same dataset at once, and the second rename
+  fails); the second waits, then finds the dataset written and reuses it."""
+  root = pathlib.Path(os.fspath(data_dir_root))
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / '.prepare.lock', 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | os.PathLike | None = None) -> None:
   """`builder.download_and_prepare` that leaves no finished-looking dataset behind when it fails.
 
   Callers validate their input first; this guards against failures during writing (a file changed
   since validation, a full disk, Ctrl-C). Nothing is looked up on GCS: none of these datasets is
-  hosted there, and the lookup needs the network.
+  hosted there, and the lookup needs the network. One process at a time writes to a data_dir.
   """
   config = tfds.download.DownloadConfig(
       manual_dir=os.fspath(manual_dir) if manual_dir else None, try_download_gcs=False)
   if console.quiet():
     tfds.disable_progress_bar()
-  try:
-    with console.prints_to_log('tensorflow_datasets'):  # Its "Downloading and preparing" lines.
-      builder.download_and_prepare(download_config=config)
-  except BaseException:
-    _remove_unfinished(builder)
-    raise
+  with _exclusive(builder.data_dir_root):
+    written_meanwhile = not builder.info.splits and (
+        pathlib.Path(os.fspath(builder.data_path)) / 'dataset_info.json').exists()
+    try:
+      with console.prints_to_log('tensorflow_datasets'):  # Its "Downloading and preparing" lines.
+        builder.download_and_prepare(download_config=config)
+    except BaseException:
+      _remove_unfinished(builder)
+      raise
+    if written_meanwhile:  # By another run while this one waited: read what it wrote.
+      builder.info.read_from_directory(builder.data_dir)
 
 
 @dataclasses.dataclass(eq=False)
