@@ -20,22 +20,69 @@ def test_blob_masks_cover_a_small_fraction():
   assert 0.005 < float(np.median(fractions)) < 0.03
 
 
+def test_blob_area_follows_the_range():
+  rng = np.random.default_rng(1)
+  fractions = np.array([synthetic.blob_mask((128, 128), rng, (0.05, 0.25)).mean()
+                        for _ in range(200)])
+  # The quantile threshold of continuous noise covers the drawn fraction to within a pixel.
+  assert fractions.min() >= 0.05 - 1e-3 and fractions.max() <= 0.25 + 1e-3
+  # Log-uniform: the median is near the geometric mean of the bounds (0.112).
+  assert 0.09 < float(np.median(fractions)) < 0.14
+
+
 @pytest.mark.parametrize('channels', [1, 3])
-def test_anomalies_change_only_masked_pixels_and_are_seeded(channels):
+@pytest.mark.parametrize('kind', synthetic.KINDS)
+def test_anomalies_change_only_masked_pixels_and_are_seeded(channels, kind):
   x = _images(c=channels)
-  y, m = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(3))
+  y, m = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(3), (kind,), (0.01, 0.2))
   assert y.dtype == np.float32 and y.shape == x.shape and m.shape == x.shape[:3]
   assert m.any(axis=(1, 2)).all()  # Every image got one at probability 1.
   np.testing.assert_array_equal(y[~m], x[~m])  # Nothing outside the mask changes...
   assert np.abs(y - x).max(axis=-1)[m].mean() > 0.1  # ...and the inside visibly does.
   assert y.min() >= -1.0 and y.max() <= 1.0
-  y2, m2 = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(3))
+  y2, m2 = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(3), (kind,), (0.01, 0.2))
   np.testing.assert_array_equal(y, y2)
   np.testing.assert_array_equal(m, m2)
   # Probability 0: the input itself, no mask.
   y0, m0 = synthetic.corrupt_batch(x, 0.0, np.random.default_rng(3))
   np.testing.assert_array_equal(y0, x)
   assert not m0.any()
+
+
+def test_move_takes_content_from_elsewhere_in_another_image():
+  x = _images(b=2, s=32)
+  for seed in range(5):
+    y, m = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(seed), ('move',))
+    for i in np.flatnonzero(m.any(axis=(1, 2))):
+      other = x[1 - i, ..., 0]
+      # Under the mask: the other image, rolled by some offset of at least 1/8 of a side and
+      # mirrored or not; found by trying every offset.
+      matches = [(dy, dx, f) for f in (False, True) for dy in range(32) for dx in range(32)
+                 if np.array_equal(y[i, ..., 0][m[i]],
+                                   np.roll(other, (dy, dx), (0, 1))[:, ::-1 if f else 1][m[i]])]
+      assert matches and all(4 <= dy <= 28 and 4 <= dx <= 28 for dy, dx, _ in matches)
+
+
+def test_noise_does_not_copy_either_image():
+  x = _images(b=2, s=64)
+  x[1] = -x[0]  # Whatever replaces the pixels must not come from either image.
+  y, m = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(0), ('noise',), (0.2, 0.2))
+  for i in range(2):
+    inside = y[i, ..., 0][m[i]]
+    assert abs(np.corrcoef(inside, x[1 - i, ..., 0][m[i]])[0, 1]) < 0.9
+
+
+@pytest.mark.parametrize('kinds,area,field', [
+    (('shift', 'stain'), (0.01, 0.1), 'train.synthetic_kinds'),
+    ((), (0.01, 0.1), 'train.synthetic_kinds'),
+    (('shift',), (0.1, 0.01), 'train.synthetic_area'),
+    (('shift',), (0.0, 0.1), 'train.synthetic_area'),
+    (('shift',), (0.1, 0.9), 'train.synthetic_area'),
+    (('shift',), (0.1,), 'train.synthetic_area'),
+])
+def test_bad_kinds_or_area_name_the_field(kinds, area, field):
+  with pytest.raises(ValueError, match=field):
+    synthetic.check(kinds, area)
 
 
 def test_probability_is_the_fraction_of_images_hit():
@@ -75,4 +122,8 @@ def test_synthetic_batches_are_resumable(tiny_config):
   assert any((a['image'] != a['target']).any() for a in full)
   config.train.synthetic_anomalies = 1.5
   with pytest.raises(ValueError, match='train.synthetic_anomalies'):
+    next(train.synthetic_batches(iter(clean), config, 0))
+  config.train.synthetic_anomalies = 0.5
+  config.train.synthetic_kinds = ('shift', 'stain')
+  with pytest.raises(ValueError, match='train.synthetic_kinds'):
     next(train.synthetic_batches(iter(clean), config, 0))

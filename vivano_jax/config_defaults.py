@@ -149,6 +149,10 @@ def _train() -> ml_collections.ConfigDict:
   # Fraction of training inputs given a synthetic anomaly, the clean image staying the target
   # (denoising; vivano_jax/synthetic.py). 0 = plain reconstruction, as the paper.
   c.synthetic_anomalies = 0.0
+  # What they are drawn with: contents among synthetic.KINDS ('shift', 'paste', 'move', 'noise'),
+  # and the (min, max) fraction of the image a blob covers.
+  c.synthetic_kinds = ('shift', 'paste')
+  c.synthetic_area = (0.002, 0.04)
   # Microbatches per step: on accelerators the memory of batch / this; on CPUs unrolled, the
   # speed of one batch but not less memory (train_step.train_step).
   c.grad_accum_steps = 1

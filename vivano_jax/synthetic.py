@@ -12,31 +12,86 @@ give labelled images and masks without looking at any real defect (scoring.py, s
 The anomalies are deliberately of another family than the defects of the embedded textures'
 test split (vivano_jax/datasets/defects.py draws scratches, holes, stains, cracks and patches):
   * shape: a threshold of smoothed Gaussian noise (Perlin-like blobs of random size and number),
-    covering 0.2-4 % of the image;
-  * content: 'shift', the image itself made brighter or darker under the blob (blended), or
-    'paste', the same place of another image of the batch, its brightness shifted.
+    covering a fraction of the image drawn log-uniformly from `area` (default 0.2-4 %);
+  * content, one of `kinds`: 'shift', the image itself made brighter or darker under the blob
+    (blended); 'paste', the same place of another image of the batch, its brightness shifted;
+    'move', another image of the batch shifted by a random offset and possibly mirrored, so that
+    content from elsewhere (an edge, a part, a grain) appears where it does not belong; 'noise', a
+    random texture of smoothed Gaussian noise at a random scale, contrast and colour (a stand-in for
+    DRAEM's texture photographs, which cannot be downloaded at run time).
 Pure numpy and scipy, seeded by the caller, so a resumed run draws the same anomalies.
 """
 
 import numpy as np
 from scipy import ndimage
 
-KINDS = ('shift', 'paste')
+from vivano_jax import errors
+
+KINDS = ('shift', 'paste', 'move', 'noise')
+DEFAULT_KINDS = ('shift', 'paste')
+DEFAULT_AREA = (0.002, 0.04)
 
 
-def blob_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-  """A bool [H, W] mask of smooth random blobs covering 0.2-4 % of the image (at least 1 pixel)."""
+def check(kinds, area, field: str = 'train.synthetic'
+          ) -> tuple[tuple[str, ...], tuple[float, float]]:
+  """(kinds, area) validated: a `UsageError` naming `<field>_kinds` or `<field>_area`."""
+  kinds = tuple(kinds)
+  if not kinds or any(k not in KINDS for k in kinds):
+    raise errors.UsageError(f'{field}_kinds must be a non-empty subset of {KINDS}, got {kinds}')
+  area = tuple(float(a) for a in area)
+  if len(area) != 2 or not 0.0 < area[0] <= area[1] <= 0.5:
+    raise errors.UsageError(f'{field}_area must be (min, max) fractions with 0 < min <= max <= 0.5, '
+                     f'got {area}')
+  return kinds, area
+
+
+def blob_mask(shape: tuple[int, int], rng: np.random.Generator,
+              area: tuple[float, float] = DEFAULT_AREA) -> np.ndarray:
+  """A bool [H, W] mask of smooth random blobs covering a fraction of the image drawn
+  log-uniformly from `area` (at least 1 pixel)."""
   h, w = shape
   sigma = rng.uniform(1.0, 4.0) * max(h, w) / 64.0
   noise = ndimage.gaussian_filter(rng.normal(size=shape), sigma, mode='wrap')
-  fraction = np.exp(rng.uniform(np.log(0.002), np.log(0.04)))
+  fraction = np.exp(rng.uniform(np.log(area[0]), np.log(area[1])))
   mask = noise >= np.quantile(noise, 1.0 - fraction)
   if not mask.any():
     mask[np.unravel_index(np.argmax(noise), shape)] = True
   return mask
 
 
-def draw(image: np.ndarray, other: np.ndarray, rng: np.random.Generator
+def _noise_texture(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+  """A random texture in [-1, 1]: smoothed Gaussian noise at a random scale, mean and contrast,
+  each channel its own colour (shared structure)."""
+  h, w, c = shape
+  sigma = np.exp(rng.uniform(np.log(0.5), np.log(4.0))) * max(h, w) / 128.0
+  t = ndimage.gaussian_filter(rng.normal(size=(h, w)), sigma, mode='wrap')
+  t = (t - t.mean()) / (t.std() + 1e-6)
+  mean = rng.uniform(-0.8, 0.8, size=c)
+  contrast = rng.uniform(0.1, 0.6, size=c)
+  return np.clip(mean + contrast * t[..., None], -1.0, 1.0)
+
+
+def _content(kind: str, image: np.ndarray, other: np.ndarray, sign: float,
+             rng: np.random.Generator) -> np.ndarray:
+  """The [H, W, C] content that replaces `image` under the mask (`sign`: brighter or darker)."""
+  if kind == 'shift':
+    alpha = rng.uniform(0.5, 0.9)
+    target = np.clip(image + sign * rng.uniform(0.4, 0.9), -1.0, 1.0)
+    return (1 - alpha) * image + alpha * target
+  if kind == 'paste':
+    return np.clip(other + sign * rng.uniform(0.15, 0.5), -1.0, 1.0)
+  if kind == 'move':
+    h, w = image.shape[:2]
+    dy = int(rng.integers(h // 8, h - h // 8 + 1))
+    dx = int(rng.integers(w // 8, w - w // 8 + 1))
+    moved = np.roll(other, (dy, dx), axis=(0, 1))
+    return moved[:, ::-1] if rng.random() < 0.5 else moved
+  alpha = rng.uniform(0.6, 1.0)
+  return (1 - alpha) * image + alpha * _noise_texture(image.shape, rng)
+
+
+def draw(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
+         kinds: tuple[str, ...] = DEFAULT_KINDS, area: tuple[float, float] = DEFAULT_AREA
          ) -> tuple[np.ndarray, np.ndarray]:
   """One synthetic anomaly on `image`.
 
@@ -44,29 +99,28 @@ def draw(image: np.ndarray, other: np.ndarray, rng: np.random.Generator
     image: float32 [H, W, C] in [-1, 1].
     other: float32 [H, W, C] in [-1, 1], a different normal image ('paste' takes content from it).
     rng: random generator.
+    kinds: the contents to choose from, uniformly (KINDS).
+    area: (min, max) fraction of the image the mask covers.
   Returns:
     (anomalous image float32 [H, W, C] in [-1, 1], mask bool [H, W]).
   """
-  mask = blob_mask(image.shape[:2], rng)
+  mask = blob_mask(image.shape[:2], rng, area)
   sign = rng.choice((-1.0, 1.0))
-  if rng.choice(KINDS) == 'shift':
-    alpha = rng.uniform(0.5, 0.9)
-    target = np.clip(image + sign * rng.uniform(0.4, 0.9), -1.0, 1.0)
-    new = (1 - alpha) * image + alpha * target
-  else:
-    new = np.clip(other + sign * rng.uniform(0.15, 0.5), -1.0, 1.0)
+  new = _content(str(rng.choice(kinds)), image, other, sign, rng)
   out = np.where(mask[..., None], new, image).astype(np.float32)
   return out, mask
 
 
-def corrupt_batch(images: np.ndarray, probability: float, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def corrupt_batch(images: np.ndarray, probability: float, rng: np.random.Generator,
+                  kinds: tuple[str, ...] = DEFAULT_KINDS,
+                  area: tuple[float, float] = DEFAULT_AREA) -> tuple[np.ndarray, np.ndarray]:
   """Draws an anomaly on each image with `probability`.
 
   Args:
     images: float32 [B, H, W, C] in [-1, 1].
     probability: per image, in [0, 1].
     rng: random generator.
+    kinds, area: as `draw`.
   Returns:
     (inputs float32 [B, H, W, C], masks bool [B, H, W]; all False for untouched images).
   """
@@ -76,7 +130,7 @@ def corrupt_batch(images: np.ndarray, probability: float, rng: np.random.Generat
   for i in np.flatnonzero(hit):
     # Another image of the batch for 'paste'; the image itself when the batch holds only one.
     j = (i + 1 + int(rng.integers(0, max(b - 1, 1)))) % b if b > 1 else i
-    out[i], masks[i] = draw(images[i], images[j], rng)
+    out[i], masks[i] = draw(images[i], images[j], rng, kinds, area)
   return out, masks
 
 
