@@ -131,6 +131,28 @@ def test_run_names_are_readable_and_unique():
   assert sweep_lib.run_names([{}]) == ['base']
 
 
+def test_tuple_values_reach_the_config_as_tuples(monkeypatch):
+  """A swept tuple of strings is written so that ml_collections reads it back as that tuple (an
+  unquoted `(a, b)` would be the one string '(a, b)'), numbers stay numbers; run names show it
+  without quotes."""
+  from absl import flags
+  from ml_collections import config_flags
+  values = {'train.synthetic_kinds': ('shift', 'move'), 'train.synthetic_area': (0.002, 0.25),
+            'score.combine': ('seg',), 'dataset.name': 'textures/brick'}
+  argv = ['main', f'--config={TINY}'] + [
+      f'--config.{k}={sweep_lib.format_value(v)}' for k, v in values.items()]
+  monkeypatch.setattr(sys, 'argv', argv)  # ml_collections reads its overrides from sys.argv.
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=fv)
+  fv(argv)
+  config = fv['config'].value
+  assert config.train.synthetic_kinds == ('shift', 'move')
+  assert config.train.synthetic_area == (0.002, 0.25)
+  assert config.score.combine == ('seg',) and config.dataset.name == 'textures/brick'
+  assert sweep_lib.run_names([{'train.synthetic_kinds': ('shift', 'move')}]) == [
+      'synthetic_kinds=_shift__move_']
+
+
 def test_command_line_fields_reach_the_runs_that_do_not_set_them(tmp_path):
   # A run's own value wins over the command line's, which wins over `fixed` (mixed sweeps need it).
   path = _sweep_file(tmp_path, f"""
