@@ -30,17 +30,32 @@ def test_blob_area_follows_the_range():
   assert 0.09 < float(np.median(fractions)) < 0.14
 
 
+def test_rectangles_by_hand():
+  rng = np.random.default_rng(2)
+  for _ in range(100):
+    m = synthetic.rect_mask((64, 48), rng, (0.01, 0.4))
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    # One solid axis-aligned rectangle: its bounding box is all True.
+    assert m.sum() == len(rows) * len(cols) == (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+    assert m.mean() <= 0.4 + 0.05  # Rounding of the sides; cut sides only shrink it.
+  # A long one across the image: a band.
+  bands = [synthetic.rect_mask((32, 32), rng, (0.3, 0.3)) for _ in range(200)]
+  assert any(b.all(axis=1).any() or b.all(axis=0).any() for b in bands)
+
+
 @pytest.mark.parametrize('channels', [1, 3])
 @pytest.mark.parametrize('kind', synthetic.KINDS)
 def test_anomalies_change_only_masked_pixels_and_are_seeded(channels, kind):
   x = _images(c=channels)
-  y, m = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(3), (kind,), (0.01, 0.2))
+  y, m = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(3), (kind,), (0.01, 0.2),
+                                 ('blob', 'rect'))
   assert y.dtype == np.float32 and y.shape == x.shape and m.shape == x.shape[:3]
   assert m.any(axis=(1, 2)).all()  # Every image got one at probability 1.
   np.testing.assert_array_equal(y[~m], x[~m])  # Nothing outside the mask changes...
   assert np.abs(y - x).max(axis=-1)[m].mean() > 0.1  # ...and the inside visibly does.
   assert y.min() >= -1.0 and y.max() <= 1.0
-  y2, m2 = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(3), (kind,), (0.01, 0.2))
+  y2, m2 = synthetic.corrupt_batch(x, 1.0, np.random.default_rng(3), (kind,), (0.01, 0.2),
+                                   ('blob', 'rect'))
   np.testing.assert_array_equal(y, y2)
   np.testing.assert_array_equal(m, m2)
   # Probability 0: the input itself, no mask.
@@ -72,17 +87,19 @@ def test_noise_does_not_copy_either_image():
     assert abs(np.corrcoef(inside, x[1 - i, ..., 0][m[i]])[0, 1]) < 0.9
 
 
-@pytest.mark.parametrize('kinds,area,field', [
-    (('shift', 'stain'), (0.01, 0.1), 'train.synthetic_kinds'),
-    ((), (0.01, 0.1), 'train.synthetic_kinds'),
-    (('shift',), (0.1, 0.01), 'train.synthetic_area'),
-    (('shift',), (0.0, 0.1), 'train.synthetic_area'),
-    (('shift',), (0.1, 0.9), 'train.synthetic_area'),
-    (('shift',), (0.1,), 'train.synthetic_area'),
+@pytest.mark.parametrize('kinds,area,shapes,field', [
+    (('shift', 'stain'), (0.01, 0.1), ('blob',), 'train.synthetic_kinds'),
+    ((), (0.01, 0.1), ('blob',), 'train.synthetic_kinds'),
+    (('shift',), (0.1, 0.01), ('blob',), 'train.synthetic_area'),
+    (('shift',), (0.0, 0.1), ('blob',), 'train.synthetic_area'),
+    (('shift',), (0.1, 0.9), ('blob',), 'train.synthetic_area'),
+    (('shift',), (0.1,), ('blob',), 'train.synthetic_area'),
+    (('shift',), (0.01, 0.1), ('disc',), 'train.synthetic_shapes'),
+    (('shift',), (0.01, 0.1), (), 'train.synthetic_shapes'),
 ])
-def test_bad_kinds_or_area_name_the_field(kinds, area, field):
+def test_bad_kinds_area_or_shapes_name_the_field(kinds, area, shapes, field):
   with pytest.raises(ValueError, match=field):
-    synthetic.check(kinds, area)
+    synthetic.check(kinds, area, shapes)
 
 
 def test_probability_is_the_fraction_of_images_hit():

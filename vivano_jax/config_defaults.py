@@ -150,8 +150,10 @@ def _train() -> ml_collections.ConfigDict:
   # (denoising; vivano_jax/synthetic.py). 0 = plain reconstruction, as the paper.
   c.synthetic_anomalies = 0.0
   # What they are drawn with: contents among synthetic.KINDS ('shift', 'paste', 'move', 'noise'),
-  # and the (min, max) fraction of the image a blob covers.
+  # shapes among synthetic.SHAPES ('blob', 'rect'), and the (min, max) fraction of the image a
+  # shape covers.
   c.synthetic_kinds = ('shift', 'paste')
+  c.synthetic_shapes = ('blob',)
   c.synthetic_area = (0.002, 0.04)
   # Microbatches per step: on accelerators the memory of batch / this; on CPUs unrolled, the
   # speed of one batch but not less memory (train_step.train_step).

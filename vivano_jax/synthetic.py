@@ -11,8 +11,10 @@ give labelled images and masks without looking at any real defect (scoring.py, s
 
 The anomalies are deliberately of another family than the defects of the embedded textures'
 test split (vivano_jax/datasets/defects.py draws scratches, holes, stains, cracks and patches):
-  * shape: a threshold of smoothed Gaussian noise (Perlin-like blobs of random size and number),
-    covering a fraction of the image drawn log-uniformly from `area` (default 0.2-4 %);
+  * shape, one of `shapes`: 'blob', a threshold of smoothed Gaussian noise (Perlin-like blobs of
+    random size and number), or 'rect', one rectangle of random aspect ratio (CutPaste's shape; a
+    long one becomes a band across the image); covering a fraction of the image drawn
+    log-uniformly from `area` (default 0.2-4 %);
   * content, one of `kinds`: 'shift', the image itself made brighter or darker under the blob
     (blended); 'paste', the same place of another image of the batch, its brightness shifted;
     'move', another image of the batch shifted by a random offset and possibly mirrored, so that
@@ -28,21 +30,26 @@ from scipy import ndimage
 from vivano_jax import errors
 
 KINDS = ('shift', 'paste', 'move', 'noise')
+SHAPES = ('blob', 'rect')
 DEFAULT_KINDS = ('shift', 'paste')
+DEFAULT_SHAPES = ('blob',)
 DEFAULT_AREA = (0.002, 0.04)
 
 
-def check(kinds, area, field: str = 'train.synthetic'
-          ) -> tuple[tuple[str, ...], tuple[float, float]]:
-  """(kinds, area) validated: a `UsageError` naming `<field>_kinds` or `<field>_area`."""
-  kinds = tuple(kinds)
+def check(kinds, area, shapes=DEFAULT_SHAPES, field: str = 'train.synthetic'
+          ) -> tuple[tuple[str, ...], tuple[float, float], tuple[str, ...]]:
+  """(kinds, area, shapes) validated: a `UsageError` naming `<field>_kinds`, `<field>_area` or
+  `<field>_shapes`."""
+  kinds, shapes = tuple(kinds), tuple(shapes)
   if not kinds or any(k not in KINDS for k in kinds):
     raise errors.UsageError(f'{field}_kinds must be a non-empty subset of {KINDS}, got {kinds}')
+  if not shapes or any(k not in SHAPES for k in shapes):
+    raise errors.UsageError(f'{field}_shapes must be a non-empty subset of {SHAPES}, got {shapes}')
   area = tuple(float(a) for a in area)
   if len(area) != 2 or not 0.0 < area[0] <= area[1] <= 0.5:
     raise errors.UsageError(f'{field}_area must be (min, max) fractions with 0 < min <= max <= 0.5, '
                      f'got {area}')
-  return kinds, area
+  return kinds, area, shapes
 
 
 def blob_mask(shape: tuple[int, int], rng: np.random.Generator,
@@ -56,6 +63,22 @@ def blob_mask(shape: tuple[int, int], rng: np.random.Generator,
   mask = noise >= np.quantile(noise, 1.0 - fraction)
   if not mask.any():
     mask[np.unravel_index(np.argmax(noise), shape)] = True
+  return mask
+
+
+def rect_mask(shape: tuple[int, int], rng: np.random.Generator,
+              area: tuple[float, float] = DEFAULT_AREA) -> np.ndarray:
+  """A bool [H, W] mask of one axis-aligned rectangle (CutPaste's shape) of aspect ratio between
+  1:8 and 8:1, covering a fraction drawn log-uniformly from `area`; a side longer than the image is
+  cut to it (a band across the image), so the fraction can come out smaller."""
+  h, w = shape
+  fraction = np.exp(rng.uniform(np.log(area[0]), np.log(area[1])))
+  aspect = np.exp(rng.uniform(np.log(1 / 8), np.log(8)))  # Height / width.
+  rh = int(np.clip(round(np.sqrt(fraction * h * w * aspect)), 1, h))
+  rw = int(np.clip(round(np.sqrt(fraction * h * w / aspect)), 1, w))
+  top, left = int(rng.integers(0, h - rh + 1)), int(rng.integers(0, w - rw + 1))
+  mask = np.zeros(shape, bool)
+  mask[top:top + rh, left:left + rw] = True
   return mask
 
 
@@ -91,8 +114,8 @@ def _content(kind: str, image: np.ndarray, other: np.ndarray, sign: float,
 
 
 def draw(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
-         kinds: tuple[str, ...] = DEFAULT_KINDS, area: tuple[float, float] = DEFAULT_AREA
-         ) -> tuple[np.ndarray, np.ndarray]:
+         kinds: tuple[str, ...] = DEFAULT_KINDS, area: tuple[float, float] = DEFAULT_AREA,
+         shapes: tuple[str, ...] = DEFAULT_SHAPES) -> tuple[np.ndarray, np.ndarray]:
   """One synthetic anomaly on `image`.
 
   Args:
@@ -101,10 +124,12 @@ def draw(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
     rng: random generator.
     kinds: the contents to choose from, uniformly (KINDS).
     area: (min, max) fraction of the image the mask covers.
+    shapes: the mask shapes to choose from, uniformly (SHAPES).
   Returns:
     (anomalous image float32 [H, W, C] in [-1, 1], mask bool [H, W]).
   """
-  mask = blob_mask(image.shape[:2], rng, area)
+  shape = str(rng.choice(shapes)) if len(shapes) > 1 else shapes[0]
+  mask = (rect_mask if shape == 'rect' else blob_mask)(image.shape[:2], rng, area)
   sign = rng.choice((-1.0, 1.0))
   new = _content(str(rng.choice(kinds)), image, other, sign, rng)
   out = np.where(mask[..., None], new, image).astype(np.float32)
@@ -113,14 +138,15 @@ def draw(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
 
 def corrupt_batch(images: np.ndarray, probability: float, rng: np.random.Generator,
                   kinds: tuple[str, ...] = DEFAULT_KINDS,
-                  area: tuple[float, float] = DEFAULT_AREA) -> tuple[np.ndarray, np.ndarray]:
+                  area: tuple[float, float] = DEFAULT_AREA,
+                  shapes: tuple[str, ...] = DEFAULT_SHAPES) -> tuple[np.ndarray, np.ndarray]:
   """Draws an anomaly on each image with `probability`.
 
   Args:
     images: float32 [B, H, W, C] in [-1, 1].
     probability: per image, in [0, 1].
     rng: random generator.
-    kinds, area: as `draw`.
+    kinds, area, shapes: as `draw`.
   Returns:
     (inputs float32 [B, H, W, C], masks bool [B, H, W]; all False for untouched images).
   """
@@ -130,7 +156,7 @@ def corrupt_batch(images: np.ndarray, probability: float, rng: np.random.Generat
   for i in np.flatnonzero(hit):
     # Another image of the batch for 'paste'; the image itself when the batch holds only one.
     j = (i + 1 + int(rng.integers(0, max(b - 1, 1)))) % b if b > 1 else i
-    out[i], masks[i] = draw(images[i], images[j], rng, kinds, area)
+    out[i], masks[i] = draw(images[i], images[j], rng, kinds, area, shapes)
   return out, masks
 
 

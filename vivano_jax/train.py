@@ -50,10 +50,11 @@ def synthetic_batches(batches: Iterator[dict[str, np.ndarray]], config: ml_colle
   p = config.train.synthetic_anomalies
   if not 0.0 <= p <= 1.0:
     raise errors.UsageError(f'train.synthetic_anomalies must be in [0, 1], got {p}')
-  kinds, area = synthetic.check(config.train.synthetic_kinds, config.train.synthetic_area)
+  kinds, area, shapes = synthetic.check(config.train.synthetic_kinds, config.train.synthetic_area,
+                                        config.train.synthetic_shapes)
   for step, batch in enumerate(batches, start=start_step):
     rng = np.random.default_rng([config.seed, step, jax.process_index(), 1])
-    inputs, masks = synthetic.corrupt_batch(batch['image'], p, rng, kinds, area)
+    inputs, masks = synthetic.corrupt_batch(batch['image'], p, rng, kinds, area, shapes)
     yield {'image': inputs, 'target': batch['image'],
            'patch_weights': synthetic.patch_weights(masks, config.model.patch_size),
            'mask': masks.astype(np.float32)}
