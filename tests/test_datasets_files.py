@@ -342,6 +342,15 @@ def test_runs_side_by_side_write_a_dataset_once(tmp_path, monkeypatch):
   assert a1 <= b0  # One after the other.
   assert [b.info.splits['test'].num_examples for b in builders] == [4, 4]
   assert len(finished_datasets(data_dir)) == 1
+  # A data_dir where the lock cannot be created (read-only, prepared by someone else) is read.
+  from vivano_jax.datasets import builder as builder_lib  # pylint: disable=g-import-not-at-top
+
+  def no_lock(path, *args, **kwargs):
+    raise PermissionError(f'{path}: read-only file system')
+
+  monkeypatch.setattr(builder_lib, 'open', no_lock, raising=False)
+  again = folder.make_builder(make_cfg('folder', root), data_dir)
+  assert again.info.splits['test'].num_examples == 4
 
 
 # --- pixel formats

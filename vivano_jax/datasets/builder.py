@@ -81,8 +81,15 @@ def _exclusive(data_dir_root: str | os.PathLike):
   sweep's `xargs -P 2`, would otherwise write the same dataset at once, and the second rename
   fails); the second waits, then finds the dataset written and reuses it."""
   root = pathlib.Path(os.fspath(data_dir_root))
-  root.mkdir(parents=True, exist_ok=True)
-  with open(root / '.prepare.lock', 'a') as f:
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / '.prepare.lock', 'a')
+  except OSError:  # A read-only data_dir of prepared datasets: nothing will be written there.
+    f = None
+  if f is None:
+    yield
+    return
+  with f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
       yield
