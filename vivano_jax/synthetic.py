@@ -47,8 +47,8 @@ def check(kinds, area, shapes=DEFAULT_SHAPES, field: str = 'train.synthetic'
     raise errors.UsageError(f'{field}_shapes must be a non-empty subset of {SHAPES}, got {shapes}')
   area = tuple(float(a) for a in area)
   if len(area) != 2 or not 0.0 < area[0] <= area[1] <= 0.5:
-    raise errors.UsageError(f'{field}_area must be (min, max) fractions with 0 < min <= max <= 0.5, '
-                     f'got {area}')
+    raise errors.UsageError(f'{field}_area must be (min, max) fractions with '
+                            f'0 < min <= max <= 0.5, got {area}')
   return kinds, area, shapes
 
 
