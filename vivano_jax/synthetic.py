@@ -120,7 +120,7 @@ def draw(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
 
   Args:
     image: float32 [H, W, C] in [-1, 1].
-    other: float32 [H, W, C] in [-1, 1], a different normal image ('paste' takes content from it).
+    other: float32 [H, W, C] in [-1, 1], a different normal image ('paste', 'move' take from it).
     rng: random generator.
     kinds: the contents to choose from, uniformly (KINDS).
     area: (min, max) fraction of the image the mask covers.

@@ -62,29 +62,27 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
   return [dict(zip(fields, values)) for values in itertools.product(*(grid[f] for f in fields))]
 
 
-def format_value(value: Any, _inner: bool = False) -> str:
-  """A value as a `--config.<field>=` flag reads it: a string as it is, a float in its shortest
-  exact form, a tuple as a Python literal, its strings quoted (ml_collections reads an unquoted
-  `(a, b)` as the one string '(a, b)')."""
+def _format(value: Any, quote: bool, inner: bool = False) -> str:
+  """A float in its shortest exact form (0.001, 1e-05), a tuple as a Python literal (its strings
+  quoted when `quote`), anything else as str."""
   if isinstance(value, float):
-    return repr(value)  # Shortest exact form: 0.001, 1e-05.
+    return repr(value)
   if isinstance(value, (tuple, list)):
-    inner = [format_value(v, True) for v in value]
-    return '(' + ', '.join(inner) + (',)' if len(value) == 1 else ')')
-  return repr(value) if _inner and isinstance(value, str) else str(value)
+    items = ', '.join(_format(v, quote, inner=True) for v in value)
+    return '(' + items + (',)' if len(value) == 1 else ')')
+  return repr(value) if quote and inner and isinstance(value, str) else str(value)
 
 
-def _display(value: Any) -> str:
-  """format_value without the quotes, for run names."""
-  if isinstance(value, (tuple, list)):
-    return '(' + ', '.join(_display(v) for v in value) + (',)' if len(value) == 1 else ')')
-  return format_value(value)
+def format_value(value: Any) -> str:
+  """A value as a `--config.<field>=` flag reads it: a string as it is, a tuple's strings quoted
+  (ml_collections reads an unquoted `(a, b)` as the one string '(a, b)')."""
+  return _format(value, quote=True)
 
 
 def name_part(value: Any) -> str:
   """A value as run names show it: what a folder name should not hold ('/', spaces, quotes, ...)
   replaced by '_'."""
-  text = _display(value)
+  text = _format(value, quote=False)
   return ''.join(c if c.isalnum() or c in '.-+' else '_' for c in text)
 
 
