@@ -127,6 +127,11 @@ def test_config_errors_name_the_field():
   config.train.synthetic_anomalies = 0.0
   with pytest.raises(errors.UsageError, match='train.synthetic_anomalies'):
     train._checked_model(config, mesh)
+  # The anomalies' fields are checked here too, before the data is prepared or anything written.
+  config.train.synthetic_anomalies = 0.5
+  config.train.synthetic_shapes = ('disc',)
+  with pytest.raises(errors.UsageError, match='train.synthetic_shapes'):
+    train._checked_model(config, mesh)
   config = load_config('tiny')
   config.score.pixel = 'seg'
   with pytest.raises(errors.UsageError, match='model.segmenter_features'):

@@ -42,16 +42,21 @@ def total_train_steps(config: ml_collections.ConfigDict, num_train_global: int) 
   return int(config.train.num_epochs * -(-num_train_global // config.train.batch_size))
 
 
+def _synthetic_fields(config: ml_collections.ConfigDict):
+  """(train.synthetic_anomalies, (kinds, area, shapes)), checked: a UsageError naming the field."""
+  p = config.train.synthetic_anomalies
+  if not 0.0 <= p <= 1.0:
+    raise errors.UsageError(f'train.synthetic_anomalies must be in [0, 1], got {p}')
+  return p, synthetic.check(config.train.synthetic_kinds, config.train.synthetic_area,
+                            config.train.synthetic_shapes)
+
+
 def synthetic_batches(batches: Iterator[dict[str, np.ndarray]], config: ml_collections.ConfigDict,
                       start_step: int) -> Iterator[dict[str, np.ndarray]]:
   """Local batches with synthetic anomalies drawn on a `train.synthetic_anomalies` fraction of the
   inputs ({'image', 'target', 'patch_weights', 'mask'}; synthetic.py). Seeded by (seed, step,
   process), so a resumed run draws the same anomalies."""
-  p = config.train.synthetic_anomalies
-  if not 0.0 <= p <= 1.0:
-    raise errors.UsageError(f'train.synthetic_anomalies must be in [0, 1], got {p}')
-  kinds, area, shapes = synthetic.check(config.train.synthetic_kinds, config.train.synthetic_area,
-                                        config.train.synthetic_shapes)
+  p, (kinds, area, shapes) = _synthetic_fields(config)
   for step, batch in enumerate(batches, start=start_step):
     rng = np.random.default_rng([config.seed, step, jax.process_index(), 1])
     inputs, masks = synthetic.corrupt_batch(batch['image'], p, rng, kinds, area, shapes)
@@ -122,7 +127,8 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
 def _checked_model(config: ml_collections.ConfigDict, mesh: Mesh):
   """The model, once the fields a run would otherwise trip over late (after preparing its data)
   are checked: batch sizes against the devices, the optimizer and its rule, the model's sizes, a
-  segmenter's training data and the score's components."""
+  segmenter's training data, the synthetic anomalies' fields and the score's components."""
+  _synthetic_fields(config)
   if config.model.segmenter_features and not config.train.synthetic_anomalies > 0:
     raise errors.UsageError('model.segmenter_features > 0 trains on synthetic anomalies: set '
                             'train.synthetic_anomalies > 0 (e.g. 0.5)')
