@@ -29,6 +29,7 @@ from vivano_jax import export_model
 from vivano_jax import input_pipeline
 from vivano_jax import predict
 from vivano_jax import scorer as scorer_lib
+from vivano_jax import scoring
 from vivano_jax import sharding
 from vivano_jax.datasets import image_files
 from vivano_jax.datasets import textures
@@ -136,6 +137,37 @@ def test_an_nll_score_can_skip_the_decoder(run):
   assert lean.output_names == ('score', 'map', 'nll_max', 'nll_mean')
   for name, values in lean(images).items():
     assert _relative(full[name], values) <= 1e-5, name
+
+
+def test_test_time_views_score_and_export_as_their_numpy_average(run, tmp_path):
+  # score.tta='dihedral': the model's maps on the 8 views (numpy flips and turns here), turned back
+  # and averaged, then the run's scoring; the same through the exported function and ONNX.
+  config = run.config.copy_and_resolve_references()
+  config.score.tta = 'dihedral'
+  images = preprocess.batch(texture_images(), config.dataset.image_size, config.dataset.channels)
+  as_float = images.astype(np.float32) / 127.5 - 1.0
+  variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
+  total = {}
+  for turns, mirrored in itertools.product(range(4), (False, True)):
+    view = np.rot90(as_float, turns, axes=(1, 2))[:, :, ::-1 if mirrored else 1]
+    out = run.state.apply_fn(variables, np.ascontiguousarray(view), train=False)
+    for key in ('recon', 'nll', 'seg_logits'):
+      back = np.rot90(np.asarray(out[key])[:, :, ::-1 if mirrored else 1], -turns, axes=(1, 2))
+      total[key] = total.get(key, 0.0) + back / 8
+  want = scoring.final_scores(*scoring.score_components(
+      total, as_float, config.score.smoothing_sigma), config.score, run.stats)
+  fn = score_function.build(config, run.state, run.stats)
+  got = fn(images)
+  assert _relative(np.asarray(want[0]), got['score']) <= 1e-5
+  assert _relative(np.asarray(want[1]), got['map']) <= 1e-5
+  plain = score_function.build(run.config, run.state, run.stats)(images)['map']
+  assert _relative(plain, got['map']) > 1e-3  # The views changed the map.
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  from vivano_jax.serving import converters  # pylint: disable=g-import-not-at-top
+  path = converters.convert(fn, 'onnx', tmp_path, ('cpu',))
+  session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+  score, maps = session.run(['score', 'map'], {'images': images})
+  assert _relative(got['score'], score) <= TOLERANCE and _relative(got['map'], maps) <= TOLERANCE
 
 
 def test_standardised_scores_carry_their_statistics(run, tmp_path):

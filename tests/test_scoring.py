@@ -237,6 +237,50 @@ def test_bad_shifts_name_the_field(shifts):
     scoring.check_config(_score(shifts=shifts))
 
 
+def _numpy_views(x, tta):
+  turned = lambda k, mirrored: np.rot90(x, k, axes=(1, 2))[:, :, ::-1 if mirrored else 1]
+  return {'none': [x], 'flips': [x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]],
+          'dihedral': [turned(k, m) for k in range(4) for m in (False, True)]}[tta]
+
+
+@pytest.mark.parametrize('tta', score_maps.TTA)
+def test_test_time_views_are_the_flips_and_quarter_turns(tta):
+  x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype(np.float32)
+  views = score_maps.tta_views(tta)
+  got = [np.asarray(score_maps.to_view(jnp.asarray(x), v)) for v in views]
+  want = _numpy_views(x, tta)
+  assert len(got) == len(want) == {'none': 1, 'flips': 4, 'dihedral': 8}[tta]
+  for w in want:  # Each numpy view exactly once.
+    assert sum(np.array_equal(g, w) for g in got) == 1
+  for v, g in zip(views, got):
+    np.testing.assert_array_equal(score_maps.from_view(jnp.asarray(g), v), x)
+
+
+@pytest.mark.parametrize('tta', score_maps.TTA)
+def test_averaged_views_of_a_position_weighting_in_closed_form(tta):
+  # apply(x) = x * w for a weight w[i, j] = i * j that no view leaves alone: every view is turned
+  # back, so the average is x * (the views' mean of w) = x * (h - 1) / 2 * (w - 1) / 2 under the
+  # flips (each corner's product once) and the dihedral group; no views: x * w.
+  size = 6
+  x = np.random.default_rng(1).normal(size=(2, size, size)).astype(np.float32)
+  weight = np.outer(np.arange(size), np.arange(size)).astype(np.float32)
+  apply = lambda images: {'seg_logits': images * weight, 'nll': 2 * images * weight,
+                          'recon': (images * weight)[..., None], 'kl': images}
+  out = score_maps.averaged_views(apply, jnp.asarray(x), tta)
+  assert sorted(out) == ['nll', 'recon', 'seg_logits']  # The maps scoring reads, no other.
+  mean_weight = weight if tta == 'none' else ((size - 1) / 2) ** 2
+  np.testing.assert_allclose(out['seg_logits'], x * mean_weight, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out['nll'], 2 * x * mean_weight, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out['recon'][..., 0], x * mean_weight, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_tta_names_the_field():
+  with pytest.raises(ValueError, match=r"score\.tta must be one of \('none', 'flips', 'dihedral'\)"):
+    scoring.check_config(_score(tta='rot45'))
+  with pytest.raises(ValueError, match=r"score\.tta='flips' cannot be combined with score\.shifts=2"):
+    scoring.check_config(_score(tta='flips', shifts=2))
+
+
 def test_ensemble_sums_members_standardised_on_the_normals():
   rng = np.random.default_rng(3)
   normal = rng.normal(size=(30, 4, 4)) * np.linspace(0.5, 2.0, 16).reshape(4, 4) + 1.0

@@ -111,6 +111,9 @@ def _score() -> ml_collections.ConfigDict:
   c.smoothing_sigma = 4.0  # Gaussian smoothing of pixel maps, pixels; 0 = off.
   # Test-time shifts S: the NLL map from S x S passes shifted by P / S pixels, S times finer.
   c.shifts = 1
+  # Test-time views: 'none' | 'flips' (4 mirrored views) | 'dihedral' (8: flips and quarter turns);
+  # the maps averaged over them (score_maps.averaged_views). Not with shifts > 1.
+  c.tta = 'none'
   # 'synthetic': choose the image score among `image_candidates` and the pixel map among
   # `pixel_candidates` on held-out normals with synthetic anomalies (vivano_jax/score_selection.py,
   # which gives the candidates' syntax); 'none': the fields above as they are.

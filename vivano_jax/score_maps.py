@@ -4,6 +4,11 @@ squared error, bilinear upsampling of patch grids and test-time shifts; pure jnp
 Test-time shifts (`score.shifts` = S > 1, `shifted_nll`): the image is scored S^2 times with its
 content moved by fractions P / S of a patch, and the NLL grids interleaved into one S-times finer
 grid: the NLL map resolves defects smaller than a patch without retraining anything.
+
+Test-time views (`score.tta`, `averaged_views`): the image is scored mirrored and turned as well
+(the flips and quarter turns training augments with), each view's maps turned back, and the model's
+maps (reconstruction, NLL grid, segmenter logits) averaged over the views: a steadier map of the
+same model.
 """
 
 import jax
@@ -130,3 +135,46 @@ def shifted_nll(nll_of, images: Array, nll: Array, patch_size: int, shifts: int)
   grid = jnp.stack(rows, axis=-2)  # [B, h, w, S (ky), S (kx)]
   b, h, w = nll.shape
   return grid.transpose(0, 1, 3, 2, 4).reshape(b, h * shifts, w * shifts)
+
+
+TTA = ('none', 'flips', 'dihedral')
+VIEW_OUTPUTS = ('recon', 'nll', 'seg_logits')  # The model's maps that `averaged_views` averages.
+
+
+def tta_views(tta: str) -> tuple[tuple[int, bool], ...]:
+  """The views (quarter turns, mirrored) of `score.tta`: 'none' the image itself; 'flips' the image
+  and it mirrored left-right, up-down and both (a half turn); 'dihedral' all 8 combinations of
+  quarter turns and mirroring."""
+  if tta == 'none':
+    return ((0, False),)
+  if tta == 'flips':
+    return ((0, False), (0, True), (2, True), (2, False))
+  if tta == 'dihedral':
+    return tuple((k, mirrored) for k in range(4) for mirrored in (False, True))
+  raise ValueError(f'score.tta must be one of {TTA}, got {tta!r}')
+
+
+def to_view(x: Array, view: tuple[int, bool]) -> Array:
+  """[B, H, W, ...] (H = W) turned by view[0] quarter turns, then mirrored left-right if view[1]."""
+  turns, mirrored = view
+  x = jnp.rot90(x, turns, axes=(1, 2))
+  return jnp.flip(x, axis=2) if mirrored else x
+
+
+def from_view(x: Array, view: tuple[int, bool]) -> Array:
+  """The inverse of `to_view`: a map of the view back in the image's orientation."""
+  turns, mirrored = view
+  x = jnp.flip(x, axis=2) if mirrored else x
+  return jnp.rot90(x, -turns, axes=(1, 2))
+
+
+def averaged_views(apply, images: Array, tta: str) -> dict[str, Array]:
+  """The `VIEW_OUTPUTS` of `apply(images)` (a dict of [B, H, W, ...] maps, square) averaged over
+  the views of `tta`, each turned back first; the segmenter's logits are averaged as logits."""
+  views = tta_views(tta)
+  total = None
+  for view in views:
+    out = apply(to_view(images, view))
+    out = {k: from_view(out[k], view) for k in VIEW_OUTPUTS if k in out}
+    total = out if total is None else {k: total[k] + v for k, v in out.items()}
+  return {k: v / len(views) for k, v in total.items()}

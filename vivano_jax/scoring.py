@@ -9,6 +9,8 @@ Components, computed per batch in the jitted eval step (`score_components`):
   image scores [B]: 'nll_max' (the paper: the maximum per-patch NLL), 'nll_mean', 'recon' (mean squared
     error), 'ssim' (mean of 1 - SSIM), 'seg_max' (the maximum of the smoothed 'seg' map, DRAEM's
     image score).
+With `score.tta` the model's maps are first averaged over mirrored and turned views of the image
+(score_maps.averaged_views), and the components computed from the averages.
 
 Final scores (`final_scores`, from `config.score`):
   score.pixel: one component, or 'combined': the sum of the components in `score.combine`, each
@@ -113,6 +115,11 @@ def check_config(score: ml_collections.ConfigDict) -> None:
     raise errors.UsageError(f'score.topk_fraction must be in (0, 1], got {score.topk_fraction}')
   if not isinstance(score.shifts, int) or score.shifts < 1:
     raise errors.UsageError(f'score.shifts must be a positive integer, got {score.shifts!r}')
+  if score.tta not in score_maps.TTA:
+    raise errors.UsageError(f'score.tta must be one of {score_maps.TTA}, got {score.tta!r}')
+  if score.tta != 'none' and score.shifts > 1:
+    raise errors.UsageError(f'score.tta={score.tta!r} cannot be combined with score.shifts='
+                            f'{score.shifts}: a mirrored view moves the shifted patch grid')
   if score.image == ENSEMBLE:
     members = tuple(score.ensemble)
     if not members or len(set(members)) != len(members):
