@@ -243,7 +243,7 @@ def _numpy_views(x, tta):
           'dihedral': [turned(k, m) for k in range(4) for m in (False, True)]}[tta]
 
 
-@pytest.mark.parametrize('tta', score_maps.TTA)
+@pytest.mark.parametrize('tta', ['none', 'flips', 'dihedral'])
 def test_test_time_views_are_the_flips_and_quarter_turns(tta):
   x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype(np.float32)
   views = score_maps.tta_views(tta)
@@ -256,7 +256,31 @@ def test_test_time_views_are_the_flips_and_quarter_turns(tta):
     np.testing.assert_array_equal(score_maps.from_view(jnp.asarray(g), v), x)
 
 
-@pytest.mark.parametrize('tta', score_maps.TTA)
+@pytest.mark.parametrize('augment,want', [
+    ((), 'none'), (('hflip', 'vflip'), 'flips'), (('rot90', 'hflip'), 'dihedral'),
+    (('rot90', 'vflip'), 'dihedral'), (('rot90', 'hflip', 'vflip'), 'dihedral')])
+def test_augment_views_are_the_group_training_augments_with(augment, want):
+  flags = {k: k in augment for k in ('hflip', 'vflip', 'rot90')}
+  assert score_maps.tta_views('augment', flags) == score_maps.tta_views(want)
+
+
+@pytest.mark.parametrize('flag,numpy_view', [
+    ('hflip', lambda x: x[:, :, ::-1]), ('vflip', lambda x: x[:, ::-1]),
+    ('rot90', lambda x: np.rot90(x, 1, axes=(1, 2)))])
+def test_one_augmentation_gives_the_views_it_generates(flag, numpy_view):
+  # One flip: the image and its mirror; quarter turns alone: the 4 turns, never a mirror.
+  x = np.random.default_rng(2).normal(size=(1, 5, 5)).astype(np.float32)
+  views = score_maps.tta_views('augment', {flag: True})
+  got = [np.asarray(score_maps.to_view(jnp.asarray(x), v)) for v in views]
+  want = [x, numpy_view(x)]
+  while flag == 'rot90' and len(want) < 4:
+    want.append(numpy_view(want[-1]))
+  assert len(got) == len(want)
+  for w in want:
+    assert sum(np.array_equal(g, w) for g in got) == 1
+
+
+@pytest.mark.parametrize('tta', ['none', 'flips', 'dihedral'])
 def test_averaged_views_of_a_position_weighting_in_closed_form(tta):
   # apply(x) = x * w for a weight w[i, j] = i * j that no view leaves alone: every view is turned
   # back, so the average is x * (the views' mean of w) = x * (h - 1) / 2 * (w - 1) / 2 under the
@@ -266,7 +290,7 @@ def test_averaged_views_of_a_position_weighting_in_closed_form(tta):
   weight = np.outer(np.arange(size), np.arange(size)).astype(np.float32)
   apply = lambda images: {'seg_logits': images * weight, 'nll': 2 * images * weight,
                           'recon': (images * weight)[..., None], 'kl': images}
-  out = score_maps.averaged_views(apply, jnp.asarray(x), tta)
+  out = score_maps.averaged_views(apply, jnp.asarray(x), score_maps.tta_views(tta))
   assert sorted(out) == ['nll', 'recon', 'seg_logits']  # The maps scoring reads, no other.
   mean_weight = weight if tta == 'none' else ((size - 1) / 2) ** 2
   np.testing.assert_allclose(out['seg_logits'], x * mean_weight, rtol=1e-5, atol=1e-5)
@@ -275,7 +299,7 @@ def test_averaged_views_of_a_position_weighting_in_closed_form(tta):
 
 
 def test_bad_tta_names_the_field():
-  with pytest.raises(ValueError, match=r"score\.tta must be one of \('none', 'flips', 'dihedral'\)"):
+  with pytest.raises(ValueError, match=r"score\.tta must be one of \('none', 'augment', 'flips', "):
     scoring.check_config(_score(tta='rot45'))
   with pytest.raises(ValueError, match=r"score\.tta='flips' cannot be combined with score\.shifts=2"):
     scoring.check_config(_score(tta='flips', shifts=2))

@@ -6,10 +6,12 @@ content moved by fractions P / S of a patch, and the NLL grids interleaved into 
 grid: the NLL map resolves defects smaller than a patch without retraining anything.
 
 Test-time views (`score.tta`, `averaged_views`): the image is scored mirrored and turned as well
-(the flips and quarter turns training augments with), each view's maps turned back, and the model's
-maps (reconstruction, NLL grid, segmenter logits) averaged over the views: a steadier map of the
-same model.
+(by default the flips and quarter turns training augments with, which the model learnt as normal),
+each view's maps turned back, and the model's maps (reconstruction, NLL grid, segmenter logits)
+averaged over the views: a steadier map of the same model.
 """
+
+from typing import Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -137,21 +139,32 @@ def shifted_nll(nll_of, images: Array, nll: Array, patch_size: int, shifts: int)
   return grid.transpose(0, 1, 3, 2, 4).reshape(b, h * shifts, w * shifts)
 
 
-TTA = ('none', 'flips', 'dihedral')
+TTA = ('none', 'augment', 'flips', 'dihedral')
 VIEW_OUTPUTS = ('recon', 'nll', 'seg_logits')  # The model's maps that `averaged_views` averages.
+IDENTITY = ((0, False),)
+_MIRRORS = ((0, False), (0, True), (2, True), (2, False))  # Itself, left-right, up-down, half turn.
+_DIHEDRAL = tuple((k, mirrored) for k in range(4) for mirrored in (False, True))
 
 
-def tta_views(tta: str) -> tuple[tuple[int, bool], ...]:
+def tta_views(tta: str, augment: Optional[Mapping[str, bool]] = None
+              ) -> tuple[tuple[int, bool], ...]:
   """The views (quarter turns, mirrored) of `score.tta`: 'none' the image itself; 'flips' the image
   and it mirrored left-right, up-down and both (a half turn); 'dihedral' all 8 combinations of
-  quarter turns and mirroring."""
+  quarter turns and mirroring; 'augment' the views training showed the model as normal, the group
+  `dataset.augment` (hflip, vflip, rot90) generates."""
   if tta == 'none':
-    return ((0, False),)
+    return IDENTITY
   if tta == 'flips':
-    return ((0, False), (0, True), (2, True), (2, False))
+    return _MIRRORS
   if tta == 'dihedral':
-    return tuple((k, mirrored) for k in range(4) for mirrored in (False, True))
-  raise ValueError(f'score.tta must be one of {TTA}, got {tta!r}')
+    return _DIHEDRAL
+  if tta != 'augment':
+    raise ValueError(f'score.tta must be one of {TTA}, got {tta!r}')
+  hflip, vflip, rot90 = (bool((augment or {}).get(k)) for k in ('hflip', 'vflip', 'rot90'))
+  if rot90:
+    return _DIHEDRAL if hflip or vflip else tuple((k, False) for k in range(4))
+  return {(False, False): IDENTITY, (True, False): _MIRRORS[:2],
+          (False, True): _MIRRORS[::2], (True, True): _MIRRORS}[hflip, vflip]
 
 
 def to_view(x: Array, view: tuple[int, bool]) -> Array:
@@ -168,10 +181,9 @@ def from_view(x: Array, view: tuple[int, bool]) -> Array:
   return jnp.rot90(x, -turns, axes=(1, 2))
 
 
-def averaged_views(apply, images: Array, tta: str) -> dict[str, Array]:
+def averaged_views(apply, images: Array, views: Sequence[tuple[int, bool]]) -> dict[str, Array]:
   """The `VIEW_OUTPUTS` of `apply(images)` (a dict of [B, H, W, ...] maps, square) averaged over
-  the views of `tta`, each turned back first; the segmenter's logits are averaged as logits."""
-  views = tta_views(tta)
+  the views (`tta_views`), each turned back first; the segmenter's logits are averaged as logits."""
   total = None
   for view in views:
     out = apply(to_view(images, view))

@@ -86,16 +86,17 @@ class Evaluation:
 
 
 def eval_step(state, batch: dict[str, jax.Array], smoothing_sigma: float, decode: bool,
-              shifts: int = 1, patch_size: int = 0, tta: str = 'none') -> dict[str, Any]:
+              shifts: int = 1, patch_size: int = 0,
+              views: tuple[tuple[int, bool], ...] = score_maps.IDENTITY) -> dict[str, Any]:
   """Scores a global batch: {'image': {component: [B]}, 'pixel': {component: [B, S, S]}, 'recon'?}.
   With shifts > 1 the NLL is the finer grid of test-time shifts (score_maps.shifted_nll); with
-  tta != 'none' the model's maps are averaged over mirrored and turned views
+  several views the model's maps are averaged over mirrored and turned images
   (score_maps.averaged_views)."""
   apply = lambda images, decode: state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False,
       decode=decode)
-  if tta != 'none':
-    out = score_maps.averaged_views(lambda x: apply(x, decode), batch['image'], tta)
+  if len(views) > 1:
+    out = score_maps.averaged_views(lambda x: apply(x, decode), batch['image'], views)
   else:
     out = apply(batch['image'], decode)
   if shifts > 1:
@@ -113,7 +114,9 @@ def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh, decode: bool):
   scoring.check_shifts(config.score.shifts, config.model.patch_size)
   return jax.jit(functools.partial(eval_step, smoothing_sigma=config.score.smoothing_sigma,
                                    decode=decode, shifts=config.score.shifts,
-                                   patch_size=config.model.patch_size, tta=config.score.tta),
+                                   patch_size=config.model.patch_size,
+                                   views=score_maps.tta_views(config.score.tta,
+                                                              config.dataset.augment)),
                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=sharding.batch_sharded(mesh))
 
