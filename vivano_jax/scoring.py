@@ -119,7 +119,8 @@ def check_config(score: ml_collections.ConfigDict) -> None:
     raise errors.UsageError(f'score.tta must be one of {score_maps.TTA}, got {score.tta!r}')
   if score.tta != 'none' and score.shifts > 1:
     raise errors.UsageError(f'score.tta={score.tta!r} cannot be combined with score.shifts='
-                            f'{score.shifts}: a mirrored view moves the shifted patch grid')
+                            f"{score.shifts} (a mirrored view moves the shifted patch grid): set "
+                            f"score.tta='none' to use shifts")
   if score.image == ENSEMBLE:
     members = tuple(score.ensemble)
     if not members or len(set(members)) != len(members):
