@@ -1,4 +1,4 @@
-"""Magnetic Tile Surface Defects, reduced for a 2-core CPU (about 12 minutes a run on a quiet one).
+"""Magnetic Tile Surface Defects, reduced for a 2-core CPU (about 11 minutes a run on a quiet one).
 
 Data: `dataset.name='folder'`; pass the folder with
 `--config.dataset.manual_dir=<folder in MVTec layout>` (train/good, test/<defect>,

@@ -21,9 +21,10 @@ segmenter's maximum plus the maximum of the standardised error + NLL map, each s
 held-out normals ('ensemble'): no single score was best on every dataset measured, and the sum stays
 near the better one. Both are averaged over the flips and quarter turns the category trains with
 (`score.tta='augment'`: 8 views for textures, bottle and hazelnut, none for a category whose pose
-matters; RESULTS.md 1g: higher on every dataset measured). About 11 minutes a category at 128 px on a quiet 2-core machine (measured on
-a stand-in of bottle's size, 292 RGB images of 900 px: data and startup 21 s, training 9 min 6 s at
-36 images/s, evaluation 18 s, export and report 43 s; BENCHMARKS.md). The paper's scores:
+matters; RESULTS.md 1g: higher on every dataset measured). About 11 minutes a category at 128 px
+on a quiet 2-core machine (measured on a stand-in of bottle's size, 292 RGB images of 900 px: data
+and startup 21 s, training 9 min 6 s at 36 images/s, evaluation 31 s and export and report 55 s
+with the test-time views; BENCHMARKS.md). The paper's scores:
 `--config.score.image=nll_max --config.score.pixel=nll --config.score.normalize=global`.
 Augmentation per category: `AUGMENT` in vivano_jax/datasets/mvtec_ad.py (the paper variant has
 none).
