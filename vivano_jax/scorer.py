@@ -89,16 +89,13 @@ def eval_step(state, batch: dict[str, jax.Array], smoothing_sigma: float, decode
               shifts: int = 1, patch_size: int = 0,
               views: tuple[tuple[int, bool], ...] = score_maps.IDENTITY) -> dict[str, Any]:
   """Scores a global batch: {'image': {component: [B]}, 'pixel': {component: [B, S, S]}, 'recon'?}.
-  With shifts > 1 the NLL is the finer grid of test-time shifts (score_maps.shifted_nll); with
-  several views the model's maps are averaged over mirrored and turned images
-  (score_maps.averaged_views)."""
+  With shifts > 1 the NLL is the finer grid of test-time shifts (score_maps.shifted_nll); the
+  model's maps are averaged over the mirrored and turned `views` of the images
+  (score_maps.averaged_views; by default one view, the images themselves)."""
   apply = lambda images, decode: state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False,
       decode=decode)
-  if len(views) > 1:
-    out = score_maps.averaged_views(lambda x: apply(x, decode), batch['image'], views)
-  else:
-    out = apply(batch['image'], decode)
+  out = score_maps.averaged_views(lambda x: apply(x, decode), batch['image'], views)
   if shifts > 1:
     out = dict(out, nll=score_maps.shifted_nll(lambda x: apply(x, False)['nll'], batch['image'],
                                             out['nll'], patch_size, shifts))
