@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vivano_jax import errors
+
 Array = jax.Array
 
 
@@ -159,7 +161,7 @@ def tta_views(tta: str, augment: Optional[Mapping[str, bool]] = None
   if tta == 'dihedral':
     return _DIHEDRAL
   if tta != 'augment':
-    raise ValueError(f'score.tta must be one of {TTA}, got {tta!r}')
+    raise errors.UsageError(f'score.tta must be one of {TTA}, got {tta!r}')
   hflip, vflip, rot90 = (bool((augment or {}).get(k)) for k in ('hflip', 'vflip', 'rot90'))
   if rot90:
     return _DIHEDRAL if hflip or vflip else tuple((k, False) for k in range(4))

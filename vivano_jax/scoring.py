@@ -115,8 +115,7 @@ def check_config(score: ml_collections.ConfigDict) -> None:
     raise errors.UsageError(f'score.topk_fraction must be in (0, 1], got {score.topk_fraction}')
   if not isinstance(score.shifts, int) or score.shifts < 1:
     raise errors.UsageError(f'score.shifts must be a positive integer, got {score.shifts!r}')
-  if score.tta not in score_maps.TTA:
-    raise errors.UsageError(f'score.tta must be one of {score_maps.TTA}, got {score.tta!r}')
+  score_maps.tta_views(score.tta)  # A UsageError naming the field for an unknown value.
   if score.tta != 'none' and score.shifts > 1:
     raise errors.UsageError(f'score.tta={score.tta!r} cannot be combined with score.shifts='
                             f"{score.shifts} (a mirrored view moves the shifted patch grid): set "
