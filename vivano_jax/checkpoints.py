@@ -42,8 +42,7 @@ def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: i
                    ) -> train_step.TrainState:
   """The configured train state's shapes, dtypes and (replicated) shardings; nothing is computed.
   `total_steps` sets the optimizer's schedule, which holds no array."""
-  abstract = jax.eval_shape(lambda: train_step.create_train_state(
-      config, model_lib.create_model(config), total_steps, mesh))
+  abstract = train_step.abstract_train_state(config, model_lib.create_model(config), total_steps)
   replicated = sharding.replicated(mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                       abstract)
