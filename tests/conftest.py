@@ -1,8 +1,9 @@
 """Shared fixtures. Tests run on the CPU; tests needing several devices start subprocesses."""
 
+import contextlib
+import fcntl
 import os
 import pathlib
-
 import shutil
 import tempfile
 
@@ -28,10 +29,33 @@ def load_config(name: str, arg=None):
   return config_files.load_config(REPO / 'configs' / f'{name}.py', arg)
 
 
+def shared_tmp(tmp_path_factory) -> pathlib.Path:
+  """A folder of this test session shared by all its pytest-xdist workers (the session's own
+  temporary folder without xdist): what is made there once serves every worker."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: pathlib.Path):
+  """Holds an exclusive lock on `lock_path` (made if missing): one worker at a time makes a
+  shared fixture, the others wait and then find it made."""
+  lock_path.parent.mkdir(parents=True, exist_ok=True)
+  with open(lock_path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope='session')
 def tfds_dir(tmp_path_factory):
-  """One tfds data dir for the whole session, so each dataset is prepared once."""
-  return str(tmp_path_factory.mktemp('tfds'))
+  """One tfds data dir for the whole session, shared by the workers, so each dataset is prepared
+  once (preparation takes a lock on the data dir: datasets/builder.py)."""
+  path = shared_tmp(tmp_path_factory) / 'tfds'
+  path.mkdir(exist_ok=True)
+  return str(path)
 
 
 @pytest.fixture

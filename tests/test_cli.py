@@ -19,7 +19,7 @@ TINY = str(REPO / 'configs' / 'tiny.py')
 
 @pytest.fixture
 def folder_run(tmp_path_factory, tfds_dir):
-  return trained_folder_run(tmp_path_factory.getbasetemp() / 'export_runs', tfds_dir)
+  return trained_folder_run(tmp_path_factory, tfds_dir)
 
 
 def _call(capsys, *args):
@@ -113,14 +113,14 @@ def test_every_subcommand_succeeds(capsys, folder_run, tmp_path, tfds_dir):
   split = folder_run / 'export' / 'test'
   code, out, err = _call(capsys, 'evaluate', f'--predictions={split}', f'--output={tmp_path}')
   assert code == 0 and 'overall' in out and (tmp_path / 'evaluation.csv').is_file(), err
-  code, out, err = _call(capsys, 'report', f'--workdir={folder_run}')
+  run = tmp_path / 'run'  # A copy: the session's run serves other tests, on other workers too.
+  shutil.copytree(folder_run, run)
+  code, out, err = _call(capsys, 'report', f'--workdir={run}')
   assert code == 0 and out.strip().endswith('index.html'), err
   images = sorted((folder_run.parent / 'folder' / 'test' / 'spot').iterdir())[:2]
   code, out, err = _call(capsys, 'predict', f'--workdir={folder_run}', f'--input={images[0]}',
                          f'--output={tmp_path / "pred"}')
   assert code == 0 and (tmp_path / 'pred' / 'predictions.csv').is_file(), err
-  run = tmp_path / 'run'
-  shutil.copytree(folder_run, run)
   code, out, err = _call(capsys, 'export', f'--workdir={run}', '--step=5', '--verbosity=1')
   assert code == 0 and 'checkpoint step 5' in out, err
   assert 'INFO' in err  # --verbosity=1: library logs on the console too.

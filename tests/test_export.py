@@ -1,8 +1,9 @@
 """Export, offline evaluation, thresholds and report.
 
 One tiny run on a synthetic MVTec-layout folder (images of several sizes, masks, a defect type
-without masks) is trained and exported by the main CLI once per session (`trained_folder_run`,
-shared with test_predict.py); its offline evaluation must equal the in-training metrics.json.
+without masks) is trained and exported by the main CLI once per session, for every pytest-xdist worker
+(`trained_folder_run`, shared with test_cli.py, test_predict.py and test_export_model.py); its
+offline evaluation must equal the in-training metrics.json.
 """
 
 import csv
@@ -18,6 +19,8 @@ from PIL import Image
 import pytest
 
 from tests.conftest import REPO
+from tests.conftest import exclusive
+from tests.conftest import shared_tmp
 from vivano_jax import atomic_files
 from vivano_jax import evaluate
 from vivano_jax import export_format
@@ -74,15 +77,18 @@ def folder_overrides(folder, tfds_dir):
           '--config.model.segmenter_features=4', '--config.train.synthetic_anomalies=0.5']
 
 
-def trained_folder_run(base: pathlib.Path, tfds_dir: str) -> pathlib.Path:
-  """base/folder_run, trained 10 steps (checkpoints 5, 10) and exported by `main`; made once."""
+def trained_folder_run(tmp_path_factory, tfds_dir: str) -> pathlib.Path:
+  """The session's folder run, trained 10 steps (checkpoints 5, 10) and exported by `main`, made
+  once for all workers (`shared_tmp`); tests copy it before changing it."""
+  base = shared_tmp(tmp_path_factory) / 'export_runs'
   workdir = base / 'folder_run'
-  if (workdir / 'report' / 'index.html').exists():
-    return workdir
-  folder = write_folder(base / 'folder')
-  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={workdir}',
-                         *folder_overrides(folder, tfds_dir)],
-                        env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
+  with exclusive(base / '.lock'):
+    if (workdir / 'report' / 'index.html').exists():
+      return workdir
+    folder = write_folder(base / 'folder')
+    proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={workdir}',
+                           *folder_overrides(folder, tfds_dir)],
+                          env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f'export/test: {NUM_TEST} images' in proc.stdout and 'threshold: quantile' in proc.stdout
   return workdir
@@ -90,7 +96,7 @@ def trained_folder_run(base: pathlib.Path, tfds_dir: str) -> pathlib.Path:
 
 @pytest.fixture
 def folder_run(tmp_path_factory, tfds_dir):
-  return trained_folder_run(tmp_path_factory.getbasetemp() / 'export_runs', tfds_dir)
+  return trained_folder_run(tmp_path_factory, tfds_dir)
 
 
 def _assert_metrics_equal(got, want, tol=1e-9):

@@ -45,7 +45,7 @@ TOLERANCE = 1e-4  # Of the range of the scores and maps, as the issue asks.
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory, tfds_dir):
-  return trained_folder_run(tmp_path_factory.getbasetemp() / 'export_runs', tfds_dir)
+  return trained_folder_run(tmp_path_factory, tfds_dir)
 
 
 @pytest.fixture(scope='module')

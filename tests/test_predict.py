@@ -24,7 +24,7 @@ MAGNETIC_TILE = SHARED_DATA / 'magnetic_tile'
 
 @pytest.fixture
 def folder_run(tmp_path_factory, tfds_dir):
-  return trained_folder_run(tmp_path_factory.getbasetemp() / 'export_runs', tfds_dir)
+  return trained_folder_run(tmp_path_factory, tfds_dir)
 
 
 @pytest.mark.skipif(not MAGNETIC_TILE.is_dir(),

@@ -47,6 +47,25 @@ def test_loss_decreases_on_tiny_problem(tiny_config):
   assert np.mean(recon[-10:]) < 0.5 * np.mean(recon[:5])
 
 
+def test_initial_state_compiled_for_speed_has_the_default_compilers_bits():
+  """create_train_state compiles on a CPU at a lower LLVM level: the same parameters and optimizer
+  state, bit for bit, as XLA's default level (3)."""
+  config = load_config('tiny')
+  mesh = sharding.make_mesh()
+  model = model_lib.create_model(config)
+  fast = train_step.create_train_state(config, model, 10, mesh)
+  default_options = dict(train_step.INIT_CPU_COMPILER_OPTIONS, xla_backend_optimization_level=3)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train_step, 'INIT_CPU_COMPILER_OPTIONS', default_options)
+    reference = train_step.create_train_state(config, model, 10, mesh)
+  leaves = jax.tree.leaves((fast.params, fast.batch_stats, fast.opt_state, fast.rng))
+  ref_leaves = jax.tree.leaves((reference.params, reference.batch_stats, reference.opt_state,
+                                reference.rng))
+  assert len(leaves) == len(ref_leaves) > 20
+  for a, b in zip(leaves, ref_leaves):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_eight_devices_equal_one_device(tiny_config, tmp_path):
   # Prepare the data once, here, so the two subprocesses only read it.
   input_pipeline.load(tiny_config, ('train',))
