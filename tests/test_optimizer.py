@@ -367,8 +367,10 @@ def test_config_json_records_the_effective_rate_and_resumes_compatibly(tmp_path)
 def test_lamb_run_with_a_scaled_rate_resumes_from_its_checkpoint(tiny_config, tmp_path):
   from vivano_jax import train  # pylint: disable=g-import-not-at-top
   config = tiny_config
+  # A constant schedule: the resumed run's programs are then the first run's, compiled once (the
+  # persistent compilation cache), where a cosine schedule's length would change them.
   config.train.update(optimizer='lamb', lr_scaling='sqrt', base_batch_size=2, num_steps=4,
-                      checkpoint_every_steps=4)
+                      checkpoint_every_steps=4, schedule='constant')
   config.export.at_end = False
   train.train_and_evaluate(config, str(tmp_path))
   saved = json.loads((tmp_path / 'config.json').read_text())
