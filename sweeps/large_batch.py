@@ -25,6 +25,9 @@ budget is more than 20 epochs of images. Batches above 256 are accumulated (trai
 the microbatches are unrolled: same speed as one batch, not less memory); BatchNorm statistics
 are then per microbatch.
 
+sweeps/large_batch_segmenter.py is the same study on the segmenter recipe
+(configs/magnetic_tile.py).
+
 The runs are meant for 8 devices (every batch and microbatch divides by 8): on a CPU, simulate them
 with XLA_FLAGS (the runs inherit it); on a GPU host, the runs use all its GPUs
 (launch/large_batch.sh has both, and the SLURM job array). Runs are listed seed 0 first, then

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import pathlib
 import re
 import shutil
 import statistics
@@ -545,6 +546,15 @@ def test_large_batch_sweep_plan():
       50, 13, 4, 1]
   assert by_method['adamw', 'none'][1024] == {'learning_rate': 1e-3, 'warmup_steps': 50,
                                               'lr_factor': 1.0}
+
+
+def test_large_batch_segmenter_sweep_is_the_same_study_on_the_segmenter_recipe():
+  flags = {'dataset.manual_dir': '/data/magnetic_tile'}
+  plain = sweep_lib.load_sweep(str(REPO / 'sweeps' / 'large_batch.py'), flags)
+  seg = sweep_lib.load_sweep(str(REPO / 'sweeps' / 'large_batch_segmenter.py'), flags)
+  assert [(r.name, r.flags) for r in seg.runs] == [(r.name, r.flags) for r in plain.runs]
+  assert pathlib.Path(seg.base_config) == REPO / 'configs' / 'magnetic_tile.py'
+  assert pathlib.Path(plain.base_config) == REPO / 'configs' / 'magnetic_tile_plain.py'
 
 
 def test_gather_shows_the_effective_rate_of_each_run(tmp_path):
