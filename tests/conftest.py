@@ -1,7 +1,5 @@
 """Shared fixtures. Tests run on the CPU; tests needing several devices start subprocesses."""
 
-import contextlib
-import fcntl
 import os
 import pathlib
 import shutil
@@ -34,19 +32,6 @@ def shared_tmp(tmp_path_factory) -> pathlib.Path:
   temporary folder without xdist): what is made there once serves every worker."""
   base = tmp_path_factory.getbasetemp()
   return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
-
-
-@contextlib.contextmanager
-def exclusive(lock_path: pathlib.Path):
-  """Holds an exclusive lock on `lock_path` (made if missing): one worker at a time makes a
-  shared fixture, the others wait and then find it made."""
-  lock_path.parent.mkdir(parents=True, exist_ok=True)
-  with open(lock_path, 'a') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope='session')

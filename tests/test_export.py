@@ -1,9 +1,9 @@
 """Export, offline evaluation, thresholds and report.
 
 One tiny run on a synthetic MVTec-layout folder (images of several sizes, masks, a defect type
-without masks) is trained and exported by the main CLI once per session, for every pytest-xdist worker
-(`trained_folder_run`, shared with test_cli.py, test_predict.py and test_export_model.py); its
-offline evaluation must equal the in-training metrics.json.
+without masks) is trained and exported by the main CLI once per session for every pytest-xdist
+worker (`trained_folder_run`, shared with test_cli.py, test_predict.py and test_export_model.py);
+its offline evaluation must equal the in-training metrics.json.
 """
 
 import csv
@@ -19,7 +19,6 @@ from PIL import Image
 import pytest
 
 from tests.conftest import REPO
-from tests.conftest import exclusive
 from tests.conftest import shared_tmp
 from vivano_jax import atomic_files
 from vivano_jax import evaluate
@@ -82,7 +81,8 @@ def trained_folder_run(tmp_path_factory, tfds_dir: str) -> pathlib.Path:
   once for all workers (`shared_tmp`); tests copy it before changing it."""
   base = shared_tmp(tmp_path_factory) / 'export_runs'
   workdir = base / 'folder_run'
-  with exclusive(base / '.lock'):
+  base.mkdir(parents=True, exist_ok=True)
+  with atomic_files.exclusive_lock(base / '.lock'):  # One worker trains; the others wait for it.
     if (workdir / 'report' / 'index.html').exists():
       return workdir
     folder = write_folder(base / 'folder')

@@ -5,6 +5,7 @@ Only the standard library: the offline evaluator and the sweep runner import it 
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -55,3 +56,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     raise
   if old is not None:
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | os.PathLike) -> Iterator[None]:
+  """Holds an exclusive `flock` on `lock_path` (created if missing) for the block: processes
+  that would write the same thing take turns; the later one finds it written."""
+  with open(lock_path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)

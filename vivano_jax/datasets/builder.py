@@ -9,7 +9,6 @@ base of the builders whose data ships with a Python package (digits, textures).
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import pathlib
 import shutil
@@ -19,6 +18,7 @@ from typing import Iterator, Sequence
 import ml_collections
 import tensorflow_datasets as tfds
 
+from vivano_jax import atomic_files
 from vivano_jax import console
 from vivano_jax import errors
 from vivano_jax.datasets import features
@@ -81,20 +81,18 @@ def _exclusive(data_dir_root: str | os.PathLike):
   sweep's `xargs -P 2`, would otherwise write the same dataset at once, and the second rename
   fails); the second waits, then finds the dataset written and reuses it."""
   root = pathlib.Path(os.fspath(data_dir_root))
+  lock = root / '.prepare.lock'
   try:
     root.mkdir(parents=True, exist_ok=True)
-    f = open(root / '.prepare.lock', 'a')
+    lock.touch()
+    writable = True
   except OSError:  # A read-only data_dir of prepared datasets: nothing will be written there.
-    f = None
-  if f is None:
+    writable = False
+  if not writable:  # (Outside the except: an error in the block is not chained to this one.)
     yield
     return
-  with f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+  with atomic_files.exclusive_lock(lock):
+    yield
 
 
 def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | os.PathLike | None = None) -> None:
