@@ -8,7 +8,7 @@ levels, alternately, --repeats times; it prints the median compile seconds of ea
 ratio. Both compiles run in the same process one after the other, so the ratio holds on a loaded
 machine where the seconds do not.
 
-  python benchmarks/bench_init_compile.py                      # configs: default, magnetic_tile, paper
+  python benchmarks/bench_init_compile.py     # configs/default.py, magnetic_tile.py, paper.py
   python benchmarks/bench_init_compile.py --configs=configs/tiny.py --repeats=3
 """
 

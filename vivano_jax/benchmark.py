@@ -139,9 +139,7 @@ def model_train_flops(config: ml_collections.ConfigDict, mesh: Mesh, lowered: An
     return flops_of(lowered.cost_analysis())
   model = model_lib.create_model(canonical)
   # Shapes only: nothing is allocated. (The step count shapes the schedule, not the FLOPs.)
-  state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
-      train_step.abstract_train_state(canonical, model, 1000))
+  state = train_step.abstract_train_state(canonical, model, 1000, mesh)
   abstract_batch = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batch)
   lowered = train_step.make_train_step(canonical, mesh).lower(state, abstract_batch)

@@ -10,14 +10,12 @@ import os
 import sys
 from typing import Any, Optional
 
-import jax
 from jax.sharding import Mesh
 import ml_collections
 import orbax.checkpoint as ocp
 
 from vivano_jax import errors
 from vivano_jax import model as model_lib
-from vivano_jax import sharding
 from vivano_jax import train_step
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -42,10 +40,7 @@ def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: i
                    ) -> train_step.TrainState:
   """The configured train state's shapes, dtypes and (replicated) shardings; nothing is computed.
   `total_steps` sets the optimizer's schedule, which holds no array."""
-  abstract = train_step.abstract_train_state(config, model_lib.create_model(config), total_steps)
-  replicated = sharding.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                      abstract)
+  return train_step.abstract_train_state(config, model_lib.create_model(config), total_steps, mesh)
 
 
 def _restore_step(mngr, config, mesh, step, total_steps):

@@ -70,9 +70,12 @@ def create_train_state(config: ml_collections.ConfigDict, model: model_lib.ViVAn
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, model: model_lib.ViVAno,
-                         total_steps: int) -> TrainState:
-  """The train state's shapes and dtypes (`jax.ShapeDtypeStruct` leaves); nothing is computed."""
-  return jax.eval_shape(_state_init(config, model, total_steps), jax.random.PRNGKey(config.seed))
+                         total_steps: int, mesh: Mesh) -> TrainState:
+  """The train state's shapes, dtypes and (replicated) shardings, as `jax.ShapeDtypeStruct`
+  leaves; nothing is computed."""
+  shapes = jax.eval_shape(_state_init(config, model, total_steps), jax.random.PRNGKey(config.seed))
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
 
 
 def _loss_and_grads(state: TrainState, params, batch_stats, batch: dict[str, jax.Array],
