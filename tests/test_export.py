@@ -300,6 +300,25 @@ def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
   assert 'no such export folder' in proc.stderr and 'Traceback' not in proc.stderr
 
 
+def test_exclusive_lock_keeps_another_process_out_until_released(tmp_path):
+  lock = tmp_path / 'lock'
+  probe = ('import fcntl, sys\n'
+           'f = open(sys.argv[1], "a")\n'
+           'try:\n'
+           '  fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n'
+           'except BlockingIOError:\n'
+           '  sys.exit(3)\n')
+
+  def other_process_gets_it():
+    code = subprocess.run([sys.executable, '-c', probe, str(lock)], timeout=60).returncode
+    assert code in (0, 3)
+    return code == 0
+
+  with atomic_files.exclusive_lock(lock):
+    assert lock.exists() and not other_process_gets_it()
+  assert other_process_gets_it()
+
+
 def test_atomic_directory_keeps_previous_content_on_error(tmp_path):
   target = tmp_path / 'out'
   with atomic_files.atomic_directory(target) as d:
