@@ -9,6 +9,7 @@ from scipy import special
 from sklearn.metrics import roc_auc_score
 
 from tests.conftest import load_config
+from vivano_jax import benchmark
 from vivano_jax import errors
 from vivano_jax import model as model_lib
 from vivano_jax import score_maps
@@ -16,6 +17,7 @@ from vivano_jax import scoring
 from vivano_jax import sharding
 from vivano_jax import synthetic
 from vivano_jax import train
+from vivano_jax.model import decoder as decoder_lib
 from vivano_jax.model import losses
 from vivano_jax.model import segmenter as segmenter_lib
 
@@ -83,7 +85,34 @@ def test_seg_component_is_the_smoothed_probability():
                              rtol=1e-5)
 
 
-def test_segmenter_learns_to_segment_synthetic_anomalies():
+def test_space_to_depth_is_tensorflows_and_inverts_depth_to_space():
+  tf = pytest.importorskip('tensorflow')
+  x = np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype(np.float32)
+  y = segmenter_lib.space_to_depth(jnp.asarray(x), 2)
+  np.testing.assert_array_equal(np.asarray(y), tf.nn.space_to_depth(x, 2).numpy())
+  np.testing.assert_array_equal(np.asarray(decoder_lib.depth_to_space(y, 2)), x)
+
+
+def test_half_resolution_head_gives_each_pixel_its_own_logit():
+  """At 'half' resolution the U-Net sees 2 x 2 blocks, yet its map is per pixel: the logits of the
+  four pixels of a block are its last layer's four outputs for that block, in place."""
+  head = segmenter_lib.Segmenter(4, 'half')
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 1), minval=-1, maxval=1)
+  variables = head.init(jax.random.PRNGKey(1), x, x * 0.5)
+  logits, features = head.apply(variables, x, x * 0.5, capture_intermediates=True)
+  assert logits.shape == (2, 32, 32)
+  block_outputs = np.asarray(features['intermediates']['logits']['__call__'][0])
+  assert block_outputs.shape == (2, 16, 16, 4)
+  for i in range(2):
+    for j in range(2):
+      np.testing.assert_allclose(np.asarray(logits)[:, i::2, j::2], block_outputs[..., 2 * i + j],
+                                 rtol=1e-6)
+  assert segmenter_lib.input_multiple('half') == 2 * segmenter_lib.input_multiple('full') == 16
+
+
+# At 32 px the half-resolution U-Net's deepest level is 2 x 2 (4 x 4 at full resolution).
+@pytest.mark.parametrize('resolution,min_auroc', [('full', 0.95), ('half', 0.93)])
+def test_segmenter_learns_to_segment_synthetic_anomalies(resolution, min_auroc):
   """Trained alone, beside a perfect reconstruction, the head finds held-out synthetic anomalies."""
   def smooth_images(n, seed):
     rng = np.random.default_rng(seed)
@@ -93,7 +122,7 @@ def test_segmenter_learns_to_segment_synthetic_anomalies():
     base = base / np.abs(base).max(axis=(1, 2), keepdims=True) * 0.5
     return base[..., None].astype(np.float32)
 
-  head = segmenter_lib.Segmenter(8)
+  head = segmenter_lib.Segmenter(8, resolution)
   clean = smooth_images(64, 0)
   variables = head.init(jax.random.PRNGKey(0), clean[:2], clean[:2])
   tx = optax.adam(3e-3)
@@ -118,7 +147,7 @@ def test_segmenter_learns_to_segment_synthetic_anomalies():
   test_clean = smooth_images(16, 2)
   x, m = synthetic.corrupt_batch(test_clean, 1.0, np.random.default_rng(3))
   logits = head.apply({'params': params, 'batch_stats': stats}, x, test_clean)
-  assert roc_auc_score(m.ravel(), np.asarray(logits).ravel()) > 0.95
+  assert roc_auc_score(m.ravel(), np.asarray(logits).ravel()) > min_auroc
 
 
 def test_config_errors_name_the_field():
@@ -145,10 +174,16 @@ def test_config_errors_name_the_field():
     train._checked_model(config, mesh)
   config = _segmenter_config()
   config.dataset.image_size, config.model.patch_size = 36, 4  # 36 / 8 is not whole.
-  model = model_lib.create_model(config)
   with pytest.raises(errors.UsageError, match='divisible by 8'):
-    model.init({'params': jax.random.PRNGKey(0), 'latent': jax.random.PRNGKey(0)},
-               jnp.zeros((1, 36, 36, 1)))
+    train._checked_model(config, mesh)
+  config.dataset.image_size = 40  # 40 / 8 is whole, 40 / 16 is not.
+  train._checked_model(config, mesh)
+  config.model.segmenter_resolution = 'half'
+  with pytest.raises(errors.UsageError, match="divisible by 16 .model.segmenter_resolution='half'"):
+    train._checked_model(config, mesh)
+  config.model.segmenter_resolution = 'quarter'
+  with pytest.raises(errors.UsageError, match='model.segmenter_resolution'):
+    train._checked_model(config, mesh)
 
 
 def test_synthetic_batches_carry_the_masks(tiny_config):
@@ -161,3 +196,18 @@ def test_synthetic_batches_carry_the_masks(tiny_config):
     assert batch['mask'].dtype == np.float32 and batch['mask'].shape == (4, 32, 32)
     assert batch['mask'].max() == 1.0
     np.testing.assert_array_equal(batch['mask'][changed], 1.0)  # Every changed pixel is marked.
+
+
+def test_benchmark_trains_on_the_runs_synthetic_anomalies():
+  """`vivano benchmark` times the step a run takes: with a segmenter, on batches that carry
+  synthetic anomalies and their masks (the step rejects a batch without them)."""
+  config = _segmenter_config()
+  config.train.synthetic_anomalies = 1.0
+  mesh = sharding.make_mesh()
+  batch = {k: np.asarray(v) for k, v in benchmark.random_batch(config, 4, mesh).items()}
+  assert set(batch) == {'image', 'target', 'patch_weights', 'mask'}
+  changed = (batch['image'] != batch['target']).any(axis=-1)
+  assert changed.any(axis=(1, 2)).all() and not (changed & (batch['mask'] == 0)).any()
+  np.testing.assert_array_equal(batch['patch_weights'],
+                                synthetic.patch_weights(batch['mask'] > 0, config.model.patch_size))
+  assert set(benchmark.random_batch(config, 4, mesh, train=False)) == {'image'}

@@ -52,6 +52,7 @@ from vivano_jax import errors
 from vivano_jax import model as model_lib
 from vivano_jax import scorer as scorer_lib
 from vivano_jax import sharding
+from vivano_jax import train as train_lib
 from vivano_jax import train_step
 
 PROFILE_STEPS = 3
@@ -112,13 +113,18 @@ def peak_memory() -> tuple[Optional[int], str]:
   return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, 'process peak RSS'
 
 
-def random_batch(config: ml_collections.ConfigDict, batch_size: int, mesh: Mesh, seed: int = 0
-                 ) -> dict[str, jax.Array]:
-  """{'image': float32 [batch_size, S, S, C]} uniform in [-1, 1], sharded like the real batches."""
+def random_batch(config: ml_collections.ConfigDict, batch_size: int, mesh: Mesh, seed: int = 0,
+                 train: bool = True) -> dict[str, jax.Array]:
+  """{'image': float32 [batch_size, S, S, C]} uniform in [-1, 1], sharded like the real batches;
+  for a train batch (`train`) with `train.synthetic_anomalies` > 0, the batch the run trains on: synthetic anomalies drawn on
+  that fraction of the images, with their targets, masks and patch weights (train.py)."""
   s, c = config.dataset.image_size, config.dataset.channels
   local = batch_size // jax.process_count()
   rng = np.random.default_rng([seed, jax.process_index()])
   images = rng.uniform(-1.0, 1.0, (local, s, s, c)).astype(np.float32)
+  if train and config.train.synthetic_anomalies > 0:
+    batch = next(train_lib.synthetic_batches(iter([{'image': images}]), config, seed))
+    return sharding.global_batch(batch, mesh)
   return sharding.global_batch({'image': images}, mesh)
 
 
@@ -211,7 +217,7 @@ def benchmark_size(config: ml_collections.ConfigDict, mesh: Mesh, steps: int, wa
   step_times = time_calls(train_once, steps, warmup)
   step_s = statistics.median(step_times)
 
-  eval_batch = random_batch(config, eval_batch_size, mesh, seed=1)
+  eval_batch = random_batch(config, eval_batch_size, mesh, seed=1, train=False)
   score, eval_compiled = _score_steps(config, mesh, holder['state'], eval_batch, steps, warmup)
   if profile_dir:
     _profile(os.path.join(profile_dir, f'size_{s}'), train_once,

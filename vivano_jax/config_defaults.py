@@ -64,6 +64,9 @@ def _model() -> ml_collections.ConfigDict:
   # anomalies of `train.synthetic_anomalies` (which must be > 0); its map is the score
   # component 'seg'. 0: none (the paper's model).
   c.segmenter_features = 0
+  # 'full': its first level at the input's resolution; 'half': on 2 x 2 blocks of pixels stacked
+  # into channels, one logit per pixel still (model/segmenter.py; 3.6x faster to train at 128 px).
+  c.segmenter_resolution = 'full'
   return c
 
 

@@ -56,6 +56,7 @@ class ViVAno(nn.Module):
   decoder_upsample: str
   remat: bool
   segmenter_features: int
+  segmenter_resolution: str
   density: Mapping[str, Any]
   image_size: int
   image_channels: int
@@ -94,8 +95,8 @@ class ViVAno(nn.Module):
                                         self.decoder_upsample, dtype=self.dtype, name='decoder')
       out['recon'] = decoder(post['z'], train=train)
       if self.segmenter_features:
-        segmenter = segmenter_lib.Segmenter(self.segmenter_features, dtype=self.dtype,
-                                            name='segmenter')
+        segmenter = segmenter_lib.Segmenter(self.segmenter_features, self.segmenter_resolution,
+                                            dtype=self.dtype, name='segmenter')
         out['seg_logits'] = segmenter(x, jax.lax.stop_gradient(out['recon']), train=train)
     out['nll'] = self._patch_nll(tokens.astype(jnp.float32), class_token.astype(jnp.float32),
                                  post['mean'])
@@ -108,10 +109,6 @@ class ViVAno(nn.Module):
     if x.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f'input is {x.shape[1]}x{x.shape[2]}, the model expects dataset.image_size='
                        f'{self.image_size}')
-    grid = 2 ** segmenter_lib.LEVELS
-    if self.segmenter_features and self.image_size % grid:
-      raise errors.UsageError(f'model.segmenter_features > 0 needs dataset.image_size divisible '
-                              f'by {grid}, got {self.image_size}')
     if x.shape[-1] != self.image_channels:
       raise ValueError(f'input has {x.shape[-1]} channels, the model expects dataset.channels='
                        f'{self.image_channels}')
@@ -158,6 +155,12 @@ def _check_sizes(config: ml_collections.ConfigDict) -> None:
   features = config.model.get('segmenter_features')
   if isinstance(features, bool) or not isinstance(features, int) or features < 0:
     raise errors.UsageError(f'model.segmenter_features must be an int >= 0, got {features!r}')
+  resolution = config.model.get('segmenter_resolution')
+  _check_choice('model.segmenter_resolution', resolution, segmenter_lib.RESOLUTIONS)
+  grid, size = segmenter_lib.input_multiple(resolution), config.dataset.image_size
+  if features and size % grid:
+    raise errors.UsageError(f'model.segmenter_features > 0 needs dataset.image_size divisible by '
+                            f'{grid} (model.segmenter_resolution={resolution!r}), got {size}')
   layers = config.density.get('num_layers')
   if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
     raise errors.UsageError(f'density.num_layers must be an int >= 0, got {layers!r}')
