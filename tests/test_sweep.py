@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_config
 from vivano_jax import sweep as sweep_lib
 
 TINY = str(REPO / 'configs' / 'tiny.py')
@@ -555,6 +555,25 @@ def test_large_batch_segmenter_sweep_is_the_same_study_on_the_segmenter_recipe()
   assert [(r.name, r.flags) for r in seg.runs] == [(r.name, r.flags) for r in plain.runs]
   assert pathlib.Path(seg.base_config) == REPO / 'configs' / 'magnetic_tile.py'
   assert pathlib.Path(plain.base_config) == REPO / 'configs' / 'magnetic_tile_plain.py'
+
+
+def test_segmenter_resolution_sweep_scores_textures_as_configs_mvtec_ad():
+  sweep = sweep_lib.load_sweep(str(REPO / 'sweeps' / 'segmenter_resolution.py'),
+                               {'dataset.manual_dir': '/data/magnetic_tile'})
+  mvtec = load_config('mvtec_ad')
+  assert len(sweep.runs) == 12
+  for r in sweep.runs:
+    f = r.flags
+    assert f['model.segmenter_resolution'] == 'half'
+    if f['dataset.name'] == 'folder':  # configs/magnetic_tile.py as it is.
+      assert f['dataset.manual_dir'] == '/data/magnetic_tile' and 'score.image' not in f
+    else:
+      assert f['dataset.manual_dir'] == '' and f['train.num_steps'] == 1200
+      for field in ('image', 'ensemble', 'pixel', 'normalize', 'combine'):
+        got, want = f[f'score.{field}'], mvtec.score[field]
+        if isinstance(want, (list, tuple)):
+          got, want = tuple(got), tuple(want)
+        assert got == want, field
 
 
 def test_gather_shows_the_effective_rate_of_each_run(tmp_path):
