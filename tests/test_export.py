@@ -91,6 +91,9 @@ def trained_folder_run(tmp_path_factory, tfds_dir: str) -> pathlib.Path:
                           env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f'export/test: {NUM_TEST} images' in proc.stdout and 'threshold: quantile' in proc.stdout
+  # The export after training takes the test split's native maps and metrics from its evaluation.
+  assert (f'Native maps and metrics of {NUM_TEST} images taken from the earlier evaluation'
+          in (workdir / 'vivano.log').read_text())
   return workdir
 
 
@@ -376,7 +379,7 @@ def test_export_mode_of_main_uses_the_given_step(folder_run, tmp_path, tfds_dir)
   assert 'checkpoint step 5' in proc.stdout and 'train [' not in proc.stdout
   new_logs = log.read_text()[len(log_before):]
   assert 'Restoring' in new_logs or 'restor' in new_logs.lower(), new_logs[-2000:]
-  assert 'Training' not in new_logs
+  assert 'Training' not in new_logs and 'taken from the earlier evaluation' not in new_logs
   assert json.loads((run / 'export' / 'test' / 'run.json').read_text())['checkpoint_step'] == 5
   assert json.loads((run / 'thresholds.json').read_text())['checkpoint_step'] == 5
   before = export_format.read_export(folder_run / 'export' / 'test', load_maps=False).scores
@@ -388,6 +391,42 @@ def test_export_mode_of_main_uses_the_given_step(folder_run, tmp_path, tfds_dir)
                         env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 2 and '--step=7: ' in proc.stderr
   assert 'has no checkpoint for it; there are [5, 10]' in proc.stderr
+
+
+def test_export_takes_an_equal_evaluation_and_recomputes_a_different_one(folder_run, tmp_path,
+                                                                          monkeypatch):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from vivano_jax import export  # pylint: disable=g-import-not-at-top
+  from vivano_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from vivano_jax import scorer as scorer_lib  # pylint: disable=g-import-not-at-top
+  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns('export', 'report'))
+  config = workdir_lib.load_config(str(run))
+  seen, calls = [], []
+  real_evaluate, real_metrics = scorer_lib.Scorer.evaluate, metrics_lib.per_defect_type
+
+  def recording(self, *args, **kwargs):
+    result = real_evaluate(self, *args, **kwargs)
+    seen.append((self, args, result))
+    return result
+
+  def counting(*args, **kwargs):
+    calls.append(1)
+    return real_metrics(*args, **kwargs)
+
+  monkeypatch.setattr(scorer_lib.Scorer, 'evaluate', recording)
+  monkeypatch.setattr(metrics_lib, 'per_defect_type', counting)
+  export.export_run(config, str(run))
+  scorer, args, first = seen[-1]
+  assert len(calls) == 1 and first.metrics is not None
+  written = (run / 'export' / 'test' / 'metrics.json').read_text()
+  export.export_run(config, str(run), reuse={'test': first})  # Same checkpoint: bit-equal scores.
+  assert len(calls) == 1 and seen[-1][2].metrics is first.metrics
+  assert (run / 'export' / 'test' / 'metrics.json').read_text() == written
+  # Scores that differ from the earlier evaluation's: everything is computed from these.
+  again = real_evaluate(scorer, *args, reuse=dataclasses.replace(first, scores=first.scores + 1))
+  assert len(calls) == 2 and again.metrics == first.metrics and again.metrics is not first.metrics
 
 
 def test_ensemble_score_is_standardised_on_the_heldout_normals(folder_run, tmp_path):

@@ -181,9 +181,11 @@ def _prepare(config, workdir, step, mesh):
   return state, step, data, config, scorer, stats
 
 
-def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None
-               ) -> dict[str, Any]:
+def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None,
+               reuse: Optional[dict[str, scorer_lib.Evaluation]] = None) -> dict[str, Any]:
   """Exports checkpoint `step` (default the latest) of the run in `workdir` (see the module doc).
+  `reuse`: {split: an evaluation of it at this checkpoint} (training's test split), whose native
+  maps and metrics are taken where the scores equal it to the bit (`Scorer.evaluate`).
 
   Every split, thresholds.json and score_stats.npz are written into one hidden folder that
   replaces WORKDIR/export only when all are complete: a failed export leaves the previous one
@@ -210,7 +212,8 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
     for split in config.export.splits:
       scored = scorer.split(state, data[split], decode=True).gathered()
       whole = input_pipeline.whole_split(config, split, data[split])
-      result = scorer.evaluate(scored, whole, stats)  # No metrics without both classes.
+      # No metrics without both classes.
+      result = scorer.evaluate(scored, whole, stats, reuse=(reuse or {}).get(split))
       if chief:
         run = _run_record(config, workdir, split, step, len(whole), scored, stats, record)
         write_split(tmp / split, whole, result, scored.image, run, record['pixel_display_range'],

@@ -77,13 +77,14 @@ def run(fv: flags.FlagValues) -> None:
   config, exported = fv.config, None
   with workdir_lib.lock(fv.workdir):
     if fv.mode == 'train':
-      summary = train.train_and_evaluate(config, fv.workdir)
+      summary, evaluation = train.train_and_evaluate(config, fv.workdir, return_evaluation=True)
       if jax.process_index() == 0:
         print(format_summary(summary), flush=True)
       # A changed score re-exports: thresholds.json must belong to the configured score.
       if config.export.at_end or export.thresholds_outdated(config, fv.workdir):
         with console.stage('export (scores, maps, thresholds, report)'):
-          exported = export.export_run(config, fv.workdir, step=summary['checkpoint_step'])
+          exported = export.export_run(config, fv.workdir, step=summary['checkpoint_step'],
+                                       reuse={'test': evaluation})
     else:
       with console.stage('export (scores, maps, thresholds, report)'):
         exported = export.export_run(config, fv.workdir, step=fv.step)

@@ -233,9 +233,21 @@ class Scorer:
     return np.asarray(scoring.image_scores(scored.image, self.score, stats))
 
   def evaluate(self, scored: ScoredSplit, data: input_pipeline.SplitData,
-               stats: Optional[scoring.ScoreStats]) -> Evaluation:
-    """Scores, maps and metrics of a whole split (`scored` gathered, `data` the whole split)."""
+               stats: Optional[scoring.ScoreStats], reuse: Optional[Evaluation] = None
+               ) -> Evaluation:
+    """Scores, maps and metrics of a whole split (`scored` gathered, `data` the whole split).
+
+    `reuse`: an earlier evaluation of the same split (training's, before its export). When its
+    image scores and maps equal these to the bit, so do the native maps and the metrics (the same
+    functions of them and of the masks): they are taken from it instead of computed again, which at
+    a category's native size is most of an evaluation's time.
+    """
     img, pix = self.final(scored, stats)
+    if (reuse is not None and np.array_equal(reuse.scores, img)
+        and np.array_equal(reuse.maps, pix)):
+      logging.info('Native maps and metrics of %d images taken from the earlier evaluation',
+                   len(img))
+      return dataclasses.replace(reuse, scores=img, maps=pix)
     if self.score.native_resolution:
       masks = input_pipeline.native_masks(data)
       maps = [image_io.resize(pix[i], m.shape).astype(np.float32) for i, m in enumerate(masks)]

@@ -140,10 +140,12 @@ def _checked_model(config: ml_collections.ConfigDict, mesh: Mesh):
   return model_lib.create_model(config)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       return_evaluation: bool = False):
   """Trains (resuming from the latest checkpoint in `workdir`), evaluates on the test split.
 
-  Returns a summary dict: metrics per defect type, throughput, paths.
+  Returns a summary dict: metrics per defect type, throughput, paths; with `return_evaluation`,
+  (summary, the test split's `scorer.Evaluation`), which an export of the same checkpoint reuses.
   """
   mesh = sharding.make_mesh()
   model = _checked_model(config, mesh)
@@ -185,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # With `score.select`, the score is chosen on held-out normals and synthetic anomalies first.
     config, selection = score_selection.resolve(
         config, workdir, state, scorer_lib.heldout_normals(data, config), mesh)
-    summary = evaluate_run(state, data, config, mesh, writer, total_steps)
+    summary, evaluation = evaluate_run(state, data, config, mesh, writer, total_steps)
   summary['score'] = {k: config.score[k] for k in ('image', 'pixel', 'normalize')}
   if config.score.image in scoring.MAP_SCORES:
     summary['score']['image_map'] = scoring.image_map_kind(config.score)
@@ -199,13 +201,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     atomic_files.write_json(os.path.join(workdir, workdir_lib.METRICS_JSON), summary)
   writer.flush()
   mngr.close()
-  return summary
+  return (summary, evaluation) if return_evaluation else summary
 
 
 def evaluate_run(state: train_step.TrainState, data: dict[str, input_pipeline.SplitData],
                  config: ml_collections.ConfigDict, mesh: Mesh, writer, step: int
-                 ) -> dict[str, Any]:
-  """Scores the test split (and the held-out normals first when the scores need their statistics)."""
+                 ) -> tuple[dict[str, Any], scorer_lib.Evaluation]:
+  """Scores the test split (and the held-out normals first when the scores need their
+  statistics): (the summary's entries, the split's evaluation)."""
   scorer = scorer_lib.Scorer(config, mesh)
   stats = scorer.statistics(state, scorer_lib.heldout_normals(data, config))
   n_tb = config.train.num_tensorboard_images
@@ -223,7 +226,7 @@ def evaluate_run(state: train_step.TrainState, data: dict[str, input_pipeline.Sp
                                 if v is not None})
   writer.write_images(step, tensorboard_images(scored, result.scores, result.maps, n_tb))
   return {'metrics': result.metrics, 'score_images_per_sec': scored.images_per_sec,
-          'score_stats': scoring.scalar_stats(stats), 'num_test_images': int(len(whole))}
+          'score_stats': scoring.scalar_stats(stats), 'num_test_images': int(len(whole))}, result
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
