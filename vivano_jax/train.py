@@ -188,11 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config, selection = score_selection.resolve(
         config, workdir, state, scorer_lib.heldout_normals(data, config), mesh)
     summary, evaluation = evaluate_run(state, data, config, mesh, writer, total_steps)
-  summary['score'] = {k: config.score[k] for k in ('image', 'pixel', 'normalize')}
-  if config.score.image in scoring.MAP_SCORES:
-    summary['score']['image_map'] = scoring.image_map_kind(config.score)
-  if config.score.image == scoring.ENSEMBLE:
-    summary['score']['ensemble'] = list(config.score.ensemble)
+  summary['score'] = _score_record(config)
   if train_ips is None:  # Nothing trained now: keep the figure of the run that trained.
     train_ips = workdir_lib.previous_metric(workdir, 'train_images_per_sec')
   summary.update(score_selection=selection, train_images_per_sec=train_ips,
@@ -202,6 +198,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
   mngr.close()
   return (summary, evaluation) if return_evaluation else summary
+
+
+def _score_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The score a run's metrics were measured with, as metrics.json records it."""
+  record = {k: config.score[k] for k in ('image', 'pixel', 'normalize')}
+  if config.score.image in scoring.MAP_SCORES:
+    record['image_map'] = scoring.image_map_kind(config.score)
+  if config.score.image == scoring.ENSEMBLE:
+    record['ensemble'] = list(config.score.ensemble)
+  return record
 
 
 def evaluate_run(state: train_step.TrainState, data: dict[str, input_pipeline.SplitData],
