@@ -25,6 +25,8 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--config', default=str(REPO / 'configs' / 'default.py'))
   args, extra = parser.parse_known_args()
+  if extra[:1] == ['--']:  # The separator of the usage line is not a flag of main.
+    extra = extra[1:]
   with tempfile.TemporaryDirectory() as tmp:
     workdir = os.path.join(tmp, 'run')
     cmd = [sys.executable, '-m', 'vivano_jax.main', f'--config={args.config}', f'--workdir={workdir}',
