@@ -115,9 +115,10 @@ def peak_memory() -> tuple[Optional[int], str]:
 
 def random_batch(config: ml_collections.ConfigDict, batch_size: int, mesh: Mesh, seed: int = 0,
                  train: bool = True) -> dict[str, jax.Array]:
-  """{'image': float32 [batch_size, S, S, C]} uniform in [-1, 1], sharded like the real batches;
-  for a train batch (`train`) with `train.synthetic_anomalies` > 0, the batch the run trains on: synthetic anomalies drawn on
-  that fraction of the images, with their targets, masks and patch weights (train.py)."""
+  """{'image': float32 [batch_size, S, S, C]} uniform in [-1, 1], sharded like the real batches.
+  A train batch (`train`) of a config with `train.synthetic_anomalies` > 0 is the batch such a run
+  trains on: synthetic anomalies drawn on that fraction of the images, with their targets, masks
+  and patch weights (train.synthetic_batches)."""
   s, c = config.dataset.image_size, config.dataset.channels
   local = batch_size // jax.process_count()
   rng = np.random.default_rng([seed, jax.process_index()])
