@@ -46,8 +46,10 @@ def test_focal_term_against_hand_computation():
     losses.vivano_loss(out, jnp.zeros((2, 8, 8, 1)), 1.0, 0.0, 0.0, seg_weight=0.5)
 
 
-def test_segmenter_output_and_its_gradient_stays_in_the_head():
+@pytest.mark.parametrize('resolution', ['full', 'half'])
+def test_segmenter_output_and_its_gradient_stays_in_the_head(resolution):
   config = _segmenter_config()
+  config.model.segmenter_resolution = resolution
   model = model_lib.create_model(config)
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 1), minval=-1, maxval=1)
   variables = model.init({'params': jax.random.PRNGKey(1), 'latent': jax.random.PRNGKey(2)}, x)
