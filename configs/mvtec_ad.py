@@ -24,7 +24,8 @@ near the better one. Both are averaged over the flips and quarter turns the cate
 matters; RESULTS.md 1g: higher on every dataset measured). About 11 minutes a category at 128 px
 on a quiet 2-core machine (measured on a stand-in of bottle's size, 292 RGB images of 900 px: data
 and startup 21 s, training 9 min 6 s at 36 images/s, evaluation 31 s and export and report 55 s
-with the test-time views; BENCHMARKS.md). The paper's scores:
+with the test-time views; on one of cable's size, 374 images of 1024 px and 8 defect types, 11.0
+minutes; BENCHMARKS.md). The paper's scores:
 `--config.score.image=nll_max --config.score.pixel=nll --config.score.normalize=global`.
 Augmentation per category: `AUGMENT` in vivano_jax/datasets/mvtec_ad.py (the paper variant has
 none).
