@@ -16,13 +16,14 @@ Runs are listed seed 0 first, Magnetic Tile first. Two runs at a time fit a 2-co
   python -m vivano_jax.sweep gather --root=runs/segmenter_half --over=seed
 """
 
+from vivano_jax import config_defaults
+
 SEEDS = (0, 1, 2)
 DATASETS = ('folder', 'textures/brick', 'textures/grass', 'textures/gravel')
 # configs/mvtec_ad.py's scores (config_defaults.small_128px_config), which configs/magnetic_tile.py
 # replaces with the head's own.
-MVTEC_SCORES = {'score.image': 'ensemble', 'score.ensemble': ('seg_max', 'map_max:recon+nll:pixel'),
-                'score.pixel': 'combined', 'score.normalize': 'pixel',
-                'score.combine': ('recon', 'nll', 'seg')}
+MVTEC_SCORES = {f'score.{k}': config_defaults.small_128px_config().score[k]
+                for k in ('image', 'ensemble', 'pixel', 'normalize', 'combine')}
 
 
 def _run(name: str, seed: int) -> dict:
