@@ -1,6 +1,7 @@
 """Tests for the builders that need no network: `textures` (with `defects`) and `digits`."""
 
 import os
+import threading
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -10,6 +11,7 @@ import pytest  # noqa: E402
 import sklearn.datasets  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from vivano_jax import atomic_files  # noqa: E402
 from vivano_jax import errors  # noqa: E402
 from vivano_jax.datasets import defects  # noqa: E402
 from vivano_jax.datasets import digits  # noqa: E402
@@ -232,3 +234,36 @@ def test_failure_during_writing_leaves_no_dataset(module, name, tmp_path, monkey
   assert not list(tmp_path.rglob('dataset_info.json')) and not list(tmp_path.rglob('incomplete.*'))
   builder = _prepare(module, name, tmp_path)  # A fresh, complete build.
   assert builder.is_prepared() and builder.info.splits['train'].num_examples > 20
+
+
+def test_a_prepared_dataset_is_read_while_another_run_holds_the_prepare_lock(tmp_path):
+  """A run writing one dataset holds `<data_dir>/.prepare.lock`; a run reading another dataset,
+  already written, goes on, and one that must write waits until the lock is released."""
+  _prepare(digits, 'digits/2', tmp_path)
+  held, release = threading.Event(), threading.Event()
+
+  def writer():  # Another run, preparing a dataset (a process of its own: flock is per open file).
+    with atomic_files.exclusive_lock(tmp_path / '.prepare.lock'):
+      held.set()
+      release.wait(60)
+
+  def reader(name, done):
+    done.append(_prepare(digits, name, tmp_path))
+
+  lock_holder = threading.Thread(target=writer, daemon=True)
+  lock_holder.start()
+  assert held.wait(30)
+  try:
+    prepared, unprepared = [], []
+    threads = [threading.Thread(target=reader, args=args, daemon=True)
+               for args in (('digits/2', prepared), ('digits/4', unprepared))]
+    for t in threads:
+      t.start()
+    threads[0].join(30)
+    assert prepared and prepared[0].info.splits['train'].num_examples > 0
+    threads[1].join(0.5)
+    assert not unprepared, 'a dataset was written while another run held the prepare lock'
+  finally:
+    release.set()
+  threads[1].join(60)
+  assert unprepared and unprepared[0].is_prepared()

@@ -100,8 +100,12 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | os.PathLike | N
 
   Callers validate their input first; this guards against failures during writing (a file changed
   since validation, a full disk, Ctrl-C). Nothing is looked up on GCS: none of these datasets is
-  hosted there, and the lookup needs the network. One process at a time writes to a data_dir.
+  hosted there, and the lookup needs the network. One process at a time writes to a data_dir; a
+  dataset already prepared is read without waiting for that lock (another run may hold it for
+  minutes while it writes another dataset).
   """
+  if builder.info.splits and builder.is_prepared():  # Read from its folder when it was built.
+    return
   config = tfds.download.DownloadConfig(
       manual_dir=os.fspath(manual_dir) if manual_dir else None, try_download_gcs=False)
   if console.quiet():
