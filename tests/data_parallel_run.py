@@ -1,6 +1,6 @@
 """Runs a few train steps of the tiny config on every local device; saves parameters and losses.
 
-Used by test_train.py in subprocesses with different XLA_FLAGS device counts:
+Used by test_train.py, in a subprocess with 8 devices (XLA_FLAGS) and in its own process (1):
   python tests/data_parallel_run.py OUT.npz TFDS_DIR
 """
 

@@ -9,7 +9,6 @@ import pathlib
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import textwrap
 
@@ -594,31 +593,32 @@ def test_gather_shows_the_effective_rate_of_each_run(tmp_path):
 # A real sweep.
 
 
-def test_real_sweep_of_two_tiny_runs_then_restart_and_gather(tmp_path, tfds_dir):
+def test_real_sweep_of_two_tiny_runs_then_restart_and_gather(tmp_path, tfds_dir, capsys):
+  """`vivano sweep` in this process (as the console script calls it); its runs are real main runs
+  in subprocesses."""
   path = _grid_sweep(tmp_path, "{'train.learning_rate': [1e-3, 3e-3]}")
   root = tmp_path / 'root'
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
-  cmd = [sys.executable, '-m', 'vivano_jax.sweep', 'run', f'--sweep={path}', f'--root={root}',
-         '--config.train.num_steps=10', f'--config.dataset.data_dir={tfds_dir}',
-         '--config.export.at_end=False']  # Export is tested elsewhere; gather reads metrics.json.
-  proc = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=400)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert proc.stdout.count(': done in ') == 2, proc.stdout
+  args = ['run', f'--sweep={path}', f'--root={root}', '--config.train.num_steps=10',
+          f'--config.dataset.data_dir={tfds_dir}',
+          '--config.export.at_end=False']  # Export is tested elsewhere; gather reads metrics.json.
+  assert sweep_lib.main(args) == 0, capsys.readouterr()
+  out = capsys.readouterr().out
+  assert out.count(': done in ') == 2, out
   for name, lr in (('learning_rate=0.001', 1e-3), ('learning_rate=0.003', 3e-3)):
     config = json.loads((root / name / 'config.json').read_text())
     assert config['train']['learning_rate'] == lr and config['train']['num_steps'] == 10
     assert (root / name / 'checkpoints' / '10').is_dir()
 
-  again = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=120)
-  assert again.returncode == 0 and again.stdout.count('), skipped') == 2, again.stdout
+  assert sweep_lib.main(args) == 0
+  out = capsys.readouterr().out
+  assert out.count('), skipped') == 2, out
 
-  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.sweep', 'gather', f'--root={root}'],
-                        env=env, cwd=str(REPO), capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 0, proc.stderr
+  assert sweep_lib.main(['gather', f'--root={root}']) == 0
+  out = capsys.readouterr().out
   with open(root / 'results.csv', newline='') as f:
     rows = list(csv.DictReader(f))
   assert [(r['run'], r['status']) for r in rows] == [('learning_rate=0.001', 'done'),
                                                     ('learning_rate=0.003', 'done')]
   for r in rows:
     assert 0.0 <= float(r['image_auroc']) <= 1.0 and float(r['train_images_per_sec']) > 0
-  assert '| learning_rate=0.001 | done | 0.001 |' in proc.stdout
+  assert '| learning_rate=0.001 | done | 0.001 |' in out
