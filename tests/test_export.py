@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import REPO
 from tests.conftest import shared_tmp
 from vivano_jax import atomic_files
+from vivano_jax import cli
 from vivano_jax import evaluate
 from vivano_jax import export_format
 from vivano_jax import tables
@@ -366,17 +367,17 @@ def test_export_failing_halfway_leaves_no_complete_looking_split(folder_run, tmp
   assert not (run / 'report').exists()
 
 
-def test_export_mode_of_main_uses_the_given_step(folder_run, tmp_path, tfds_dir):
+def test_export_mode_of_main_uses_the_given_step(folder_run, tmp_path, tfds_dir, capsys):
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run)
   log = run / 'vivano.log'
   log_before = log.read_text() if log.exists() else ''
-  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={run}',
-                         '--mode=export', '--step=5',
-                         *folder_overrides(folder_run.parent / 'folder', tfds_dir)],
-                        env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'checkpoint step 5' in proc.stdout and 'train [' not in proc.stdout
+  # `python -m vivano_jax.main --mode=export`, in this process (main is the `vivano train` command).
+  flags = folder_overrides(folder_run.parent / 'folder', tfds_dir)
+  code = cli.main(['vivano', 'train', f'--workdir={run}', '--mode=export', '--step=5', *flags])
+  out, err = capsys.readouterr()
+  assert code == 0, err[-3000:]
+  assert 'checkpoint step 5' in out and 'train [' not in out
   new_logs = log.read_text()[len(log_before):]
   assert 'Restoring' in new_logs or 'restor' in new_logs.lower(), new_logs[-2000:]
   assert 'Training' not in new_logs and 'taken from the earlier evaluation' not in new_logs
@@ -385,12 +386,10 @@ def test_export_mode_of_main_uses_the_given_step(folder_run, tmp_path, tfds_dir)
   before = export_format.read_export(folder_run / 'export' / 'test', load_maps=False).scores
   after = export_format.read_export(run / 'export' / 'test', load_maps=False).scores
   assert not np.array_equal(before, after)  # Step 5's parameters, not step 10's.
-  proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={run}',
-                         '--mode=export', '--step=7',
-                         *folder_overrides(folder_run.parent / 'folder', tfds_dir)],
-                        env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 2 and '--step=7: ' in proc.stderr
-  assert 'has no checkpoint for it; there are [5, 10]' in proc.stderr
+  code = cli.main(['vivano', 'train', f'--workdir={run}', '--mode=export', '--step=7', *flags])
+  err = capsys.readouterr().err
+  assert code == 2 and '--step=7: ' in err
+  assert 'has no checkpoint for it; there are [5, 10]' in err
 
 
 def test_export_takes_an_equal_evaluation_and_recomputes_a_different_one(folder_run, tmp_path,

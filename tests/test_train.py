@@ -16,6 +16,7 @@ import pytest
 from tests import data_parallel_run
 from tests.conftest import REPO
 from tests.conftest import load_config
+from vivano_jax import cli
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
 from vivano_jax import checkpoints
@@ -128,7 +129,7 @@ def _final_params(workdir, config):
   return restored, meta
 
 
-def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path):
+def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path, capsys):
   """A run killed (SIGKILL) after a checkpoint resumes to the same final state as an uninterrupted run.
 
   The uninterrupted run doubles as the CLI smoke test: summary printed, outputs written, overrides
@@ -137,10 +138,12 @@ def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path):
   input_pipeline.load(tiny_config, ('train', 'test'))  # Prepare data once for the subprocesses.
   steps = ['--config.train.num_steps=150', '--config.train.checkpoint_every_steps=50',
            '--config.train.log_every_steps=10', '--config.export.at_end=False']
-  full = tmp_path / 'full'
-  proc = _main(full, tiny_config.dataset.data_dir, *steps, '--config.model.depth=2')
-  out, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
+  full = tmp_path / 'full'  # Uninterrupted, in this process (as the console script calls main).
+  code = cli.main(['vivano', 'train', f'--config={REPO / "configs" / "tiny.py"}',
+                   f'--workdir={full}', f'--config.dataset.data_dir={tiny_config.dataset.data_dir}',
+                   *steps, '--config.model.depth=2'])
+  out, err = capsys.readouterr()
+  assert code == 0, err[-3000:]
   assert 'image AUROC' in out and 'images/s' in out and str(full) in out
   saved = json.loads((full / 'config.json').read_text())
   assert saved['model']['depth'] == 2 and saved['train']['num_steps'] == 150
