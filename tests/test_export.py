@@ -19,6 +19,7 @@ from PIL import Image
 import pytest
 
 from tests.conftest import REPO
+from tests.conftest import xla_flags
 from tests.conftest import shared_tmp
 from vivano_jax import atomic_files
 from vivano_jax import cli
@@ -39,7 +40,7 @@ NUM_TEST = sum(len(v) for v in TEST_SIZES.values())
 def _env(devices=None):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
   if devices:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['XLA_FLAGS'] = xla_flags(devices)
   return env
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from tests import multiprocess_main
 from tests.conftest import REPO
+from tests.conftest import xla_flags
 from vivano_jax import cli
 from vivano_jax import datasets
 from vivano_jax import input_pipeline
@@ -57,7 +58,7 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict[str, str]:
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO),
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              XLA_FLAGS=xla_flags(devices),
               # jax 0.10 already defaults to gloo; explicit, so an older default (none) cannot hang.
               JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
 

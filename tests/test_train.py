@@ -15,6 +15,7 @@ import pytest
 
 from tests import data_parallel_run
 from tests.conftest import REPO
+from tests.conftest import xla_flags
 from tests.conftest import load_config
 from vivano_jax import cli
 from vivano_jax import input_pipeline
@@ -30,7 +31,7 @@ from vivano_jax import train_step
 def _env(devices=None):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
   if devices:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['XLA_FLAGS'] = xla_flags(devices)
   return env
 
 
