@@ -17,8 +17,8 @@ if _OWN_CACHE:
 
 # XLA:CPU compiles the tests' programs at LLVM optimisation level 1 instead of its default 3 (the
 # level `train_step.create_train_state` already uses for its initialisation on CPUs): the suite is
-# mostly the compilation of tiny models, which takes about a third less CPU time at level 1, and
-# they run about as fast. The same numbers up to rounding; level 0 is never used (BENCHMARKS.md).
+# mostly the compilation of tiny models, which takes about a third less CPU time at level 1 (the
+# whole suite: a sixth; BENCHMARKS.md). The same numbers up to rounding; level 0 is never used.
 # Subprocesses that set a device count keep it (`xla_flags`). A level the caller set is kept.
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
