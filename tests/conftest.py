@@ -19,7 +19,7 @@ if _OWN_CACHE:
 # level `train_step.create_train_state` already uses for its initialisation on CPUs): the suite is
 # mostly the compilation of tiny models, which takes about a third less CPU time at level 1 (the
 # whole suite: a sixth; BENCHMARKS.md). The same numbers up to rounding; level 0 is never used.
-# Subprocesses that set a device count keep it (`xla_flags`). A level the caller set is kept.
+# Subprocesses that set a device count keep it (`subprocess_env`). A level the caller set is kept.
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_backend_optimization_level=1').strip()
@@ -30,9 +30,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 
 
-def xla_flags(devices: int) -> str:
-  """This process's XLA_FLAGS with `devices` simulated CPU devices, for a subprocess's env."""
-  return f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
+def subprocess_env(devices: int | None = None) -> dict[str, str]:
+  """The environment of a test's subprocess: this one's (its XLA_FLAGS kept) with the repository
+  importable, TensorFlow quiet and, when given, `devices` simulated CPU devices."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
+  if devices:
+    env['XLA_FLAGS'] = (f'{os.environ.get("XLA_FLAGS", "")} '
+                        f'--xla_force_host_platform_device_count={devices}')
+  return env
 
 
 def load_config(name: str, arg=None):

@@ -8,7 +8,6 @@ its offline evaluation must equal the in-training metrics.json.
 
 import csv
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from PIL import Image
 import pytest
 
 from tests.conftest import REPO
-from tests.conftest import xla_flags
+from tests.conftest import subprocess_env
 from tests.conftest import shared_tmp
 from vivano_jax import atomic_files
 from vivano_jax import cli
@@ -35,13 +34,6 @@ TEST_SIZES = {'good': [(36, 30), (36, 34), (40, 38), (30, 44)],
               'spot': [(34, 38), (36, 35), (38, 32)],
               'stain': [(34, 38), (36, 35)]}
 NUM_TEST = sum(len(v) for v in TEST_SIZES.values())
-
-
-def _env(devices=None):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
-  if devices:
-    env['XLA_FLAGS'] = xla_flags(devices)
-  return env
 
 
 def write_folder(root: pathlib.Path) -> pathlib.Path:
@@ -90,7 +82,8 @@ def trained_folder_run(tmp_path_factory, tfds_dir: str) -> pathlib.Path:
     folder = write_folder(base / 'folder')
     proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={workdir}',
                            *folder_overrides(folder, tfds_dir)],
-                          env=_env(), cwd=str(REPO), capture_output=True, text=True, timeout=600)
+                          env=subprocess_env(), cwd=str(REPO), capture_output=True, text=True,
+                          timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f'export/test: {NUM_TEST} images' in proc.stdout and 'threshold: quantile' in proc.stdout
   # The export after training takes the test split's native maps and metrics from its evaluation.
@@ -232,8 +225,8 @@ print('RESULT ' + json.dumps({'code': code, 'heavy': heavy}))
 def test_offline_evaluation_equals_training_metrics_without_jax(folder_run, tmp_path):
   split = folder_run / 'export' / 'test'
   proc = subprocess.run([sys.executable, '-c', _NO_JAX_SCRIPT, f'--predictions={split}',
-                         f'--output={tmp_path}'], env=_env(), capture_output=True, text=True,
-                        timeout=120)
+                         f'--output={tmp_path}'], env=subprocess_env(), capture_output=True,
+                        text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.split('RESULT ')[-1])
   assert result == {'code': 0, 'heavy': []}
@@ -299,7 +292,7 @@ def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
 
   # The CLI: one line, no stack trace.
   proc = subprocess.run([sys.executable, '-m', 'vivano_jax.evaluate',
-                         f'--predictions={tmp_path / "nowhere"}'], env=_env(),
+                         f'--predictions={tmp_path / "nowhere"}'], env=subprocess_env(),
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and proc.stderr.strip().startswith('error:')
   assert 'no such export folder' in proc.stderr and 'Traceback' not in proc.stderr

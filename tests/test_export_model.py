@@ -21,7 +21,7 @@ from PIL import Image
 import pytest
 
 from tests.conftest import REPO
-from tests.test_export import _env
+from tests.conftest import subprocess_env
 from tests.test_export import trained_folder_run
 from vivano_jax import cli
 from vivano_jax import errors
@@ -267,7 +267,7 @@ def test_predict_with_an_onnx_model_needs_only_onnxruntime_numpy_pillow_and_absl
           'print("HEAVY", sorted({m.split(".")[0] for m in sys.modules} & '
           '{"jax", "jaxlib", "flax", "tensorflow", "orbax", "tensorflow_datasets", "sklearn", '
           '"scipy", "matplotlib", "ml_collections"}))\nsys.exit(code)')
-  proc = subprocess.run([sys.executable, '-c', code], env=_env(), cwd=str(REPO),
+  proc = subprocess.run([sys.executable, '-c', code], env=subprocess_env(), cwd=str(REPO),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'HEAVY []' in proc.stdout and 'onnx model' in proc.stdout

@@ -24,7 +24,7 @@ import pytest
 
 from tests import multiprocess_main
 from tests.conftest import REPO
-from tests.conftest import xla_flags
+from tests.conftest import subprocess_env
 from vivano_jax import cli
 from vivano_jax import datasets
 from vivano_jax import input_pipeline
@@ -57,10 +57,8 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict[str, str]:
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO),
-              XLA_FLAGS=xla_flags(devices),
-              # jax 0.10 already defaults to gloo; explicit, so an older default (none) cannot hang.
-              JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
+  # jax 0.10 already defaults to gloo; explicit, so an older default (none) cannot hang.
+  return dict(subprocess_env(devices), JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
 
 
 def _restore(workdir, config):

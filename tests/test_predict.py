@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 from tests.conftest import REPO
-from tests.test_export import _env
+from tests.conftest import subprocess_env
 from tests.test_export import trained_folder_run
 from vivano_jax import export_format
 
@@ -46,8 +46,8 @@ def test_predict_cli_on_magnetic_tile_photos(folder_run, tmp_path):
   # Two devices, batch 3 -> 4: two batches, the second padded.
   proc = subprocess.run([sys.executable, '-m', 'vivano_jax.predict', f'--workdir={folder_run}',
                          f'--input={inputs}/*', f'--output={out}', '--batch_size=3'],
-                        env=_env(devices=2), cwd=str(REPO), capture_output=True, text=True,
-                        timeout=600)
+                        env=subprocess_env(devices=2), cwd=str(REPO), capture_output=True,
+                        text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '2 device(s)' in proc.stdout
   with open(out / 'predictions.csv', newline='') as f:
@@ -101,7 +101,7 @@ def test_predict_errors_are_clear(folder_run, tmp_path):
     predict.predict(str(folder_run), paths[2:], step=3)
   # The CLI: one line, no stack trace.
   proc = subprocess.run([sys.executable, '-m', 'vivano_jax.predict', f'--workdir={tmp_path / "x"}',
-                         f'--input={bad}', f'--output={tmp_path / "o"}'], env=_env(),
+                         f'--input={bad}', f'--output={tmp_path / "o"}'], env=subprocess_env(),
                         cwd=str(REPO), capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and 'error: --workdir=' in proc.stderr
   assert 'no such run folder' in proc.stderr and 'Traceback' not in proc.stderr
@@ -111,7 +111,7 @@ def test_predict_imports_no_jax_until_a_run_is_scored():
   # predict.py is the --model path's module too: JAX, Flax and TensorFlow only come with --workdir.
   code = ('import sys\nimport vivano_jax.predict\nprint(sorted({m.split(".")[0] for m in '
           'sys.modules} & {"jax", "jaxlib", "flax", "tensorflow", "orbax"}))')
-  proc = subprocess.run([sys.executable, '-c', code], env=_env(), cwd=str(REPO),
+  proc = subprocess.run([sys.executable, '-c', code], env=subprocess_env(), cwd=str(REPO),
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc.stdout + proc.stderr[-2000:]
 

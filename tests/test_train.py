@@ -2,7 +2,6 @@
 
 import functools
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 
 from tests import data_parallel_run
 from tests.conftest import REPO
-from tests.conftest import xla_flags
+from tests.conftest import subprocess_env
 from tests.conftest import load_config
 from vivano_jax import cli
 from vivano_jax import input_pipeline
@@ -26,13 +25,6 @@ from vivano_jax import scorer
 from vivano_jax import sharding
 from vivano_jax import train
 from vivano_jax import train_step
-
-
-def _env(devices=None):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO))
-  if devices:
-    env['XLA_FLAGS'] = xla_flags(devices)
-  return env
 
 
 def test_loss_decreases_on_tiny_problem(tiny_config):
@@ -74,8 +66,8 @@ def test_eight_devices_equal_one_device(tiny_config, tmp_path):
   input_pipeline.load(tiny_config, ('train',))
   # 8 devices in a subprocess (the device count is fixed when JAX starts); 1 here, in this one.
   subprocess.run([sys.executable, str(REPO / 'tests' / 'data_parallel_run.py'),
-                  str(tmp_path / 'dp8.npz'), tiny_config.dataset.data_dir], env=_env(8),
-                 check=True, timeout=300)
+                  str(tmp_path / 'dp8.npz'), tiny_config.dataset.data_dir],
+                 env=subprocess_env(8), check=True, timeout=300)
   data_parallel_run.main(tmp_path / 'dp1.npz', tiny_config.dataset.data_dir)
   one, eight = dict(np.load(tmp_path / 'dp1.npz')), dict(np.load(tmp_path / 'dp8.npz'))
   assert int(one['num_devices']) == 1 and int(eight['num_devices']) == 8
@@ -120,7 +112,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_config, 
 def _main(workdir, tfds_dir, *overrides, **kwargs):
   cmd = [sys.executable, '-m', 'vivano_jax.main', f'--config={REPO / "configs" / "tiny.py"}',
          f'--workdir={workdir}', f'--config.dataset.data_dir={tfds_dir}', *overrides]
-  return subprocess.Popen(cmd, env=_env(), cwd=str(REPO), stdout=subprocess.PIPE,
+  return subprocess.Popen(cmd, env=subprocess_env(), cwd=str(REPO), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, **kwargs)
 
 
