@@ -19,15 +19,13 @@ if _OWN_CACHE:
 # level `train_step.create_train_state` already uses for its initialisation on CPUs): the suite is
 # mostly the compilation of tiny models, which takes about a third less CPU time at level 1 (the
 # whole suite: a sixth; BENCHMARKS.md). The same numbers up to rounding; level 0 is never used.
-# Subprocesses that set a device count keep it (`subprocess_env`). A level the caller set is kept.
+# Subprocesses that set a device count keep it (`subprocess_env`). A value the caller set is kept.
 # For the same reason XLA:CPU's older loop emitters generate the fused kernels instead of its new
 # fusion emitters: a tiny train step compiles in half the time (3.5 -> 1.7 s) and runs as fast; the
 # whole suite takes a twentieth less CPU (BENCHMARKS.md). Production code keeps XLA's defaults.
-if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_backend_optimization_level=1').strip()
-if 'xla_cpu_use_fusion_emitters' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] += ' --xla_cpu_use_fusion_emitters=false'
+for _flag in ('--xla_backend_optimization_level=1', '--xla_cpu_use_fusion_emitters=false'):
+  if _flag.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {_flag}'.strip()
 
 import pytest  # noqa: E402
 
