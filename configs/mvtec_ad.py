@@ -1,9 +1,13 @@
 """MVTec AD, one category, reduced for a 2-core CPU (about 11 minutes a category at 128 px).
 
-Select the category with the config argument: `--config=configs/mvtec_ad.py:bottle` (default
-'bottle'); pass the folder holding the extracted categories with
-`--config.dataset.manual_dir=/path/to/mvtec_anomaly_detection` (MVTec AD cannot be downloaded
-automatically, and is not on the development machine).
+Pass the data with `--config.dataset.manual_dir=` (MVTec AD cannot be downloaded automatically,
+and is not on the development machine):
+  * one category's folder, the one holding train/good/, test/ and ground_truth/ (e.g.
+    `/data/mvtec_anomaly_detection/hazelnut`): the category is recognised by the folder's name, or
+    else by its defect folders;
+  * or the folder holding the extracted categories, with the category named in the config argument
+    (`--config=configs/mvtec_ad.py:hazelnut`); without an argument it must hold only one category.
+The category sets the training augmentation (below) unless a `dataset.augment` field is given.
 
 Differs from `configs/mvtec_ad_paper.py` (the paper's Section 4.1 recipe), to fit 2 CPU cores:
   * 128 px instead of 512 (3 channels kept; grid, screw and zipper are grayscale photos, converted);
@@ -31,13 +35,22 @@ Augmentation per category: `AUGMENT` in vivano_jax/datasets/mvtec_ad.py (the pap
 none).
 """
 
+import ml_collections
+
 from vivano_jax import config_defaults
 from vivano_jax.datasets.mvtec_ad import AUGMENT, category
+
 
 def get_config(arg=None):
   name = category(arg)
   config = config_defaults.small_128px_config()
-  config.dataset.name = f'mvtec_ad/{name}'
   config.dataset.channels = 3
-  config.dataset.augment.update(AUGMENT[name])
+  if name:
+    config.dataset.name = f'mvtec_ad/{name}'
+    config.dataset.augment.update(AUGMENT[name])
+  else:  # The category in dataset.manual_dir, found when the run starts; its augmentation then
+    # fills the fields left None (a field given on the command line is kept).
+    config.dataset.name = 'mvtec_ad'
+    for field in AUGMENT['bottle']:
+      config.dataset.augment[field] = ml_collections.FieldReference(None, field_type=bool)
   return config

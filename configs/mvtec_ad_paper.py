@@ -3,8 +3,9 @@ channels, patch 64, ViT width 512, depth 6, 8 heads, MLP 1024, batch 16, learnin
 epochs; scores by the mixture NLL (image: maximum patch NLL; pixels: the NLL map upsampled,
 Section 4.3).
 
-Select the category with the config argument: `--config=configs/mvtec_ad_paper.py:bottle` (default
-'bottle'); pass `--config.dataset.manual_dir=/path/to/mvtec_anomaly_detection`. No augmentation,
+Pass the data with `--config.dataset.manual_dir=`: one category's folder (it holds train/good/), or
+the folder holding the extracted categories with the category named in the config argument,
+`--config=configs/mvtec_ad_paper.py:bottle` (as `configs/mvtec_ad.py`). No augmentation,
 as the paper describes none. Which choices are the paper's and which are ours (where it is silent):
 `config_defaults.paper_config`.
 """
@@ -16,5 +17,6 @@ from vivano_jax.datasets.mvtec_ad import category
 def get_config(arg=None):
   name = category(arg)
   config = config_defaults.paper_config()
-  config.dataset.name = f'mvtec_ad/{name}'
+  # No argument: the category is the one in dataset.manual_dir, found when the run starts.
+  config.dataset.name = f'mvtec_ad/{name}' if name else 'mvtec_ad'
   return config

@@ -479,6 +479,47 @@ def test_mvtec_ad_grayscale_category_without_count_check(tmp_path):
                                 np.asarray(Image.fromarray(rgb).convert('L')))
 
 
+def test_mvtec_ad_category_is_found_in_manual_dir(tmp_path):
+  """configs/mvtec_ad.py without an argument: the category is the one in dataset.manual_dir."""
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  from vivano_jax import train  # pylint: disable=g-import-not-at-top
+  root = write_category(tmp_path / 'mvtec', 'toothbrush')
+  for given in (root, tmp_path / 'mvtec'):  # The category's folder, or its only category.
+    config = load_config('mvtec_ad')
+    config.dataset.manual_dir = str(given)
+    config.dataset.augment.vflip = True  # Given: kept; the others from the category.
+    datasets.resolve_config(config)
+    assert config.dataset.name == 'mvtec_ad/toothbrush'
+    assert config.dataset.augment.to_dict() == dict(mvtec_ad.AUGMENT['toothbrush'], vflip=True)
+  config = load_config('mvtec_ad_paper')
+  config.dataset.manual_dir = str(root)
+  datasets.resolve_config(config)
+  assert config.dataset.name == 'mvtec_ad/toothbrush' and not any(config.dataset.augment.values())
+  # The builder reads a category's own folder, with the category named or not.
+  for name in ('mvtec_ad', 'mvtec_ad/toothbrush'):
+    builder = mvtec_ad.make_builder(make_cfg(name, root), data_dir=tmp_path / name)
+    assert builder.builder_config.name == 'toothbrush'
+    assert len(load_split(builder, 'train')) == 60 and len(load_split(builder, 'test')) == 42
+  renamed = root.rename(tmp_path / 'part_17')  # No category's name: known by its defect folders.
+  assert mvtec_ad.find_category(renamed) == 'toothbrush'
+  # Several categories and none named; a folder of no category; a folder with none.
+  for extra in ('bottle', 'cable'):
+    (tmp_path / 'mvtec' / extra / 'train').mkdir(parents=True)
+  config = load_config('mvtec_ad')
+  config.dataset.manual_dir = str(tmp_path / 'mvtec')
+  with pytest.raises(errors.UsageError, match=re.escape(
+      '(bottle, cable): choose one with the config argument, e.g. '
+      '--config=configs/mvtec_ad.py:bottle')):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))  # Before anything is written.
+  assert not (tmp_path / 'run').exists()
+  (renamed / 'test' / 'defective').rename(renamed / 'test' / 'dent')
+  with pytest.raises(errors.UsageError, match=f'{re.escape(str(renamed))} holds train/, but'):
+    mvtec_ad.find_category(renamed)
+  with pytest.raises(errors.DataError, match='no MVTec AD category folder'):
+    mvtec_ad.find_category(renamed / 'test')
+  assert mvtec_ad.category(None) == mvtec_ad.category('') == ''
+
+
 def test_mvtec_ad_bad_input(tmp_path):
   manual_dir = tmp_path / 'mvtec'
   root = write_layout(manual_dir / 'grid', masks=False, test={'good': 1, 'bent': 1})
@@ -486,9 +527,13 @@ def test_mvtec_ad_bad_input(tmp_path):
   # MVTec AD always has masks: a defect folder without ground truth is an error.
   with pytest.raises(errors.DataError, match=re.escape(str(root / 'ground_truth' / 'bent'))):
     mvtec_ad.make_builder(cfg, data_dir=tmp_path / 'data')
-  # manual_dir pointing at the category itself, or at a folder without it.
-  with pytest.raises(errors.DataError, match='looks like a category folder itself'):
-    mvtec_ad.make_builder(make_cfg('mvtec_ad/grid', root), data_dir=tmp_path / 'data')
+  # manual_dir pointing at the category itself reads it (the same error), at another category's
+  # folder, or at a folder without it.
+  with pytest.raises(errors.DataError, match=re.escape(str(root / 'ground_truth' / 'bent'))):
+    mvtec_ad.make_builder(make_cfg('mvtec_ad/grid', root, check_counts=False),
+                          data_dir=tmp_path / 'data')
+  with pytest.raises(errors.DataError, match=r'is the folder of another category \(grid\)'):
+    mvtec_ad.make_builder(make_cfg('mvtec_ad/screw', root), data_dir=tmp_path / 'data')
   with pytest.raises(errors.DataError, match=re.escape(str(manual_dir / 'screw'))):
     mvtec_ad.make_builder(make_cfg('mvtec_ad/screw', manual_dir), data_dir=tmp_path / 'data')
   with pytest.raises(errors.UsageError, match='mvtec.com'):

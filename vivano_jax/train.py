@@ -22,6 +22,7 @@ import numpy as np
 from vivano_jax import atomic_files
 from vivano_jax import checkpoints
 from vivano_jax import console
+from vivano_jax import datasets
 from vivano_jax import errors
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
@@ -147,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns a summary dict: metrics per defect type, throughput, paths; with `return_evaluation`,
   (summary, the test split's `scorer.Evaluation`), which an export of the same checkpoint reuses.
   """
+  datasets.resolve_config(config)  # E.g. the MVTec AD category in dataset.manual_dir.
   mesh = sharding.make_mesh()
   model = _checked_model(config, mesh)
   workdir_lib.check_compatible(config, workdir)  # Before anything is written.

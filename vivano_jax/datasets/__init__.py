@@ -45,3 +45,13 @@ def get_builder(cfg: 'ml_collections.ConfigDict') -> 'tfds.core.DatasetBuilder':
                             f'known builders: {", ".join(sorted(BUILDER_MODULES))}')
   module = importlib.import_module(BUILDER_MODULES[builder_name])
   return module.make_builder(cfg, data_dir=cfg.data_dir or None)
+
+
+def resolve_config(config: 'ml_collections.ConfigDict') -> None:
+  """Fills in, in place, what a config leaves to the data: the MVTec AD category of
+  `configs/mvtec_ad.py` without an argument, found in dataset.manual_dir (with its augmentation).
+  Other datasets are left as they are. Runs before anything of the run is written."""
+  module = BUILDER_MODULES.get(config.dataset.name.split('/')[0])
+  resolve = getattr(importlib.import_module(module), 'resolve_config', None) if module else None
+  if resolve is not None:
+    resolve(config)

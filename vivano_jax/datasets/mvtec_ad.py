@@ -101,11 +101,71 @@ AUGMENT = {
 
 
 def category(arg) -> str:
-  """The category named by a config argument ('' or None: 'bottle')."""
-  name = arg if arg not in (None, '') else 'bottle'
-  if name not in CATEGORIES:
+  """The category named by a config argument; '' when none is given (the run then takes it from
+  dataset.manual_dir: `resolve_config`)."""
+  if arg in (None, ''):
+    return ''
+  if arg not in CATEGORIES:
     raise errors.UsageError(f'MVTec AD category must be one of {CATEGORIES}, got {arg!r}')
-  return name
+  return arg
+
+
+def _identify(folder: pathlib.Path) -> str | None:
+  """The category whose folder `folder` (holding train/) is: by its name, else the one category
+  whose official defect folders include all of its test/ folders."""
+  if folder.name in CATEGORIES:
+    return folder.name
+  test = folder / mvtec_layout.TEST
+  defects = ({p.name for p in test.iterdir() if p.is_dir()} - {mvtec_layout.GOOD}
+             if test.is_dir() else set())
+  matches = [c for c in CATEGORIES
+             if defects and defects <= {k.split('/')[1] for k in OFFICIAL_COUNTS[c]}]
+  return matches[0] if len(matches) == 1 else None
+
+
+def find_category(manual_dir: pathlib.Path) -> str:
+  """The category in `manual_dir` when the config names none: manual_dir is one category's folder
+  (named after it, or recognised by its defect folders), or holds exactly one category folder."""
+  if (manual_dir / mvtec_layout.TRAIN).is_dir():
+    found = _identify(manual_dir)
+    if found is None:
+      raise errors.UsageError(
+          f'dataset.manual_dir={manual_dir} holds train/, but neither its name nor its test/ '
+          'folders are those of an MVTec AD category: name the category in the config argument, '
+          'e.g. --config=configs/mvtec_ad.py:bottle')
+    return found
+  present = [c for c in CATEGORIES if (manual_dir / c).is_dir()]
+  if len(present) > 1:
+    raise errors.UsageError(
+        f'dataset.manual_dir={manual_dir} holds {len(present)} MVTec AD categories '
+        f'({", ".join(present)}): choose one with the config argument, e.g. '
+        f'--config=configs/mvtec_ad.py:{present[0]}')
+  if not present:
+    raise errors.DataError(f'{manual_dir}: no MVTec AD category folder in dataset.manual_dir; '
+                           f'it must be {EXPECTED}, or one category\'s folder.')
+  return present[0]
+
+
+def category_root(manual_dir: pathlib.Path, category: str) -> pathlib.Path:
+  """`category`'s folder: manual_dir/<category>, or manual_dir itself when it is that folder."""
+  if (not (manual_dir / category).is_dir() and (manual_dir / mvtec_layout.TRAIN).is_dir()
+      and _identify(manual_dir) == category):
+    return manual_dir
+  return manual_dir / category
+
+
+def resolve_config(config) -> None:
+  """Names the category of a config that leaves it to the data (`configs/mvtec_ad.py` without an
+  argument: dataset.name 'mvtec_ad'), in place: dataset.name becomes 'mvtec_ad/<category>' and
+  each dataset.augment field still None takes the category's `AUGMENT` value."""
+  if config.dataset.name != 'mvtec_ad':
+    return
+  name = find_category(builder_lib.manual_root(config.dataset, EXPECTED))
+  config.dataset.name = f'mvtec_ad/{name}'
+  for field, value in AUGMENT[name].items():
+    if config.dataset.augment.get(field) is None:
+      config.dataset.augment[field] = value
+  logging.info('MVTec AD category %r, found in dataset.manual_dir', name)
 
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
@@ -205,7 +265,7 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     category = self.builder_config.name
-    root = pathlib.Path(os.fspath(dl_manager.manual_dir)).resolve() / category
+    root = category_root(pathlib.Path(os.fspath(dl_manager.manual_dir)).resolve(), category)
     layout = self.validated_layout
     if layout is None or layout.root != root:
       layout = validate_category(root, category)
@@ -221,18 +281,22 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
   A dataset already prepared in `data_dir` is returned as is (the local files are not re-read).
   `cfg.check_counts` (default True) compares the copy with the official file counts.
   """
+  if cfg.name == 'mvtec_ad':  # No category named: the one in manual_dir.
+    cfg = cfg.copy_and_resolve_references()
+    cfg.name = f'mvtec_ad/{find_category(builder_lib.manual_root(cfg, EXPECTED))}'
   builder_lib.check_name(cfg.name, builder_lib.config_names(MvtecAd))
   category = cfg.name.split('/', 1)[1]
   builder = MvtecAd(config=category, data_dir=data_dir)
   if builder.is_prepared():
     return builder
   manual_dir = builder_lib.manual_root(cfg, EXPECTED)
-  root = manual_dir / category
+  root = category_root(manual_dir, category)
   if not root.is_dir():
-    hint = f'dataset.manual_dir must be {EXPECTED}'
+    hint = f'dataset.manual_dir must be {EXPECTED}, or the category\'s own folder'
     if (manual_dir / mvtec_layout.TRAIN).is_dir():
-      hint = (f'{manual_dir} looks like a category folder itself: dataset.manual_dir must be its '
-              'parent, the folder holding the category folders')
+      other = _identify(manual_dir) or 'unknown'
+      hint = (f'{manual_dir} is the folder of another category ({other}): dataset.manual_dir '
+              f"must be the folder holding the category folders, or {category}'s own folder")
     raise errors.DataError(f'{root}: missing category folder; {hint}.')
   builder.validated_layout = validate_category(root, category, cfg.get('check_counts', True))
   builder_lib.prepare(builder, manual_dir)
