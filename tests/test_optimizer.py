@@ -344,7 +344,10 @@ def test_config_json_records_the_effective_rate_and_resumes_compatibly(tmp_path)
   # Read back, the record is not a config section; the config is the one saved.
   as_json = lambda c: json.loads(c.to_json_best_effort())
   assert as_json(workdir_lib.load_config(str(tmp_path))) == as_json(config)
-  (tmp_path / 'checkpoints').mkdir()  # A trained workdir: check_compatible compares.
+  # A workdir without a finished checkpoint trained nothing: it takes any config.
+  (tmp_path / 'checkpoints').mkdir()
+  workdir_lib.check_compatible(_train_config(optimizer='lamb'), str(tmp_path))
+  (tmp_path / 'checkpoints' / '5').mkdir()  # A trained workdir: check_compatible compares.
   workdir_lib.check_compatible(config, str(tmp_path))
   for field, value in (('lr_scaling', 'sqrt'), ('base_batch_size', 8), ('optimizer', 'lamb'),
                        ('trust_coefficient', 0.01)):

@@ -100,7 +100,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_config, 
     return wrapped
 
   monkeypatch.setattr(train_step, 'make_train_step', poisoned)
-  with pytest.raises(FloatingPointError, match='at step 7'):
+  with pytest.raises(FloatingPointError, match=r'at step 7; .* checkpoint \(step 5\) in '):
     train.train_and_evaluate(config, str(tmp_path))
   mngr = checkpoints.manager(str(tmp_path), config)
   assert mngr.all_steps() == [5]
@@ -193,6 +193,23 @@ def test_config_override_unknown_key_is_a_clear_error(tmp_path, tfds_dir):
     ('train.optimizer', 'sgd', r'^train.optimizer must be one of'),
     ('train.lr_scaling', 'cubic', r'^train.lr_scaling must be one of'),
     ('train.grad_accum_steps', 3, r'^train.batch_size=8 must be a positive multiple of 3'),
+    ('dataset.image_size', 30, r'^dataset.image_size=30 must be a multiple of model.patch_size=8$'),
+    ('dataset.image_size', 0, r'^dataset.image_size must be an int >= 1, got 0$'),
+    ('dataset.channels', 2, r'^dataset.channels must be 1 \(gray\) or 3 \(RGB\), got 2$'),
+    ('dataset.validation_fraction', 1.0,
+     r'^dataset.validation_fraction must be a finite number >= 0 and < 1, got 1.0$'),
+    ('train.learning_rate', -1.0, r'^train.learning_rate must be a finite number > 0, got -1.0$'),
+    ('train.learning_rate', float('nan'), r'^train.learning_rate must be .*, got nan$'),
+    ('train.weight_decay', float('inf'), r'^train.weight_decay must be .* >= 0, got inf$'),
+    ('train.warmup_steps', -1, r'^train.warmup_steps must be an int >= 0, got -1$'),
+    ('train.grad_clip_norm', -1.0, r'^train.grad_clip_norm must be a finite number >= 0'),
+    ('train.log_every_steps', 0, r'^train.log_every_steps must be an int >= 1, got 0$'),
+    ('train.checkpoint_every_steps', 0, r'^train.checkpoint_every_steps must be an int >= 1'),
+    ('train.keep_checkpoints', 0, r'^train.keep_checkpoints must be an int >= 1, got 0$'),
+    ('export.threshold_quantile', 1.5,
+     r'^export.threshold_quantile must be a finite number >= 0 and <= 1, got 1.5$'),
+    ('export.max_overlays', -5, r'^export.max_overlays must be an int >= -1, got -5$'),
+    ('score.smoothing_sigma', -1.0, r'^score.smoothing_sigma must be a finite number >= 0'),
 ])
 def test_bad_fields_are_refused_before_data_preparation(tmp_path, field, value, match):
   """Refused before any dataset is prepared or anything is written to the workdir."""

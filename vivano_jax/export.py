@@ -45,6 +45,7 @@ from PIL import Image
 
 from vivano_jax import atomic_files
 from vivano_jax import checkpoints
+from vivano_jax import config_checks
 from vivano_jax import datasets
 from vivano_jax import errors
 from vivano_jax import export_format
@@ -197,6 +198,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
   start = time.perf_counter()
   workdir = os.path.abspath(workdir)
   datasets.resolve_config(config)  # A config file that leaves the MVTec AD category to the data.
+  config_checks.check_export(config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
   state, step, data, config, scorer, stats = _prepare(config, workdir, step, mesh)

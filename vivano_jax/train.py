@@ -21,6 +21,7 @@ import numpy as np
 
 from vivano_jax import atomic_files
 from vivano_jax import checkpoints
+from vivano_jax import config_checks
 from vivano_jax import console
 from vivano_jax import datasets
 from vivano_jax import errors
@@ -73,12 +74,16 @@ def _write_hparams(writer, config: ml_collections.ConfigDict) -> None:
       for k, v in section.items() if isinstance(v, (int, float, str, bool))})
 
 
-def _check_finite(step: int, metrics, workdir: str) -> float:
-  """The step's loss; an error if it is not finite."""
+def _check_finite(step: int, metrics, workdir: str, mngr) -> float:
+  """The step's loss; an error if it is not finite, saying what is kept."""
   loss = float(metrics.loss.compute())
   if not np.isfinite(loss):
-    raise FloatingPointError(f'non-finite training loss ({loss}) at step {step}; training stopped. '
-                             f'The last good checkpoint in {workdir}/checkpoints is intact.')
+    mngr.wait_until_finished()
+    kept = mngr.latest_step()
+    kept = (f'The last good checkpoint (step {kept}) in {workdir}/checkpoints is intact.'
+            if kept is not None else 'No checkpoint was saved before it.')
+    raise FloatingPointError(f'non-finite training loss ({loss}) at step {step}; training stopped '
+                             f'(lower train.learning_rate?). {kept}')
   return loss
 
 
@@ -95,7 +100,7 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
       state, m = step_fn(state, sharding.global_batch(next(batches), mesh))
       # Check the previous step's loss while this one runs, so the host does not stall the device.
       if pending is not None:
-        progress.update(step - 1, _check_finite(*pending, workdir))
+        progress.update(step - 1, _check_finite(*pending, workdir, mngr))
       pending = (step, m)
       train_metrics = m if train_metrics is None else train_metrics.merge(m)
       for h in hooks:
@@ -106,12 +111,12 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
       else:
         timed_steps += 1
       if step % config.train.log_every_steps == 0 or step == total_steps:
-        progress.update(step, _check_finite(*pending, workdir))
+        progress.update(step, _check_finite(*pending, workdir, mngr))
         writer.write_scalars(step, {f'train/{k}': float(v)
                                     for k, v in train_metrics.compute().items()})
         train_metrics = None
       if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
-        _check_finite(*pending, workdir)
+        _check_finite(*pending, workdir, mngr)
         checkpoints.save(mngr, state, meta(step))
   finally:
     progress.close()
@@ -128,7 +133,9 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
 def _checked_model(config: ml_collections.ConfigDict, mesh: Mesh):
   """The model, once the fields a run would otherwise trip over late (after preparing its data)
   are checked: batch sizes against the devices, the optimizer and its rule, the model's sizes, a
-  segmenter's training data, the synthetic anomalies' fields and the score's components."""
+  segmenter's training data, the synthetic anomalies' fields and the score's components, and the
+  dataset, training and export fields (config_checks.py)."""
+  config_checks.check_run(config)
   _synthetic_fields(config)
   if config.model.segmenter_features and not config.train.synthetic_anomalies > 0:
     raise errors.UsageError('model.segmenter_features > 0 trains on synthetic anomalies: set '
