@@ -101,6 +101,24 @@ def test_ctrl_c_exits_130(capsys, monkeypatch):
   assert code == errors.EXIT_INTERRUPTED
 
 
+def test_out_of_memory_is_one_line_and_other_errors_keep_their_traceback(capsys, monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  from vivano_jax import evaluate  # pylint: disable=g-import-not-at-top
+  failures = iter([jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating '
+                                              '25509671680 bytes.'), MemoryError(),
+                   jax.errors.JaxRuntimeError('INTERNAL: something else')])
+
+  def failing(fv):
+    raise next(failures)
+
+  monkeypatch.setattr(evaluate, 'run', failing)
+  for _ in range(2):
+    code, _, err = _call(capsys, 'evaluate', '--predictions=x')
+    line = _one_error_line(err)
+    assert code == errors.EXIT_DATA and 'out of memory' in line and 'train.batch_size' in line
+  with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):  # A bug: its traceback.
+    _call(capsys, 'evaluate', '--predictions=x')
+
 def test_os_error_is_one_line(capsys, folder_run, tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')

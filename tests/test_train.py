@@ -100,8 +100,20 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_config, 
     return wrapped
 
   monkeypatch.setattr(train_step, 'make_train_step', poisoned)
+  real_batches, closed = input_pipeline.train_batches, []
+
+  def tracked(*args, **kwargs):  # The input pipeline, noting when it is stopped.
+    try:
+      yield from real_batches(*args, **kwargs)
+    finally:
+      closed.append(True)
+
+  monkeypatch.setattr(input_pipeline, 'train_batches', tracked)
   with pytest.raises(FloatingPointError, match=r'at step 7; .* checkpoint \(step 5\) in '):
-    train.train_and_evaluate(config, str(tmp_path))
+    try:
+      train.train_and_evaluate(config, str(tmp_path))
+    finally:  # Stopped when training stopped, while the error's frames still hold the pipeline
+      assert closed == [True]  # (not left to garbage collection or the interpreter's exit).
   mngr = checkpoints.manager(str(tmp_path), config)
   assert mngr.all_steps() == [5]
   restored, meta = checkpoints.restore(mngr, config, sharding.make_mesh())

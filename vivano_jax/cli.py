@@ -154,6 +154,22 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     code = errors.EXIT_USAGE if isinstance(e, errors.UsageError) else errors.EXIT_DATA
     print(f'error: {_one_line(e)}', file=sys.stderr)
     return code
+  except Exception as e:  # pylint: disable=broad-except
+    if not _out_of_memory(e):
+      raise
+    if verbosity >= 1:
+      traceback.print_exc()
+    print(f'error: out of memory ({_one_line(e)[:200]}): lower train.batch_size (or '
+          'train.eval_batch_size when scoring), raise train.grad_accum_steps on an accelerator, '
+          'or lower dataset.image_size', file=sys.stderr)
+    return errors.EXIT_DATA
+
+
+def _out_of_memory(e: BaseException) -> bool:
+  """A host or device allocation failed (MemoryError, or XLA's RESOURCE_EXHAUSTED)."""
+  return isinstance(e, MemoryError) or (
+      type(e).__name__ in ('JaxRuntimeError', 'XlaRuntimeError')
+      and 'RESOURCE_EXHAUSTED' in str(e))
 
 
 def _one_line(e: BaseException) -> str:

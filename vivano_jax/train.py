@@ -59,12 +59,15 @@ def synthetic_batches(batches: Iterator[dict[str, np.ndarray]], config: ml_colle
   inputs ({'image', 'target', 'patch_weights', 'mask'}; synthetic.py). Seeded by (seed, step,
   process), so a resumed run draws the same anomalies."""
   p, (kinds, area, shapes) = _synthetic_fields(config)
-  for step, batch in enumerate(batches, start=start_step):
-    rng = np.random.default_rng([config.seed, step, jax.process_index(), 1])
-    inputs, masks = synthetic.corrupt_batch(batch['image'], p, rng, kinds, area, shapes)
-    yield {'image': inputs, 'target': batch['image'],
-           'patch_weights': synthetic.patch_weights(masks, config.model.patch_size),
-           'mask': masks.astype(np.float32)}
+  try:
+    for step, batch in enumerate(batches, start=start_step):
+      rng = np.random.default_rng([config.seed, step, jax.process_index(), 1])
+      inputs, masks = synthetic.corrupt_batch(batch['image'], p, rng, kinds, area, shapes)
+      yield {'image': inputs, 'target': batch['image'],
+             'patch_weights': synthetic.patch_weights(masks, config.model.patch_size),
+             'mask': masks.astype(np.float32)}
+  finally:
+    batches.close()  # Closing these batches stops the input pipeline too.
 
 
 def _write_hparams(writer, config: ml_collections.ConfigDict) -> None:
@@ -189,8 +192,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   devices = f'{mesh.devices.size} device' + 's' * (mesh.devices.size > 1)
   with console.stage(f'train ({total_steps - start_step} steps of batch '
                      f'{config.train.batch_size} on {devices})'):
-    state, train_ips = _train(config, workdir, state, mngr, batches, start_step, total_steps,
-                              mesh, writer)
+    try:
+      state, train_ips = _train(config, workdir, state, mngr, batches, start_step, total_steps,
+                                mesh, writer)
+    finally:
+      # Stop the input pipeline now: a batch tf.data is still making when training stops (an
+      # error, Ctrl-C) would otherwise call back into Python at interpreter exit, and hang it.
+      batches.close()
 
   with console.stage('evaluate (test split)'):
     # With `score.select`, the score is chosen on held-out normals and synthetic anomalies first.
