@@ -119,6 +119,15 @@ def test_out_of_memory_is_one_line_and_other_errors_keep_their_traceback(capsys,
   with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):  # A bug: its traceback.
     _call(capsys, 'evaluate', '--predictions=x')
 
+def test_a_folder_flag_naming_a_file_is_a_usage_error(capsys, tmp_path):
+  file = tmp_path / 'notes.txt'
+  file.write_text('x')
+  for args in (['train', f'--config={TINY}', f'--workdir={file}'],
+               ['evaluate', f'--predictions={tmp_path}', f'--output={file}']):
+    code, _, err = _call(capsys, *args)
+    assert code == errors.EXIT_USAGE and f'={file}: is a file, not a folder' in _one_error_line(err)
+  assert file.read_text() == 'x'
+
 def test_os_error_is_one_line(capsys, folder_run, tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')

@@ -107,6 +107,34 @@ def test_predict_errors_are_clear(folder_run, tmp_path):
   assert 'no such run folder' in proc.stderr and 'Traceback' not in proc.stderr
 
 
+def test_predict_skips_its_own_outputs_and_refuses_bad_flags_leaving_nothing(folder_run, tmp_path,
+                                                                             capsys):
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  photos = tmp_path / 'photos'
+  for name in ('a.png', 'b.png', 'out/overlays/000000_a.png', 'out/maps/x.png'):
+    (photos / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(photos / name)
+  # --output inside --input: its files (from an earlier call) are not inputs.
+  assert [p.name for p in predict.find_images(str(photos), exclude=str(photos / 'out'))] == [
+      'a.png', 'b.png']
+  assert len(predict.find_images(f'{photos}/**/*.png', exclude=str(photos / 'out'))) == 2
+  assert len(predict.find_images(str(photos))) == 4
+  (tmp_path / 'file').write_text('x')
+  (photos / 'c.png').write_text('not an image')
+  for flags, code, message in (
+      (['--batch_size=0'], 2, '--batch_size must be positive, got 0'),
+      ([f'--output={tmp_path / "file"}'], 2, 'is a file, not a folder'),
+      ([], 1, 'c.png'),  # Fails while reading the inputs: no empty output folder is left.
+  ):
+    argv = ['vivano', 'predict', f'--workdir={folder_run}', f'--input={photos}',
+            f'--output={tmp_path / "new"}', *flags]
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err, err
+    assert not (tmp_path / 'new').exists()
+
+
 def test_predict_imports_no_jax_until_a_run_is_scored():
   # predict.py is the --model path's module too: JAX, Flax and TensorFlow only come with --workdir.
   code = ('import sys\nimport vivano_jax.predict\nprint(sorted({m.split(".")[0] for m in '

@@ -6,6 +6,8 @@ callers can catch them as such. The entry point (cli.py) prints either as one li
 other `ValueError` or `OSError` is reported the same way with exit code 1. Ctrl-C exits with 130.
 """
 
+import os
+
 EXIT_DATA = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -17,3 +19,9 @@ class UsageError(ValueError):
 
 class DataError(ValueError):
   """A missing, unreadable or invalid input file or dataset: the data must change."""
+
+
+def check_folder_flag(flag: str, path: str) -> None:
+  """UsageError when the folder a flag names (--workdir, --output) exists as a file."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UsageError(f'{flag}={path}: is a file, not a folder')

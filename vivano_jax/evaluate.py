@@ -21,6 +21,7 @@ from typing import Any
 from absl import flags
 import numpy as np
 
+from vivano_jax import errors
 from vivano_jax import export_format
 from vivano_jax import metrics as metrics_lib
 from vivano_jax import tables
@@ -73,9 +74,10 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues) -> None:
+  output = fv.output or fv.predictions
+  errors.check_folder_flag('--output' if fv.output else '--predictions', output)
   export = export_format.read_export(fv.predictions, fv.ground_truth)
   per_type = evaluate(export)
-  output = fv.output or fv.predictions
   write_evaluation(per_type, output)
   print(tables.metrics_table(per_type))
   print(f'\nwritten: {os.path.join(output, EVALUATION_CSV)}, {os.path.join(output, EVALUATION_MD)}')

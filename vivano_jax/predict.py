@@ -51,8 +51,9 @@ from vivano_jax.serving import preprocess
 PREDICTIONS_CSV = 'predictions.csv'
 
 
-def find_images(spec: str) -> list[pathlib.Path]:
-  """The files named by --input: a file, a folder's image files (recursively) or a glob; sorted."""
+def find_images(spec: str, exclude: Optional[str] = None) -> list[pathlib.Path]:
+  """The files named by --input: a file, a folder's image files (recursively) or a glob; sorted.
+  Files under the folder `exclude` (--output, when it lies inside --input) are not among them."""
   path = pathlib.Path(spec)
   if path.is_file():
     return [path]
@@ -61,6 +62,9 @@ def find_images(spec: str) -> list[pathlib.Path]:
              and not any(image_files.is_ignored(part) for part in p.relative_to(path).parts)]
   else:
     found = [pathlib.Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+  if exclude is not None:
+    skip = pathlib.Path(exclude).resolve()
+    found = [p for p in found if skip not in p.resolve().parents]
   if not found:
     raise errors.DataError(f'--input={spec!r} names no image file (a file, a folder of images or '
                            'a glob)')
@@ -154,6 +158,7 @@ def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, 
 
 def check_writable(output: str) -> None:
   """--output must be a folder this process can write, checked before anything is scored."""
+  errors.check_folder_flag('--output', output)
   os.makedirs(output, exist_ok=True)
   with tempfile.NamedTemporaryFile(dir=output, prefix='.write-check-'):
     pass
@@ -184,13 +189,21 @@ def run(fv: flags.FlagValues) -> None:
     raise errors.UsageError('--step applies to --workdir; an exported model has one checkpoint')
   if fv.workdir is not None and not os.path.isdir(fv.workdir):
     raise errors.DataError(f'--workdir={fv.workdir}: no such run folder')
+  if fv.batch_size is not None and fv.batch_size <= 0:
+    raise errors.UsageError(f'--batch_size must be positive, got {fv.batch_size}')
   model = model_dir.load(fv.model) if fv.model is not None else None
-  paths = find_images(fv.input)
+  paths = find_images(fv.input, exclude=fv.output)  # Not this command's own earlier outputs.
+  created = not os.path.isdir(fv.output)
   check_writable(fv.output)
-  if model is not None:
-    result = predict_with_model(model, paths, fv.batch_size)
-  else:
-    result = predict(fv.workdir, paths, fv.step, fv.batch_size)
+  try:
+    if model is not None:
+      result = predict_with_model(model, paths, fv.batch_size)
+    else:
+      result = predict(fv.workdir, paths, fv.step, fv.batch_size)
+  except BaseException:
+    if created and not any(os.scandir(fv.output)):
+      os.rmdir(fv.output)  # Nothing scored: no empty output folder left behind.
+    raise
   csv_path = write_predictions(fv.output, paths, result)
   t = result['thresholds']
   print(f"threshold {t['threshold']:.6g} ({t['chosen']}, {t['rule']}), {result['scored_by']}")

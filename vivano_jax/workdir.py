@@ -172,6 +172,7 @@ def lock(workdir: str) -> Iterator[None]:
   if jax.process_index() != 0:
     yield
     return
+  errors.check_folder_flag('--workdir', workdir)
   created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
