@@ -128,6 +128,7 @@ def test_a_folder_flag_naming_a_file_is_a_usage_error(capsys, tmp_path):
     assert code == errors.EXIT_USAGE and f'={file}: is a file, not a folder' in _one_error_line(err)
   assert file.read_text() == 'x'
 
+
 def test_os_error_is_one_line(capsys, folder_run, tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
