@@ -205,6 +205,11 @@ def _non_image(root):
   return root / 'test' / 'good' / 'notes.txt'
 
 
+def _capital_good(root):
+  (root / 'test' / 'good').rename(root / 'test' / 'Good')  # Not to be read as a defect type.
+  return root / 'test' / 'Good'
+
+
 def _no_train_good(root):
   for p in (root / 'train' / 'good').iterdir():
     p.unlink()
@@ -223,7 +228,8 @@ def _missing_root(root):
 
 
 @pytest.mark.parametrize('damage', [_corrupt, _truncate, _remove_mask, _resize_mask, _non_image,
-                                    _no_train_good, _empty_train_good, _missing_root])
+                                    _capital_good, _no_train_good, _empty_train_good,
+                                    _missing_root])
 def test_folder_bad_input(tmp_path, damage):
   root = write_layout(tmp_path / 'parts')
   named = damage(root)
@@ -386,6 +392,14 @@ def test_image_and_mask_conversions(tmp_path):
   np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'la.png'), [[False, True]])
   np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'mask16.png'), [[False, True, True]])
   assert image_io.read_mask(tmp_path / 'mask16.png').dtype == bool
+  # A JPEG mask: compression noise around the drawn region is not defect (above half the maximum).
+  drawn = np.zeros((64, 64), np.uint8)
+  drawn[20:37, 11:50] = 255
+  Image.fromarray(drawn).save(tmp_path / 'mask.jpg', quality=75)
+  assert (np.asarray(Image.open(tmp_path / 'mask.jpg')) > 0).sum() > 1.2 * (drawn > 0).sum()
+  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'mask.jpg'), drawn > 0)
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / 'empty.jpg')
+  assert not image_io.read_mask(tmp_path / 'empty.jpg').any()
   # A PNG already in the stored format is copied as is; anything else is re-encoded.
   write_image(tmp_path / 'gray.png', np.arange(12).reshape(3, 4))
   data, shape = image_files.image_png(tmp_path / 'gray.png', 1)

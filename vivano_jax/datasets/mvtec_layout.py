@@ -4,8 +4,8 @@
   <root>/test/<defect_type>/<name>.<ext>                 test images; 'good' = defect-free
   <root>/ground_truth/<defect_type>/<stem>_mask.<ext>    masks of the defective test images
 
-Masks: any pixel value > 0 is defective (stored as 0/1); a mask must have its image's size. Files
-are named and decoded as `image_files` says.
+Masks: any pixel value > 0 is defective (JPEG masks: above half their maximum; stored as 0/1); a
+mask must have its image's size. Files are named and decoded as `image_files` says.
 
 Everything is checked before tfds writes anything: `scan_layout` checks the folder structure
 (listing only), `validate_images` opens AND fully decodes every image and mask. Every problem is
@@ -135,6 +135,10 @@ def _scan_test(root: pathlib.Path, masks_required: bool, problems: list[str]) ->
     if not entry.is_dir():
       problems.append(f'{test_dir / entry.name}: unexpected file; {TEST}/ may only hold '
                       '<defect_type>/ folders')
+      continue
+    if entry.name != GOOD and entry.name.lower() == GOOD:  # 'Good' would be read as a defect.
+      problems.append(f'{test_dir / entry.name}: defect-free test images must be in {TEST}/{GOOD}/ '
+                      '(lower case); rename the folder')
       continue
     names = image_files.list_class_folder(test_dir / entry.name, problems)
     if not names:
