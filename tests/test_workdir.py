@@ -164,6 +164,17 @@ def _damage(run, step):
       path.write_bytes(b'\0' * 16)
 
 
+def test_a_restore_error_is_described_in_one_short_line():
+  from vivano_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  tensorstore = ValueError('Encountered error while reading array index: OUT_OF_RANGE: short read '
+                           '[source locations=...] See full TensorStore details: <bound method '
+                           'pybind11_detail_function_record_v1_system_li>\nsecond line')
+  assert checkpoints.describe(tensorstore) == (
+      'ValueError: Encountered error while reading array index: OUT_OF_RANGE: short read '
+      '[source locations=...]')
+  assert checkpoints.describe(OSError('x' * 500)) == 'OSError: ' + 'x' * 200
+  assert checkpoints.describe(KeyError()) == 'KeyError: '
+
 def test_damaged_latest_checkpoint_is_named_and_training_falls_back(run, tfds_dir, capsys):
   _damage(run, 10)
   code, _, err = _vivano(capsys, 'export', f'--workdir={run}')

@@ -50,6 +50,14 @@ def _restore_step(mngr, config, mesh, step, total_steps):
   return restored['state'], dict(restored['meta'])
 
 
+def describe(e: BaseException) -> str:
+  """'<type>: <first line>' of a restore error, without TensorStore's trailing details (a bound
+  method's repr), at most 200 characters of message."""
+  first = str(e).splitlines()[0] if str(e) else ''
+  first = first.split(' See full TensorStore details')[0]
+  return f'{type(e).__name__}: {first[:200]}'
+
+
 def restore(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh: Mesh,
             step: Optional[int] = None, total_steps: int = 1, fall_back: bool = False
             ) -> tuple[train_step.TrainState, dict[str, Any]]:
@@ -67,7 +75,7 @@ def restore(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh
       result = _restore_step(mngr, config, mesh, candidate, total_steps)
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds.)
       tried.append(candidate)
-      problem = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
+      problem = describe(e)
       if not fall_back:
         earlier = [s for s in steps if s < candidate]
         hint = (f'; pass --step={earlier[0]} to use the previous one, or delete '
