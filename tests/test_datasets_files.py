@@ -240,6 +240,17 @@ def test_folder_bad_input(tmp_path, damage):
   assert leftovers(data_dir) == []
 
 
+def test_ignored_masks_and_folders_are_warned_on_the_console(tmp_path, capsys):
+  root = write_layout(tmp_path / 'parts', test={'good': 2, 'crack': 2, 'dent': 0})
+  (root / 'ground_truth' / 'crack').rename(root / 'ground_truth' / 'cracks')  # A misnamed folder.
+  (root / 'test' / 'dent').mkdir(parents=True)
+  layout = mvtec_layout.scan_layout(root, masks_required=False)
+  assert not any(e.has_mask for e in layout.test if e.defect_type == 'crack')
+  err = capsys.readouterr().err
+  assert (f'warning: {root / "ground_truth" / "cracks"}: no defective test folder test/cracks/'
+          in err)
+  assert f'warning: {root / "test" / "dent"}: empty class folder, ignored' in err
+
 def test_broken_symlinks_are_one_error_naming_the_file(tmp_path):
   root = write_layout(tmp_path / 'parts')
   dangling = root / 'train' / 'good' / '007.png'

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import sys
 from typing import Iterator
 
 from absl import logging
@@ -81,6 +82,13 @@ def _find_masks(gt_dir: pathlib.Path, problems: list[str]) -> dict[str, str]:
   return masks
 
 
+def _warn(message: str) -> None:
+  """Something in the folder is ignored: said on the console (and in the log), as it may be a
+  misnamed folder whose masks were meant to count."""
+  logging.warning(message)
+  print(f'warning: {message}', file=sys.stderr)
+
+
 def _scan_train(root: pathlib.Path, problems: list[str]) -> tuple[Entry, ...]:
   """The entries of train/good/; train/ may hold nothing else."""
   train_dir = root / TRAIN
@@ -142,7 +150,7 @@ def _scan_test(root: pathlib.Path, masks_required: bool, problems: list[str]) ->
       continue
     names = image_files.list_class_folder(test_dir / entry.name, problems)
     if not names:
-      logging.warning('%s: empty class folder, ignored.', test_dir / entry.name)
+      _warn(f'{test_dir / entry.name}: empty class folder, ignored')
     if entry.name == GOOD:
       test += [Entry(f'{TEST}/{GOOD}/{n}', GOOD, None, True) for n in names]
       continue
@@ -152,9 +160,10 @@ def _scan_test(root: pathlib.Path, masks_required: bool, problems: list[str]) ->
   if gt_root.is_dir():
     for entry in image_files.entries(gt_root, problems):
       if not (test_dir / entry.name).is_dir() or entry.name == GOOD:
-        logging.warning('%s: no matching defective test folder, ignored.', gt_root / entry.name)
+        _warn(f'{gt_root / entry.name}: no defective test folder {TEST}/{entry.name}/ for these '
+              'masks; ignored')
   if orphans:
-    logging.warning('%d masks without an image are ignored, e.g. %s', len(orphans), orphans[:3])
+    _warn(f'{len(orphans)} mask(s) without an image are ignored, e.g. {", ".join(orphans[:3])}')
   return test
 
 
