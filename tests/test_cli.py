@@ -119,6 +119,21 @@ def test_out_of_memory_is_one_line_and_other_errors_keep_their_traceback(capsys,
   with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):  # A bug: its traceback.
     _call(capsys, 'evaluate', '--predictions=x')
 
+@pytest.mark.parametrize('body, arg, code, message', [
+    ('def get_config(:\n', '', 1, 'failed to load: SyntaxError: invalid syntax'),
+    ('def get_config():\n  raise RuntimeError("boom")\n', '', 1,
+     'get_config() failed: RuntimeError: boom'),
+    ('x = 1\n', '', 1, 'defines no get_config() function'),
+    ('def get_config():\n  return 5\n', '', 1, 'returned a value of type int, not an'),
+    ('from configs.tiny import get_config\n', ':3', 2, 'takes no argument'),
+])
+def test_a_broken_config_file_is_one_line(capsys, tmp_path, body, arg, code, message):
+  (tmp_path / 'cfg.py').write_text(body)
+  got, _, err = _call(capsys, 'train', f'--config={tmp_path / "cfg.py"}{arg}',
+                      f'--workdir={tmp_path / "w"}')
+  assert got == code and message in _one_error_line(err)
+  assert not (tmp_path / 'w').exists()
+
 def test_a_folder_flag_naming_a_file_is_a_usage_error(capsys, tmp_path):
   file = tmp_path / 'notes.txt'
   file.write_text('x')

@@ -112,12 +112,35 @@ def _unknown_field(args: list[str], message: str) -> str:
 
 
 def _check_config_files(args: list[str]) -> None:
-  """A missing --config file is reported at once (absl would report it at first use)."""
+  """A --config file that is missing, does not load or whose get_config() fails is one error line
+  (ml_collections would give a traceback, or report a missing file at first use)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vivano_jax import config_files  # pylint: disable=g-import-not-at-top
   for a in args:
     if a.startswith('--config='):
-      path = a.split('=', 1)[1].split(':', 1)[0]
+      spec = a.split('=', 1)[1]
+      path, _, arg = spec.partition(':')
       if not os.path.isfile(path):
-        raise errors.DataError(f'--config={path}: no such config file')
+        raise errors.DataError(f'--config={path}: ' + (
+            'is a folder, not a config file' if os.path.isdir(path) else 'no such config file'))
+      get_config = config_files.load_function(path, 'get_config')
+      try:
+        takes_arg = bool(inspect.signature(get_config).parameters)
+      except (TypeError, ValueError):
+        takes_arg = True
+      if arg and not takes_arg:
+        raise errors.UsageError(f'--config={spec}: get_config() of {path} takes no argument')
+      try:
+        config = get_config(arg) if arg else get_config()
+      except (errors.UsageError, errors.DataError):
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        raise errors.DataError(f'--config={spec}: get_config() failed: {type(e).__name__}: '
+                               f'{e}') from e
+      if not isinstance(config, ml_collections.ConfigDict):
+        raise errors.DataError(f'--config={spec}: get_config() returned a value of type '
+                               f'{type(config).__name__}, not an ml_collections.ConfigDict')
 
 
 def _run(name: str, argv: list[str]) -> int:
