@@ -205,6 +205,8 @@ def test_config_override_unknown_key_is_a_clear_error(tmp_path, tfds_dir):
     ('train.optimizer', 'sgd', r'^train.optimizer must be one of'),
     ('train.lr_scaling', 'cubic', r'^train.lr_scaling must be one of'),
     ('train.grad_accum_steps', 3, r'^train.batch_size=8 must be a positive multiple of 3'),
+    ('train.num_steps', -5, r'^train.num_steps must be an int >= 0, got -5$'),
+    ('train.num_steps', 0, r'^set train.num_steps or train.num_epochs to a positive number$'),
     ('dataset.image_size', 30, r'^dataset.image_size=30 must be a multiple of model.patch_size=8$'),
     ('dataset.image_size', 0, r'^dataset.image_size must be an int >= 1, got 0$'),
     ('dataset.channels', 2, r'^dataset.channels must be 1 \(gray\) or 3 \(RGB\), got 2$'),

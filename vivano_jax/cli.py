@@ -114,11 +114,11 @@ def _unknown_field(args: list[str], message: str) -> str:
 def _check_config_files(args: list[str]) -> None:
   """A --config file that is missing, does not load or whose get_config() fails is one error line
   (ml_collections would give a traceback, or report a missing file at first use)."""
-  import inspect  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from vivano_jax import config_files  # pylint: disable=g-import-not-at-top
   for a in args:
     if a.startswith('--config='):
+      import inspect  # pylint: disable=g-import-not-at-top
+      import ml_collections  # pylint: disable=g-import-not-at-top  (Only with a config.)
+      from vivano_jax import config_files  # pylint: disable=g-import-not-at-top
       spec = a.split('=', 1)[1]
       path, _, arg = spec.partition(':')
       if not os.path.isfile(path):

@@ -45,6 +45,10 @@ def check_dataset(config: ml_collections.ConfigDict) -> None:
 
 def check_train(config: ml_collections.ConfigDict) -> None:
   t = config.train
+  _number('train.num_steps', t.num_steps, 0, integer=True)
+  _number('train.num_epochs', t.num_epochs, 0)
+  if t.num_steps == 0 and t.num_epochs == 0:
+    raise errors.UsageError('set train.num_steps or train.num_epochs to a positive number')
   _number('train.learning_rate', t.learning_rate, 0, low_open=True)
   _number('train.weight_decay', t.weight_decay, 0)
   _number('train.grad_clip_norm', t.grad_clip_norm, 0)

@@ -53,6 +53,14 @@ def _synthetic_fields(config: ml_collections.ConfigDict):
                             config.train.synthetic_shapes)
 
 
+def _close(batches: Iterator[Any]) -> None:
+  """Stops an input pipeline now: a batch tf.data is still making when training stops (an error,
+  Ctrl-C) would otherwise call back into Python at interpreter exit, and hang it."""
+  close = getattr(batches, 'close', None)
+  if close is not None:
+    close()
+
+
 def synthetic_batches(batches: Iterator[dict[str, np.ndarray]], config: ml_collections.ConfigDict,
                       start_step: int) -> Iterator[dict[str, np.ndarray]]:
   """Local batches with synthetic anomalies drawn on a `train.synthetic_anomalies` fraction of the
@@ -67,7 +75,7 @@ def synthetic_batches(batches: Iterator[dict[str, np.ndarray]], config: ml_colle
              'patch_weights': synthetic.patch_weights(masks, config.model.patch_size),
              'mask': masks.astype(np.float32)}
   finally:
-    batches.close()  # Closing these batches stops the input pipeline too.
+    _close(batches)  # Closing these batches stops the input pipeline too.
 
 
 def _write_hparams(writer, config: ml_collections.ConfigDict) -> None:
@@ -123,6 +131,7 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
         checkpoints.save(mngr, state, meta(step))
   finally:
     progress.close()
+    _close(batches)
     mngr.wait_until_finished()  # Commit the last good checkpoint even when training stops.
   jax.block_until_ready(state)
   train_ips = (timed_steps * config.train.batch_size / (time.perf_counter() - timing_start)
@@ -192,13 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   devices = f'{mesh.devices.size} device' + 's' * (mesh.devices.size > 1)
   with console.stage(f'train ({total_steps - start_step} steps of batch '
                      f'{config.train.batch_size} on {devices})'):
-    try:
-      state, train_ips = _train(config, workdir, state, mngr, batches, start_step, total_steps,
-                                mesh, writer)
-    finally:
-      # Stop the input pipeline now: a batch tf.data is still making when training stops (an
-      # error, Ctrl-C) would otherwise call back into Python at interpreter exit, and hang it.
-      batches.close()
+    state, train_ips = _train(config, workdir, state, mngr, batches, start_step, total_steps,
+                              mesh, writer)
 
   with console.stage('evaluate (test split)'):
     # With `score.select`, the score is chosen on held-out normals and synthetic anomalies first.
