@@ -378,3 +378,25 @@ def test_mismatched_or_missing_files_are_named(exported, tmp_path):
     model_dir.load(folder)
   with pytest.raises(errors.DataError, match='no such folder'):
     model_dir.load(tmp_path / 'nothing')
+  # A threshold that is not a finite number would decide every image normal.
+  shutil.copy(exported['onnx'] / 'thresholds.json', folder / 'thresholds.json')
+  record = json.loads((folder / 'thresholds.json').read_text())
+  for bad in (float('nan'), None, 'abc'):
+    (folder / 'thresholds.json').write_text(json.dumps(record | {'threshold': bad}))
+    with pytest.raises(errors.DataError, match=r'thresholds.json: corrupt \(threshold'):
+      model_dir.load(folder)
+  # The jax model names its outputs: a card listing them in another order scores by name, one
+  # listing other names is refused.
+  folder = tmp_path / 'jax'
+  shutil.copytree(exported['jax'], folder)
+  images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1), dtype=np.uint8)
+  want = model_dir.load(folder)(images)
+  card = json.loads((folder / 'model_card.json').read_text())
+  swapped = [card['outputs'][-1]] + card['outputs'][1:-1] + [card['outputs'][0]]
+  (folder / 'model_card.json').write_text(json.dumps(card | {'outputs': swapped}))
+  got = model_dir.load(folder)(images)
+  for name in card['outputs']:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  (folder / 'model_card.json').write_text(json.dumps(card | {'outputs': swapped[:-1] + ['x']}))
+  with pytest.raises(errors.DataError, match=r'model.jax: its outputs are .* lists'):
+    model_dir.load(folder)

@@ -209,8 +209,12 @@ def to_saved_model(sf: score_function.ScoreFunction, path: pathlib.Path,
 
 def to_jax(sf: score_function.ScoreFunction, path: pathlib.Path,
            platforms: Sequence[str]) -> None:
-  """model.jax: jax.export's serialization (a versioned StableHLO module)."""
-  exported = jax_export.export(jax.jit(sf.bound()), platforms=tuple(platforms))(
+  """model.jax: jax.export's serialization (a versioned StableHLO module). Its outputs are a dict
+  keyed by output name, so the module itself says which output is which (model_dir checks the
+  card against it)."""
+  bound, names = sf.bound(), tuple(sf.output_names)
+  named = lambda images: dict(zip(names, bound(images)))
+  exported = jax_export.export(jax.jit(named), platforms=tuple(platforms))(
       _symbolic_input(sf))
   path.write_bytes(exported.serialize())
 

@@ -16,6 +16,7 @@ model imports neither JAX nor TensorFlow.
 """
 
 import json
+import math
 import os
 import pathlib
 from typing import Any, Callable
@@ -111,8 +112,10 @@ def load(directory: str | os.PathLike) -> ExportedModel:
   card = read_json(card_path, 'is this a folder written by vivano export-model?')
   _check_card(card, card_path)
   thresholds = read_json(directory / thresholds_lib.FILENAME, 'export the model again')
-  if 'threshold' not in thresholds:
-    raise errors.DataError(f'{directory / thresholds_lib.FILENAME}: corrupt (no threshold)')
+  value = thresholds.get('threshold') if isinstance(thresholds, dict) else None
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    raise errors.DataError(f'{directory / thresholds_lib.FILENAME}: corrupt (threshold '
+                           f'{value!r}, not a finite number); export the model again')
   path = directory / FILES[card['format']]
   if not path.exists():
     raise errors.DataError(f'{path}: missing; the {card["format"]} model of {card_path}')
@@ -175,5 +178,14 @@ def _jax_runner(path: pathlib.Path, card: dict[str, Any]):
   exported = export.deserialize(bytearray(path.read_bytes()))
   (aval,) = exported.in_avals
   _check_input_shape(path, card, [None] + list(aval.shape[1:]))
+  names = jax.tree_util.tree_unflatten(exported.out_tree, range(len(exported.out_avals)))
+  if not isinstance(names, dict) or sorted(names) != sorted(card['outputs']):
+    got = sorted(names) if isinstance(names, dict) else f'{len(exported.out_avals)} unnamed'
+    raise errors.DataError(f'{path}: its outputs are {got}, but {path.parent / MODEL_CARD} lists '
+                           f'{card["outputs"]}; export the model again')
   call = jax.jit(exported.call)
-  return lambda images: [np.asarray(v) for v in call(images)]
+
+  def run(images):
+    outputs = call(images)
+    return [np.asarray(outputs[n]) for n in card['outputs']]
+  return run
