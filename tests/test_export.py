@@ -289,6 +289,31 @@ def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
   msg = str(e.value)
   assert '3 problem(s)' in msg and 'no mask for test/scratch/001.png' in msg
   assert '123_mask.png: a mask for no image' in msg and 'mask size (5, 5)' in msg
+  # A defect type's whole mask folder missing, though the export scored it against masks; a
+  # second mask for one image; masks for good images (ignored: good images have no defect).
+  shutil.rmtree(gt / 'ground_truth')
+  shutil.copytree(folder_run.parent / 'folder' / 'ground_truth', gt / 'ground_truth')
+  shutil.rmtree(gt / 'ground_truth' / 'scratch')
+  Image.fromarray(np.zeros((5, 5), np.uint8)).save(gt / 'ground_truth' / 'spot' / '000_mask.bmp')
+  with pytest.raises(export_format.ExportError) as e:
+    export_format.read_export(folder_run / 'export' / 'test', ground_truth=str(gt))
+  msg = str(e.value)
+  assert f'{gt / "ground_truth" / "scratch"}: no such folder, but scores.csv scored' in msg
+  assert '000_mask.png: a second mask for 000 beside 000_mask.bmp' in msg
+  (gt / 'ground_truth' / 'spot' / '000_mask.bmp').unlink()
+  shutil.copytree(folder_run.parent / 'folder' / 'ground_truth' / 'scratch',
+                  gt / 'ground_truth' / 'scratch')
+  exported = export_format.read_export(folder_run / 'export' / 'test')
+  good = [i for i, d in enumerate(exported.defect_types) if d == 'good']
+  (gt / 'ground_truth' / 'good').mkdir()
+  for i in good:
+    stem = pathlib.PurePath(exported.filenames[i]).stem
+    Image.fromarray(np.full(exported.masks[i].shape, 255, np.uint8)).save(
+        gt / 'ground_truth' / 'good' / f'{stem}_mask.png')
+  from_folder = export_format.read_export(folder_run / 'export' / 'test', ground_truth=str(gt))
+  for i in good:
+    assert not from_folder.masks[i].any() and from_folder.has_mask[i]
+  np.testing.assert_array_equal(from_folder.has_mask, exported.has_mask)
 
   # The CLI: one line, no stack trace.
   proc = subprocess.run([sys.executable, '-m', 'vivano_jax.evaluate',

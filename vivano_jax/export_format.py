@@ -19,7 +19,8 @@ so an interrupted export never leaves a table or map that looks complete.
 
 `read_export` can take the masks from an MVTec AD layout folder instead of masks.npz
 (`ground_truth`), read as the folder builder reads them: 'good' images and defect types without a
-ground-truth folder get all-zero masks (the latter with has_mask False, so pixel metrics skip them).
+ground-truth folder get all-zero masks (the latter with has_mask False, so pixel metrics skip them,
+unless the export scored them against masks: then the missing folder is an error).
 """
 
 import csv
@@ -158,22 +159,26 @@ def _few(items: list[str], k: int = 10) -> str:
 
 
 def masks_from_folder(root: str | os.PathLike, filenames: np.ndarray, defect_types: np.ndarray,
-                      shapes: list[tuple[int, int]], problems: list[str]
-                      ) -> tuple[list[np.ndarray], np.ndarray]:
+                      shapes: list[tuple[int, int]], problems: list[str],
+                      expected: Optional[np.ndarray] = None) -> tuple[list[np.ndarray], np.ndarray]:
   """Masks from an MVTec AD layout folder: (n bool [H_i, W_i], has_mask [n] bool).
 
   Args:
     root: the folder holding ground_truth/<defect type>/<stem>_mask.<ext>.
     filenames, defect_types: [n] as in scores.csv; a mask is found by (defect type, file stem).
     shapes: the maps' [H_i, W_i], which the masks must have.
-    problems: appended with every missing, extra, unreadable or mis-sized mask.
+    problems: appended with every missing, extra, unreadable, ambiguous or mis-sized mask.
+    expected: [n] the export's has_mask: an image it scored against a mask must find one here
+      (a missing ground_truth/<defect type>/ folder is not taken as "no masks").
+  ground_truth/good/ is ignored (good images have no defect pixels), as the folder builder does.
   """
   gt = pathlib.Path(root) / 'ground_truth'
   if not gt.is_dir():
     problems.append(f'{gt}: no such folder (expected ground_truth/<defect type>/<stem>_mask.png)')
     return [], np.zeros(0, bool)
   available = {}  # (defect type, stem) -> mask path
-  for d in sorted(p for p in gt.iterdir() if p.is_dir() and not p.name.startswith('.')):
+  for d in sorted(p for p in gt.iterdir() if p.is_dir() and not p.name.startswith('.')
+                  and p.name != 'good'):
     for f in sorted(d.iterdir()):
       if f.name.startswith('.') or not f.is_file():
         continue
@@ -181,7 +186,10 @@ def masks_from_folder(root: str | os.PathLike, filenames: np.ndarray, defect_typ
       if ext.lower() not in image_io.IMAGE_EXTENSIONS or not stem.endswith('_mask'):
         problems.append(f'{f}: not a <stem>_mask.<image extension> file')
         continue
-      available[(d.name, stem[:-len('_mask')])] = f
+      key = (d.name, stem[:-len('_mask')])
+      if key in available:
+        problems.append(f'{f}: a second mask for {key[1]} beside {available[key].name}')
+      available[key] = f
   folders = {d for d, _ in available} | {
       p.name for p in gt.iterdir() if p.is_dir() and not p.name.startswith('.')}
   masks, has_mask, used = [], np.zeros(len(filenames), bool), set()
@@ -203,6 +211,9 @@ def masks_from_folder(root: str | os.PathLike, filenames: np.ndarray, defect_typ
       problems.append(f'{gt / defect}: no mask for {name} (expected {key[1]}_mask.png)')
       masks.append(np.zeros(shapes[i], bool))
     else:
+      if defect != 'good' and expected is not None and expected[i]:
+        problems.append(f'{gt / defect}: no such folder, but scores.csv scored {name} against a '
+                        'mask')
       masks.append(np.zeros(shapes[i], bool))
       has_mask[i] = defect == 'good'
   for key in sorted(set(available) - used):
@@ -247,7 +258,8 @@ def _read_arrays(directory: pathlib.Path, names: np.ndarray, defect_types: np.nd
                       'expected float32 [H, W]')
   shapes = [m.shape for m in maps]
   if ground_truth is not None:
-    masks, has_mask = masks_from_folder(ground_truth, names, defect_types, shapes, problems)
+    masks, has_mask = masks_from_folder(ground_truth, names, defect_types, shapes, problems,
+                                        expected=has_mask)
     _raise_problems(problems, f'{directory} with --ground_truth={ground_truth}')
     return maps, masks, has_mask
   with _open_npz(directory / MASKS_NPZ, problems, directory) as npz:
