@@ -62,6 +62,17 @@ def test_rerun_with_fewer_steps_is_refused(run, tfds_dir, capsys):
   assert (run / 'config.json').read_bytes() == before
 
 
+def test_a_run_without_config_json_is_not_given_another_models_config(run, tfds_dir, capsys):
+  (run / 'config.json').unlink()
+  steps = sorted(p.name for p in (run / 'checkpoints').iterdir())
+  code, _, err = _vivano(capsys, 'train', f'--workdir={run}', *_flags(tfds_dir),
+                         '--config.train.num_steps=20', '--config.model.width=48')
+  assert code == errors.EXIT_DATA
+  line = [l for l in err.splitlines() if l.startswith('error:')][0]
+  assert 'no checkpoint restores ([10, 5])' in line and 'another model config' in line
+  assert 'delete' not in line and not (run / 'config.json').exists()
+  assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == steps  # None deleted.
+
 def test_rerun_with_another_model_or_data_is_refused(run, tfds_dir, capsys):
   before = (run / 'config.json').read_bytes()
   code, _, err = _vivano(capsys, 'train', f'--workdir={run}', *_flags(tfds_dir),

@@ -92,8 +92,9 @@ def restore(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh
       for damaged in tried:
         mngr.delete(damaged)
     return result
-  raise errors.DataError(f'{mngr.directory}: every checkpoint is damaged ({tried}); delete them '
-                         'to train from the start')
+  raise errors.DataError(f'{mngr.directory}: no checkpoint restores ({tried}): they are damaged, '
+                         'or were saved by a run of another model config (compare --config with '
+                         "the run's config.json); start a new --workdir to train from the start")
 
 
 def restore_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[int], mesh: Mesh

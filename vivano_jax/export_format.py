@@ -158,6 +158,25 @@ def _few(items: list[str], k: int = 10) -> str:
   return ', '.join(items[:k]) + (f', ... ({len(items)} in all)' if len(items) > k else '')
 
 
+def _mask_files(gt: pathlib.Path, problems: list[str]) -> dict[tuple[str, str], pathlib.Path]:
+  """(defect type, image stem) -> mask file, of ground_truth/<defect type>/ but 'good'."""
+  available = {}
+  for d in sorted(p for p in gt.iterdir() if p.is_dir() and not p.name.startswith('.')
+                  and p.name != 'good'):
+    for f in sorted(d.iterdir()):
+      if f.name.startswith('.') or not f.is_file():
+        continue
+      stem, ext = os.path.splitext(f.name)
+      if ext.lower() not in image_io.IMAGE_EXTENSIONS or not stem.endswith('_mask'):
+        problems.append(f'{f}: not a <stem>_mask.<image extension> file')
+        continue
+      key = (d.name, stem[:-len('_mask')])
+      if key in available:
+        problems.append(f'{f}: a second mask for {key[1]} beside {available[key].name}')
+      available[key] = f
+  return available
+
+
 def masks_from_folder(root: str | os.PathLike, filenames: np.ndarray, defect_types: np.ndarray,
                       shapes: list[tuple[int, int]], problems: list[str],
                       expected: Optional[np.ndarray] = None) -> tuple[list[np.ndarray], np.ndarray]:
@@ -176,20 +195,7 @@ def masks_from_folder(root: str | os.PathLike, filenames: np.ndarray, defect_typ
   if not gt.is_dir():
     problems.append(f'{gt}: no such folder (expected ground_truth/<defect type>/<stem>_mask.png)')
     return [], np.zeros(0, bool)
-  available = {}  # (defect type, stem) -> mask path
-  for d in sorted(p for p in gt.iterdir() if p.is_dir() and not p.name.startswith('.')
-                  and p.name != 'good'):
-    for f in sorted(d.iterdir()):
-      if f.name.startswith('.') or not f.is_file():
-        continue
-      stem, ext = os.path.splitext(f.name)
-      if ext.lower() not in image_io.IMAGE_EXTENSIONS or not stem.endswith('_mask'):
-        problems.append(f'{f}: not a <stem>_mask.<image extension> file')
-        continue
-      key = (d.name, stem[:-len('_mask')])
-      if key in available:
-        problems.append(f'{f}: a second mask for {key[1]} beside {available[key].name}')
-      available[key] = f
+  available = _mask_files(gt, problems)
   folders = {d for d, _ in available} | {
       p.name for p in gt.iterdir() if p.is_dir() and not p.name.startswith('.')}
   masks, has_mask, used = [], np.zeros(len(filenames), bool), set()

@@ -160,6 +160,24 @@ def _checked_model(config: ml_collections.ConfigDict, mesh: Mesh):
   return model_lib.create_model(config)
 
 
+def _start(config, workdir, model, mngr, latest, total_steps, mesh):
+  """(train state, its step, the metric writer): the latest checkpoint restored, or a new state.
+  The checkpoint is restored before config.json is written: a run whose config.json is gone is
+  not given this config's unless its checkpoints restore with it."""
+  start_step = 0
+  if latest is not None:
+    state, meta = checkpoints.restore(mngr, config, mesh, total_steps=total_steps, fall_back=True)
+    start_step = int(meta['step'])
+  workdir_lib.save_config(config, workdir)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
+  if latest is not None:
+    logging.info('Resumed from checkpoint step %d in %s', start_step, workdir)
+  else:
+    state = train_step.create_train_state(config, model, total_steps, mesh)
+    _write_hparams(writer, config)
+  return state, start_step, writer
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        return_evaluation: bool = False):
   """Trains (resuming from the latest checkpoint in `workdir`), evaluates on the test split.
@@ -181,16 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise errors.UsageError(
         f'{workdir} holds a checkpoint at step {latest}, beyond train.num_steps={total_steps}: '
         f'rerun with train.num_steps={latest} (or more) to evaluate it, or use a new --workdir')
-  workdir_lib.save_config(config, workdir)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
-  start_step = 0
-  if latest is not None:
-    state, meta = checkpoints.restore(mngr, config, mesh, total_steps=total_steps, fall_back=True)
-    start_step = int(meta['step'])
-    logging.info('Resumed from checkpoint step %d in %s', start_step, workdir)
-  else:
-    state = train_step.create_train_state(config, model, total_steps, mesh)
-    _write_hparams(writer, config)
+  state, start_step, writer = _start(config, workdir, model, mngr, latest, total_steps, mesh)
   batches = input_pipeline.train_batches(data['train'], config.dataset,
                                          config.train.batch_size // jax.process_count(),
                                          config.seed, start_step)
