@@ -10,6 +10,7 @@ per format for the whole module; nothing is trained here.
 import csv
 import itertools
 import json
+import re
 import pathlib
 import shutil
 import subprocess
@@ -397,6 +398,22 @@ def test_mismatched_or_missing_files_are_named(exported, tmp_path):
   got = model_dir.load(folder)(images)
   for name in card['outputs']:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-  (folder / 'model_card.json').write_text(json.dumps(card | {'outputs': swapped[:-1] + ['x']}))
+  renamed = [o if o != 'recon' else 'x' for o in swapped]
+  (folder / 'model_card.json').write_text(json.dumps(card | {'outputs': renamed}))
   with pytest.raises(errors.DataError, match=r'model.jax: its outputs are .* lists'):
     model_dir.load(folder)
+  # Hand-edited cards and thresholds: one error naming the file and the field.
+  record = json.loads((folder / 'thresholds.json').read_text())
+  for file, field, value in (('model_card.json', 'card_version', '1'),
+                             ('model_card.json', 'image_size', '32'),
+                             ('model_card.json', 'batch_size', -4),
+                             ('model_card.json', 'outputs', card['outputs'] + ['map']),
+                             ('model_card.json', 'input', 'uint8'),
+                             ('model_card.json', 'input', {'dtype': 'int7'}),
+                             ('thresholds.json', 'pixel_display_range', 'x'),
+                             ('thresholds.json', 'chosen', None)):
+    original = card if file == 'model_card.json' else record
+    (folder / file).write_text(json.dumps(original | {field: value}))
+    with pytest.raises(errors.DataError, match=re.escape(f'{folder / file}: corrupt ({field} ')):
+      model_dir.load(folder)
+    (folder / file).write_text(json.dumps(original))

@@ -51,14 +51,53 @@ def read_json(path: pathlib.Path, what: str) -> dict[str, Any]:
 
 
 def _check_card(card: dict[str, Any], path: pathlib.Path) -> None:
+  """Every field a model folder is read with, of the type it must have; one DataError naming the
+  file and the field otherwise (a hand-edited card must not score by the wrong output)."""
   missing = [k for k in ('format', 'image_size', 'channels', 'outputs') if k not in card]
   if missing:
     raise errors.DataError(f'{path}: corrupt (no {", ".join(missing)})')
-  if card['format'] not in FORMATS:
-    raise errors.DataError(f'{path}: unknown format {card["format"]!r} (one of {FORMATS})')
-  if card.get('card_version', CARD_VERSION) > CARD_VERSION:
+  version = card.get('card_version', CARD_VERSION)
+  if isinstance(version, bool) or not isinstance(version, int):
+    raise errors.DataError(f'{path}: corrupt (card_version {version!r}, not an int)')
+  if version > CARD_VERSION:
     raise errors.DataError(f'{path}: written by a newer vivano_jax (card version '
                            f'{card["card_version"]}); update vivano_jax to read it')
+  if card['format'] not in FORMATS:
+    raise errors.DataError(f'{path}: unknown format {card["format"]!r} (one of {FORMATS})')
+  for field in ('image_size', 'batch_size', 'patch_size'):
+    value = card.get(field, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise errors.DataError(f'{path}: corrupt ({field} {value!r}, not a positive int)')
+  if card['channels'] not in (1, 3) or isinstance(card['channels'], bool):
+    raise errors.DataError(f'{path}: corrupt (channels {card["channels"]!r}, not 1 or 3)')
+  outputs = card['outputs']
+  if (not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs)
+      or len(set(outputs)) != len(outputs) or not {'score', 'map'} <= set(outputs)):
+    raise errors.DataError(f'{path}: corrupt (outputs {outputs!r}: distinct names, with score '
+                           'and map)')
+  dtype = card.get('input', {}).get('dtype', 'uint8') if isinstance(card.get('input', {}),
+                                                                    dict) else None
+  if dtype not in ('uint8', 'float32'):
+    raise errors.DataError(f'{path}: corrupt (input {card.get("input")!r}: its dtype must be '
+                           'uint8 or float32)')
+
+
+def _check_thresholds(record: dict[str, Any], path: pathlib.Path) -> None:
+  """The decision threshold and what predict prints and draws with it."""
+  value = record.get('threshold')
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    raise errors.DataError(f'{path}: corrupt (threshold {value!r}, not a finite number); export '
+                           'the model again')
+  low_high = record.get('pixel_display_range')
+  if (not isinstance(low_high, list) or len(low_high) != 2 or not all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+      for v in low_high)):
+    raise errors.DataError(f'{path}: corrupt (pixel_display_range {low_high!r}, not two finite '
+                           'numbers); export the model again')
+  for field in ('chosen', 'rule'):
+    if not isinstance(record.get(field), str):
+      raise errors.DataError(f'{path}: corrupt ({field} {record.get(field)!r}, not a string); '
+                             'export the model again')
 
 
 class ExportedModel:
@@ -112,10 +151,7 @@ def load(directory: str | os.PathLike) -> ExportedModel:
   card = read_json(card_path, 'is this a folder written by vivano export-model?')
   _check_card(card, card_path)
   thresholds = read_json(directory / thresholds_lib.FILENAME, 'export the model again')
-  value = thresholds.get('threshold') if isinstance(thresholds, dict) else None
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-    raise errors.DataError(f'{directory / thresholds_lib.FILENAME}: corrupt (threshold '
-                           f'{value!r}, not a finite number); export the model again')
+  _check_thresholds(thresholds, directory / thresholds_lib.FILENAME)
   path = directory / FILES[card['format']]
   if not path.exists():
     raise errors.DataError(f'{path}: missing; the {card["format"]} model of {card_path}')
