@@ -134,6 +134,16 @@ def test_a_broken_config_file_is_one_line(capsys, tmp_path, body, arg, code, mes
   assert got == code and message in _one_error_line(err)
   assert not (tmp_path / 'w').exists()
 
+@pytest.mark.parametrize('flag, message', [
+    ('--sizes=0', 'image sizes must be positive'), ('--sizes=-32', 'image sizes must be positive'),
+    ('--steps=0', '--steps'), ('--warmup=-1', '--warmup'), ('--matmul_size=-5', '--matmul_size'),
+    ('--output=/nonexistent_folder/x.json', 'must name a file in an existing folder'),
+])
+def test_benchmark_flags_are_checked_before_it_runs(capsys, flag, message):
+  code, out, err = _call(capsys, 'benchmark', f'--config={TINY}', flag)
+  assert code == errors.EXIT_USAGE and message in _one_error_line(err)
+  assert 'benchmarking on' not in out
+
 def test_a_folder_flag_naming_a_file_is_a_usage_error(capsys, tmp_path):
   file = tmp_path / 'notes.txt'
   file.write_text('x')

@@ -495,6 +495,10 @@ def test_cli_errors_exit_2_with_the_file_and_field(tmp_path, capsys):
   assert err.startswith('error: ') and path in err and "'train.nope'" in err
   assert sweep_lib.main(['run', f'--sweep={path}', f'--root={root}', '--only=5']) == 2
   assert '--only=5 is out of range: the sweep has 2 runs' in capsys.readouterr().err
+  for only, message in (('', 'no run index given'), (' ', 'no run index given'),
+                        ('0,0', 'a run index is given twice')):
+    assert sweep_lib.main(['run', f'--sweep={path}', f'--root={root}', f'--only={only}']) == 2
+    assert message in capsys.readouterr().err
   assert sweep_lib.main(['run', f'--sweep={path}', f'--root={root}', '--dry_run',
                          '--config.seed=3']) == 2
   assert "'seed' is swept and also set in the command line" in capsys.readouterr().err

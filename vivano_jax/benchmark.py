@@ -334,10 +334,11 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_list('sizes', None, 'Image sizes to measure (default: the config\'s).',
                     flag_values=fv)
   flags.DEFINE_integer('steps', 10, 'Timed steps per measurement (the median is reported).',
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps before the timed ones.', lower_bound=0,
                        flag_values=fv)
-  flags.DEFINE_integer('warmup', 2, 'Untimed steps before the timed ones.', flag_values=fv)
   flags.DEFINE_integer('matmul_size', 0, 'n of the n x n ceiling matmul; 0 = automatic.',
-                       flag_values=fv)
+                       lower_bound=0, flag_values=fv)
   flags.DEFINE_string('output', None, 'Write the results as JSON to this path.', flag_values=fv)
   flags.DEFINE_string('profile_dir', None, 'Write a jax.profiler trace per size here.',
                       flag_values=fv)
@@ -350,6 +351,11 @@ def run(fv: flags.FlagValues) -> None:
     sizes = [int(s) for s in fv.sizes] if fv.sizes else [config.dataset.image_size]
   except ValueError:
     raise errors.UsageError(f'--sizes={",".join(fv.sizes)}: not a list of integers') from None
+  if not sizes or min(sizes) < 1:
+    raise errors.UsageError(f'--sizes={",".join(fv.sizes or [])}: image sizes must be positive')
+  if fv.output and (os.path.isdir(fv.output)
+                    or not os.path.isdir(os.path.dirname(os.path.abspath(fv.output)))):
+    raise errors.UsageError(f'--output={fv.output}: must name a file in an existing folder')
   print(f'benchmarking on {jax.device_count()} device(s): {jax.devices()}', flush=True)
   result = benchmark(config, sizes, fv.steps, fv.warmup, fv.matmul_size, fv.profile_dir)
   print(format_report(result), flush=True)

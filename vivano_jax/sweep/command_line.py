@@ -101,6 +101,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         only = [int(k) for k in args.only.split(',') if k.strip()]
       except ValueError:
         raise SweepError(f'--only={args.only!r}: expected run indices like 3 or 0,2') from None
+      if not only:  # E.g. an unset $SLURM_ARRAY_TASK_ID: running nothing would look like success.
+        raise SweepError(f'--only={args.only!r}: no run index given (expected e.g. 3 or 0,2)')
+      if len(set(only)) != len(only):
+        raise SweepError(f'--only={args.only!r}: a run index is given twice')
     launcher = shlex.split(args.launcher) if args.launcher else None
     if args.count:
       print(len(sweep.runs))
