@@ -9,6 +9,7 @@ its offline evaluation must equal the in-training metrics.json.
 import csv
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -322,6 +323,21 @@ def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
   assert proc.returncode != 0 and proc.stderr.strip().startswith('error:')
   assert 'no such export folder' in proc.stderr and 'Traceback' not in proc.stderr
 
+
+def test_a_corrupt_json_file_is_named(folder_run, tmp_path):
+  from vivano_jax import errors  # pylint: disable=g-import-not-at-top
+  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  for name, text, problem in (('run.json', '{"config": ', 'unreadable or not JSON'),
+                              ('metrics.json', '[1, 2]', 'corrupt (not a JSON object)')):
+    split = _copy_export(folder_run, tmp_path / name)
+    (split / name).write_text(text)
+    with pytest.raises(errors.DataError, match=re.escape(f'{split / name}: {problem}')):
+      export_format.read_export(split, load_maps=False)
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text('{')
+  with pytest.raises(errors.DataError, match=re.escape(f'{run / "config.json"}: unreadable')):
+    workdir_lib.load_config(str(run))
 
 def test_exclusive_lock_keeps_another_process_out_until_released(tmp_path):
   lock = tmp_path / 'lock'

@@ -1,7 +1,7 @@
 """Atomic writes of files and folders: a reader sees the old one or the complete new one, never a
 partial one.
 
-Only the standard library: the offline evaluator and the sweep runner import it without JAX.
+Only the standard library (and errors.py): the offline evaluator and the sweep runner import it without JAX.
 """
 
 import contextlib
@@ -12,6 +12,8 @@ import pathlib
 import shutil
 import tempfile
 from typing import Any, Iterator
+
+from vivano_jax import errors
 
 
 def _json_default(o: Any) -> Any:
@@ -68,3 +70,16 @@ def exclusive_lock(lock_path: str | os.PathLike) -> Iterator[None]:
       yield
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+  """The JSON object in `path`; a DataError naming the file when it is unreadable, not JSON or not
+  an object (what json.load raises names no file)."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.DataError(f'{path}: unreadable or not JSON ({e})') from e
+  if not isinstance(value, dict):
+    raise errors.DataError(f'{path}: corrupt (not a JSON object)')
+  return value

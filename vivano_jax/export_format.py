@@ -25,7 +25,6 @@ unless the export scored them against masks: then the missing folder is an error
 
 import csv
 import dataclasses
-import json
 import os
 import pathlib
 import re
@@ -313,12 +312,10 @@ def read_export(directory: str | os.PathLike, ground_truth: Optional[str] = None
   if load_maps:
     maps, masks, has_mask = _read_arrays(directory, names, defect_types, has_mask, ground_truth,
                                          problems)
-  with open(directory / RUN_JSON) as f:
-    run = json.load(f)
+  run = atomic_files.read_json_object(directory / RUN_JSON)
   metrics = None
   if (directory / METRICS_JSON).is_file():
-    with open(directory / METRICS_JSON) as f:
-      metrics = json.load(f)
+    metrics = atomic_files.read_json_object(directory / METRICS_JSON)
   components = {k: np.array(v, np.float64) for k, v in cols.items()
                 if k not in SCORE_COLUMNS and k != OVERLAY_COLUMN}
   return Export(directory=directory, filenames=names, labels=np.array(cols['label'], np.int32),

@@ -76,11 +76,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise errors.DataError(f'{path} does not exist: {workdir} is not a run folder (--workdir of '
                            'a training run)')
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise errors.DataError(f'{path}: unreadable ({e})') from e
+  saved = atomic_files.read_json_object(path)
   saved.pop(EFFECTIVE, None)  # Derived from the config, not a section of it.
   return ml_collections.ConfigDict(config_defaults.completed(saved))
 

@@ -67,6 +67,21 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return args
 
 
+def _only(text):
+  """--only's run indices (None: every run)."""
+  if text is None:
+    return None
+  try:
+    only = [int(k) for k in text.split(',') if k.strip()]
+  except ValueError:
+    raise SweepError(f'--only={text!r}: expected run indices like 3 or 0,2') from None
+  if not only:  # E.g. an unset $SLURM_ARRAY_TASK_ID: running nothing would look like success.
+    raise SweepError(f'--only={text!r}: no run index given (expected e.g. 3 or 0,2)')
+  if len(set(only)) != len(only):
+    raise SweepError(f'--only={text!r}: a run index is given twice')
+  return only
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs `run`, `gather` or `plot` with argv (without the program name); returns the exit code,
   also for --help (0) and a bad argument (2), which argparse ends with SystemExit, so that a caller
@@ -95,16 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f'wrote {args.output}')
       return 0
     sweep = load_sweep(args.sweep, args.extra)
-    only = None
-    if args.only is not None:
-      try:
-        only = [int(k) for k in args.only.split(',') if k.strip()]
-      except ValueError:
-        raise SweepError(f'--only={args.only!r}: expected run indices like 3 or 0,2') from None
-      if not only:  # E.g. an unset $SLURM_ARRAY_TASK_ID: running nothing would look like success.
-        raise SweepError(f'--only={args.only!r}: no run index given (expected e.g. 3 or 0,2)')
-      if len(set(only)) != len(only):
-        raise SweepError(f'--only={args.only!r}: a run index is given twice')
+    only = _only(args.only)
     launcher = shlex.split(args.launcher) if args.launcher else None
     if args.count:
       print(len(sweep.runs))

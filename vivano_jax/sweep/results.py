@@ -8,6 +8,7 @@ import math
 import os
 from typing import Any, Optional
 
+from vivano_jax import atomic_files
 from vivano_jax import config_defaults
 from vivano_jax.config_files import flatten
 from vivano_jax.sweep.plan import SweepError, name_part
@@ -20,8 +21,7 @@ SPREAD_METRICS = ('image_auroc', 'pixel_auroc', 'au_pro')
 def _read_json(path: str) -> Optional[dict[str, Any]]:
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return atomic_files.read_json_object(path)
 
 
 def _read_runs(root: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -51,8 +51,7 @@ def _check_same_run(sweep: Sweep, run: Run, workdir: str) -> None:
   record_path = os.path.join(workdir, 'sweep_run.json')
   if not os.path.isfile(record_path):
     return
-  with open(record_path) as f:
-    old = json.load(f)
+  old = atomic_files.read_json_object(record_path)
   new = json.loads(json.dumps(_run_record(sweep, run), default=repr))
   if (old.get('flags'), old.get('base_config')) != (new['flags'], new['base_config']):
     diff = sorted(k for k in set(old.get('flags', {})) | set(new['flags'])
@@ -74,8 +73,8 @@ def select(sweep: Sweep, only: Optional[Iterable[int]]) -> list[Run]:
 
 
 def _overall(workdir: str) -> dict[str, Any]:
-  with open(os.path.join(workdir, 'metrics.json')) as f:
-    return json.load(f).get('metrics', {}).get('overall', {})
+  metrics = atomic_files.read_json_object(os.path.join(workdir, 'metrics.json')).get('metrics')
+  return (metrics or {}).get('overall') or {} if isinstance(metrics, dict) else {}
 
 
 def _run_one(sweep: Sweep, run: Run, workdir: str, cmd: list[str], head: str, out: TextIO) -> str:
