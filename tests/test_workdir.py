@@ -62,6 +62,8 @@ def test_rerun_with_fewer_steps_is_refused(run, tfds_dir, capsys):
   assert (run / 'config.json').read_bytes() == before
 
 
+# Orbax's async restore leaves asyncio callbacks that fail after the failed restores: noise only.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_run_without_config_json_is_not_given_another_models_config(run, tfds_dir, capsys):
   (run / 'config.json').unlink()
   steps = sorted(p.name for p in (run / 'checkpoints').iterdir())
