@@ -327,7 +327,7 @@ def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
 def test_a_corrupt_json_file_is_named(folder_run, tmp_path):
   from vivano_jax import errors  # pylint: disable=g-import-not-at-top
   from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  for name, text, problem in (('run.json', '{"config": ', 'unreadable or not JSON'),
+  for name, text, problem in (('run.json', '{"config": ', 'unreadable or corrupt'),
                               ('metrics.json', '[1, 2]', 'corrupt (not a JSON object)')):
     split = _copy_export(folder_run, tmp_path / name)
     (split / name).write_text(text)

@@ -79,7 +79,7 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     with open(path) as f:
       value = json.load(f)
   except (OSError, ValueError) as e:
-    raise errors.DataError(f'{path}: unreadable or not JSON ({e})') from e
+    raise errors.DataError(f'{path}: unreadable or corrupt ({e})') from e
   if not isinstance(value, dict):
     raise errors.DataError(f'{path}: corrupt (not a JSON object)')
   return value

@@ -15,7 +15,6 @@ for ONNX, TensorFlow for a SavedModel, JAX for a serialized JAX function), so sc
 model imports neither JAX nor TensorFlow.
 """
 
-import json
 import math
 import os
 import pathlib
@@ -23,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vivano_jax import atomic_files
 from vivano_jax import errors
 from vivano_jax import thresholds as thresholds_lib
 
@@ -40,14 +40,7 @@ def read_json(path: pathlib.Path, what: str) -> dict[str, Any]:
   """A JSON object from `path`; one DataError naming the file when it is missing or corrupt."""
   if not path.is_file():
     raise errors.DataError(f'{path}: missing; {what}')
-  try:
-    with open(path) as f:
-      value = json.load(f)
-  except (OSError, ValueError) as e:
-    raise errors.DataError(f'{path}: unreadable or corrupt ({e})') from e
-  if not isinstance(value, dict):
-    raise errors.DataError(f'{path}: corrupt (not a JSON object)')
-  return value
+  return atomic_files.read_json_object(path)
 
 
 def _check_card(card: dict[str, Any], path: pathlib.Path) -> None:
