@@ -16,11 +16,13 @@ numpy, scikit-learn and ml_collections (the score defaults) are imported.
 """
 
 import json
+import math
 import os
 from typing import Any, Optional
 
 import numpy as np
 
+from vivano_jax import atomic_files
 from vivano_jax import errors
 
 # sklearn and config_defaults (ml_collections) are imported where they are used: scoring with an
@@ -106,11 +108,28 @@ def load(workdir: str) -> dict[str, Any]:
   if not os.path.isfile(path):
     raise errors.DataError(f'{path} does not exist: the run has no thresholds yet; export it '
                            f'first (vivano export --workdir={workdir})')
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise errors.DataError(f'{path}: unreadable ({e}); export the run again') from e
+  record = atomic_files.read_json_object(path)
+  check_record(record, path)
+  return record
+
+
+def check_record(record: dict[str, Any], path: Any) -> None:
+  """A thresholds.json record (`path`, for the message): the decision threshold and what predict
+  prints and draws with it, each of its type; one DataError naming the file and the field."""
+  value = record.get('threshold')
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    raise errors.DataError(f'{path}: corrupt (threshold {value!r}, not a finite number); export '
+                           'the model again')
+  low_high = record.get('pixel_display_range')
+  if (not isinstance(low_high, list) or len(low_high) != 2 or not all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+      for v in low_high)):
+    raise errors.DataError(f'{path}: corrupt (pixel_display_range {low_high!r}, not two finite '
+                           'numbers); export the model again')
+  for field in ('chosen', 'rule'):
+    if not isinstance(record.get(field), str):
+      raise errors.DataError(f'{path}: corrupt ({field} {record.get(field)!r}, not a string); '
+                             'export the model again')
 
 
 def check_score(record: dict[str, Any], score: Any, workdir: str) -> None:

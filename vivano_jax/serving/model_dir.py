@@ -15,7 +15,6 @@ for ONNX, TensorFlow for a SavedModel, JAX for a serialized JAX function), so sc
 model imports neither JAX nor TensorFlow.
 """
 
-import math
 import os
 import pathlib
 from typing import Any, Callable
@@ -75,24 +74,6 @@ def _check_card(card: dict[str, Any], path: pathlib.Path) -> None:
                            'uint8 or float32)')
 
 
-def _check_thresholds(record: dict[str, Any], path: pathlib.Path) -> None:
-  """The decision threshold and what predict prints and draws with it."""
-  value = record.get('threshold')
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-    raise errors.DataError(f'{path}: corrupt (threshold {value!r}, not a finite number); export '
-                           'the model again')
-  low_high = record.get('pixel_display_range')
-  if (not isinstance(low_high, list) or len(low_high) != 2 or not all(
-      isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-      for v in low_high)):
-    raise errors.DataError(f'{path}: corrupt (pixel_display_range {low_high!r}, not two finite '
-                           'numbers); export the model again')
-  for field in ('chosen', 'rule'):
-    if not isinstance(record.get(field), str):
-      raise errors.DataError(f'{path}: corrupt ({field} {record.get(field)!r}, not a string); '
-                             'export the model again')
-
-
 class ExportedModel:
   """A loaded model folder: `model(images)` scores [N, S, S, C] -> {output: array}.
 
@@ -144,7 +125,7 @@ def load(directory: str | os.PathLike) -> ExportedModel:
   card = read_json(card_path, 'is this a folder written by vivano export-model?')
   _check_card(card, card_path)
   thresholds = read_json(directory / thresholds_lib.FILENAME, 'export the model again')
-  _check_thresholds(thresholds, directory / thresholds_lib.FILENAME)
+  thresholds_lib.check_record(thresholds, directory / thresholds_lib.FILENAME)
   path = directory / FILES[card['format']]
   if not path.exists():
     raise errors.DataError(f'{path}: missing; the {card["format"]} model of {card_path}')
