@@ -6,31 +6,32 @@ import numpy as np
 import pytest
 
 from tests.conftest import load_config
+from vivano_jax import config_checks
 from vivano_jax import score_selection
 from vivano_jax import scorer
 
 
 def test_candidates_parse_and_bad_ones_are_clear_errors():
-  assert score_selection.parse_image_candidate('map_max:combined:pixel') == {
+  assert config_checks.parse_image_candidate('map_max:combined:pixel') == {
       'image': 'map_max', 'image_map': 'combined', 'image_normalize': 'pixel'}
-  assert score_selection.parse_image_candidate('nll_max') == {
+  assert config_checks.parse_image_candidate('nll_max') == {
       'image': 'nll_max', 'image_map': '', 'image_normalize': ''}
-  assert score_selection.parse_pixel_candidate('ssim:global') == {'pixel': 'ssim',
+  assert config_checks.parse_pixel_candidate('ssim:global') == {'pixel': 'ssim',
                                                                   'normalize': 'global'}
   for bad in ('map_max', 'map_max:combined', 'max', 'recon:recon:global', 'map_topk:edges:pixel'):
     with pytest.raises(ValueError, match='score.image_candidates'):
-      score_selection.parse_image_candidate(bad)
+      config_checks.parse_image_candidate(bad)
   for bad in ('recon', 'nll_max:global', 'recon:local', 'recon:pixel:x'):
     with pytest.raises(ValueError, match='score.pixel_candidates'):
-      score_selection.parse_pixel_candidate(bad)
+      config_checks.parse_pixel_candidate(bad)
   config = load_config('tiny')
   config.score.select = 'best'
   with pytest.raises(ValueError, match='score.select'):
-    score_selection.check_config(config.score)
+    config_checks.check_selection(config.score)
   config.score.select = 'synthetic'
   config.score.pixel_candidates = ()
   with pytest.raises(ValueError, match='score.pixel_candidates'):
-    score_selection.check_config(config.score)
+    config_checks.check_selection(config.score)
 
 
 def test_halves_are_disjoint_and_cover():

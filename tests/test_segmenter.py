@@ -1,5 +1,7 @@
 """The discriminative segmentation head: its loss, its place in the model, its score and checks."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,9 @@ from sklearn.metrics import roc_auc_score
 
 from tests.conftest import load_config
 from vivano_jax import benchmark
+from vivano_jax import config_checks
 from vivano_jax import errors
+from vivano_jax import export
 from vivano_jax import model as model_lib
 from vivano_jax import score_maps
 from vivano_jax import scoring
@@ -186,6 +190,36 @@ def test_config_errors_name_the_field():
   config.model.segmenter_resolution = 'quarter'
   with pytest.raises(errors.UsageError, match='model.segmenter_resolution'):
     train._checked_model(config, mesh)
+
+
+@pytest.mark.parametrize('fields, named', [
+    ({'pixel': 'seg'}, "score.pixel='seg'"),
+    ({'pixel': 'combined', 'combine': ('nll', 'seg')},
+     "score.pixel='combined' with score.combine=('nll', 'seg')"),
+    ({'image': 'seg_max'}, "score.image='seg_max'"),
+    ({'image': 'map_max', 'image_map': 'recon+seg'}, "score.image='map_max'"),
+    ({'image': 'ensemble', 'ensemble': ('recon', 'seg_max')}, "score.ensemble member 'seg_max'"),
+    ({'image': 'ensemble', 'ensemble': ('recon', 'map_max:nll+seg:pixel')},
+     "score.ensemble member 'map_max:nll+seg:pixel'"),
+    ({'select': 'synthetic', 'image_candidates': ('recon', 'seg_max')},
+     "score.image_candidates: 'seg_max'"),
+    ({'select': 'synthetic', 'pixel_candidates': ('recon:global', 'seg:pixel')},
+     "score.pixel_candidates: 'seg:pixel'"),
+])
+def test_a_score_reading_a_missing_segmenter_names_its_field(fields, named):
+  """Each field that reads the segmenter's map, and only those, is named, before any data is read
+  (main) or any checkpoint restored (export); a model with a segmenter takes the same score."""
+  config = load_config('tiny')
+  config.score.update(fields)
+  with pytest.raises(errors.UsageError) as e:
+    config_checks.check_all(config)
+  message = str(e.value)
+  assert message.startswith(named) and 'model.segmenter_features' in message, message
+  assert ('score.pixel=' in message) == named.startswith('score.pixel='), message
+  with pytest.raises(errors.UsageError, match=re.escape(named)):  # Export reads no checkpoint.
+    export.export_run(config, '/nonexistent/run')
+  config.model.segmenter_features, config.train.synthetic_anomalies = 8, 0.5
+  config_checks.check_all(config)
 
 
 def test_synthetic_batches_carry_the_masks(tiny_config):

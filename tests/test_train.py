@@ -20,6 +20,7 @@ from vivano_jax import cli
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
 from vivano_jax import checkpoints
+from vivano_jax import config_checks
 from vivano_jax import errors
 from vivano_jax import scorer
 from vivano_jax import sharding
@@ -332,8 +333,8 @@ def test_synthetic_anomalies_and_score_selection_end_to_end(tiny_config, tmp_pat
   assert list(record['au_pro']) == list(config.score.pixel_candidates)
   assert record['image'] == score_selection.choose(record['image_auroc'])
   assert record['pixel'] == score_selection.choose(record['au_pro'])
-  image = score_selection.parse_image_candidate(record['image'])
-  pixel = score_selection.parse_pixel_candidate(record['pixel'])
+  image = config_checks.parse_image_candidate(record['image'])
+  pixel = config_checks.parse_pixel_candidate(record['pixel'])
   assert {k: summary['score'][k] for k in ('image', 'pixel', 'normalize')} == {
       'image': image['image'], 'pixel': pixel['pixel'], 'normalize': pixel['normalize']}
   exported = export.export_run(config, str(tmp_path))

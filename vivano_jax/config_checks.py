@@ -2,8 +2,10 @@
 the workdir) or not at all (a negative learning rate trains by gradient ascent): each is one
 `UsageError` naming the field, raised before anything is prepared or written.
 
-The model's sizes are checked where the model is built (model/vivano.py), the optimizer's choices in
-optimizer.py, the scores in scoring.py; this module holds the dataset, training and export fields.
+`check_all` runs every check of a run's config: this module's (dataset, training, export and score
+selection fields) and those kept beside what they check: the model's sizes (model/vivano.py), the
+optimizer's choices (optimizer.py), the scores (scoring.py), the synthetic anomalies (synthetic.py).
+Main runs it before training, the sweep on every run it plans.
 """
 
 import math
@@ -12,6 +14,12 @@ from typing import Any
 import ml_collections
 
 from vivano_jax import errors
+from vivano_jax import model as model_lib
+from vivano_jax import optimizer
+from vivano_jax import scoring
+from vivano_jax import synthetic
+
+SELECT = ('none', 'synthetic')  # score.select
 
 
 def _number(field: str, value: Any, low: float, low_open: bool = False,
@@ -76,3 +84,64 @@ def check_run(config: ml_collections.ConfigDict) -> None:
   check_dataset(config)
   check_train(config)
   check_export(config)
+
+
+def parse_image_candidate(text: str) -> dict[str, str]:
+  """An image candidate -> the score fields it sets (image, image_map, image_normalize)."""
+  return scoring.parse_image_spec(text, 'score.image_candidates')
+
+
+def parse_pixel_candidate(text: str) -> dict[str, str]:
+  """A pixel candidate 'KIND:NORMALIZE' -> the score fields it sets (pixel, normalize)."""
+  parts = str(text).split(':')
+  if len(parts) == 2 and parts[0] in scoring.PIXEL_MAPS and parts[1] in scoring.NORMALIZE:
+    return {'pixel': parts[0], 'normalize': parts[1]}
+  raise errors.UsageError(f"score.pixel_candidates: {text!r} is not 'KIND:NORMALIZE' with KIND in "
+                   f'{scoring.PIXEL_MAPS}, NORMALIZE in {scoring.NORMALIZE}')
+
+
+def check_selection(score: ml_collections.ConfigDict, segmenter: bool = True) -> None:
+  """One clear error for a bad selection field; without a `segmenter` in the model, also for a
+  candidate that reads its map."""
+  if score.select not in SELECT:
+    raise errors.UsageError(f'score.select must be one of {SELECT}, got {score.select!r}')
+  if score.select != 'none':
+    if not score.image_candidates or not score.pixel_candidates:
+      raise errors.UsageError("score.select='synthetic' needs score.image_candidates and "
+                       'score.pixel_candidates')
+    candidates = [('score.image_candidates', c, parse_image_candidate(c))
+                  for c in score.image_candidates]
+    candidates += [('score.pixel_candidates', c, parse_pixel_candidate(c))
+                   for c in score.pixel_candidates]
+    for field, text, fields in candidates:
+      chosen = ml_collections.ConfigDict(score.to_dict())  # This candidate's reads alone.
+      chosen.update({'image': 'recon', 'pixel': 'recon', 'image_map': ''} | fields)
+      if not segmenter and scoring.segmenter_fields(chosen):
+        raise errors.UsageError(f"{field}: {text!r} reads the segmenter's map, and the model has "
+                                'none (model.segmenter_features=0)')
+
+
+def synthetic_fields(config: ml_collections.ConfigDict):
+  """(train.synthetic_anomalies, (kinds, area, shapes)), checked: a UsageError naming the field."""
+  p = config.train.synthetic_anomalies
+  _number('train.synthetic_anomalies', p, 0, high=1)
+  if config.model.segmenter_features and not p > 0:
+    raise errors.UsageError('model.segmenter_features > 0 trains on synthetic anomalies: set '
+                            'train.synthetic_anomalies > 0 (e.g. 0.5)')
+  return p, synthetic.check(config.train.synthetic_kinds, config.train.synthetic_area,
+                            config.train.synthetic_shapes)
+
+
+def check_score(config: ml_collections.ConfigDict) -> None:
+  """The score fields, their components against the model's, and the score selection."""
+  scoring.check_components(config)
+  check_selection(config.score, segmenter=config.model.segmenter_features > 0)
+
+
+def check_all(config: ml_collections.ConfigDict) -> None:
+  """Every check of a run's config that needs no device and no data (see the module docstring)."""
+  check_run(config)
+  model_lib.check_sizes(config)
+  synthetic_fields(config)
+  check_score(config)
+  optimizer.scaled_hyperparameters(config)

@@ -16,7 +16,6 @@ The choice is written to WORKDIR/score_selection.json by the first evaluation an
 export and predict, so every output of a run uses the same score.
 """
 
-import json
 import os
 from typing import Any, Optional
 
@@ -25,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from vivano_jax import atomic_files
+from vivano_jax import config_checks
 from vivano_jax import errors
 from vivano_jax import input_pipeline
 from vivano_jax import metrics as metrics_lib
@@ -33,45 +33,15 @@ from vivano_jax import scoring
 from vivano_jax import synthetic
 
 FILENAME = 'score_selection.json'
-SELECT = ('none', 'synthetic')
-
-
-def parse_image_candidate(text: str) -> dict[str, str]:
-  """An image candidate -> the score fields it sets (image, image_map, image_normalize)."""
-  return scoring.parse_image_spec(text, 'score.image_candidates')
-
-
-def parse_pixel_candidate(text: str) -> dict[str, str]:
-  """A pixel candidate 'KIND:NORMALIZE' -> the score fields it sets (pixel, normalize)."""
-  parts = str(text).split(':')
-  if len(parts) == 2 and parts[0] in scoring.PIXEL_MAPS and parts[1] in scoring.NORMALIZE:
-    return {'pixel': parts[0], 'normalize': parts[1]}
-  raise errors.UsageError(f"score.pixel_candidates: {text!r} is not 'KIND:NORMALIZE' with KIND in "
-                   f'{scoring.PIXEL_MAPS}, NORMALIZE in {scoring.NORMALIZE}')
-
-
 def with_choice(config: ml_collections.ConfigDict, image: Optional[str] = None,
                 pixel: Optional[str] = None) -> ml_collections.ConfigDict:
   """A copy of `config` whose score uses the given image and / or pixel candidate."""
   out = ml_collections.ConfigDict(config.to_dict())
   if pixel is not None:
-    out.score.update(parse_pixel_candidate(pixel))
+    out.score.update(config_checks.parse_pixel_candidate(pixel))
   if image is not None:
-    out.score.update(parse_image_candidate(image))
+    out.score.update(config_checks.parse_image_candidate(image))
   return out
-
-
-def check_config(score: ml_collections.ConfigDict) -> None:
-  if score.select not in SELECT:
-    raise errors.UsageError(f'score.select must be one of {SELECT}, got {score.select!r}')
-  if score.select != 'none':
-    if not score.image_candidates or not score.pixel_candidates:
-      raise errors.UsageError("score.select='synthetic' needs score.image_candidates and "
-                       'score.pixel_candidates')
-    for c in score.image_candidates:
-      parse_image_candidate(c)
-    for c in score.pixel_candidates:
-      parse_pixel_candidate(c)
 
 
 def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,14 +116,13 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, state=None,
             ) -> tuple[ml_collections.ConfigDict, Optional[dict[str, Any]]]:
   """The config whose score a run uses: `config` itself without selection; else the candidate in
   WORKDIR/FILENAME, chosen now (and saved) when the file is absent and a state is given."""
-  check_config(config.score)
+  config_checks.check_selection(config.score)
   if config.score.select == 'none':
     return config, None
   path = os.path.join(workdir, FILENAME)
   record = None
   if os.path.exists(path):
-    with open(path) as f:
-      record = json.load(f)
+    record = atomic_files.read_json_object(path)
     if record.get('candidates_tried') != _tried(config):
       record = None  # Chosen among other candidates: choose again.
   if record is None:

@@ -319,13 +319,34 @@ def with_ensemble_stats(image_components: dict[str, np.ndarray],
                         for m, v in values.items()}
 
 
+def segmenter_fields(score: ml_collections.ConfigDict) -> list[str]:
+  """The `config.score` fields (with their values) that read the segmenter's map or its maximum."""
+  seg = {'seg', IMAGE_COMPONENT['seg']}
+  reads = lambda kind: bool(set(_map_components(kind, score)) & seg)
+  combine = f' with score.combine={tuple(score.combine)}'
+  out = []
+  if reads(score.pixel):
+    out.append(f'score.pixel={score.pixel!r}' + (combine if score.pixel == 'combined' else ''))
+  ensemble = score.image == ENSEMBLE
+  for spec in (score.ensemble if ensemble else [score.image]):
+    member = _member(score, spec) if ensemble else score
+    kind = image_map_kind(member)[0]
+    if (member.image in seg or (member.image == 'combined' and 'seg' in member.combine)
+        or (member.image in MAP_SCORES and reads(kind) and kind != score.pixel)):
+      name = f'score.ensemble member {spec!r}' if ensemble else f'score.image={spec!r}'
+      sums = member.image == 'combined' or (member.image in MAP_SCORES and kind == 'combined')
+      out.append(name + (combine if sums else ''))
+  return out
+
+
 def check_components(config: ml_collections.ConfigDict) -> None:
   """One clear error when `config.score` reads the segmenter's map and the model has none."""
   check_config(config.score)
-  if config.model.segmenter_features == 0 and components_used(config.score) & {'seg', 'seg_max'}:
-    raise errors.UsageError(f'score.image={config.score.image!r} / score.pixel='
-                            f'{config.score.pixel!r} / score.combine={tuple(config.score.combine)}'
-                            ' use the segmenter: set model.segmenter_features > 0')
+  fields = segmenter_fields(config.score)
+  if config.model.segmenter_features == 0 and fields:
+    raise errors.UsageError(f"{'; '.join(fields)}: read the segmenter's map, and the model has "
+                            'none (model.segmenter_features=0): set model.segmenter_features > 0 '
+                            'or choose scores without the segmenter')
 
 
 def stats_from_moments(image: dict[str, np.ndarray], moments: dict[str, tuple]) -> ScoreStats:

@@ -44,15 +44,6 @@ def total_train_steps(config: ml_collections.ConfigDict, num_train_global: int) 
   return int(config.train.num_epochs * -(-num_train_global // config.train.batch_size))
 
 
-def _synthetic_fields(config: ml_collections.ConfigDict):
-  """(train.synthetic_anomalies, (kinds, area, shapes)), checked: a UsageError naming the field."""
-  p = config.train.synthetic_anomalies
-  if not 0.0 <= p <= 1.0:
-    raise errors.UsageError(f'train.synthetic_anomalies must be in [0, 1], got {p}')
-  return p, synthetic.check(config.train.synthetic_kinds, config.train.synthetic_area,
-                            config.train.synthetic_shapes)
-
-
 def _close(batches: Iterator[Any]) -> None:
   """Stops an input pipeline now: a batch tf.data is still making when training stops (an error,
   Ctrl-C) would otherwise call back into Python at interpreter exit, and hang it."""
@@ -66,7 +57,7 @@ def synthetic_batches(batches: Iterator[dict[str, np.ndarray]], config: ml_colle
   """Local batches with synthetic anomalies drawn on a `train.synthetic_anomalies` fraction of the
   inputs ({'image', 'target', 'patch_weights', 'mask'}; synthetic.py). Seeded by (seed, step,
   process), so a resumed run draws the same anomalies."""
-  p, (kinds, area, shapes) = _synthetic_fields(config)
+  p, (kinds, area, shapes) = config_checks.synthetic_fields(config)
   try:
     for step, batch in enumerate(batches, start=start_step):
       rng = np.random.default_rng([config.seed, step, jax.process_index(), 1])
@@ -143,20 +134,12 @@ def _train(config, workdir, state, mngr, batches, start_step, total_steps, mesh,
 
 
 def _checked_model(config: ml_collections.ConfigDict, mesh: Mesh):
-  """The model, once the fields a run would otherwise trip over late (after preparing its data)
-  are checked: batch sizes against the devices, the optimizer and its rule, the model's sizes, a
-  segmenter's training data, the synthetic anomalies' fields and the score's components, and the
-  dataset, training and export fields (config_checks.py)."""
-  config_checks.check_run(config)
-  _synthetic_fields(config)
-  if config.model.segmenter_features and not config.train.synthetic_anomalies > 0:
-    raise errors.UsageError('model.segmenter_features > 0 trains on synthetic anomalies: set '
-                            'train.synthetic_anomalies > 0 (e.g. 0.5)')
-  scoring.check_components(config)
+  """The model, once every field a run would otherwise trip over late (after preparing its data)
+  is checked (config_checks.check_all) and the batch sizes against the devices."""
+  config_checks.check_all(config)
   sharding.check_batch_size(config.train.batch_size, 'train.batch_size', mesh,
                             config.train.grad_accum_steps)
   sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
-  optimizer.scaled_hyperparameters(config)
   return model_lib.create_model(config)
 
 

@@ -8,11 +8,13 @@ x [B, H, W, C] in [-1, 1]
 vivano.py joins the parts into one Flax module built from the config; losses.py is the training
 objective over its outputs.
 
-Callers need only `create_model(config)`, re-exported here with the module and the dtype helper.
+Callers need only `create_model(config)`, re-exported here with the module, the dtype helper and
+`check_sizes(config)` (the sizes' checks create_model runs, for a config not yet built).
 """
 
+from vivano_jax.model.vivano import check_sizes
 from vivano_jax.model.vivano import compute_dtype
 from vivano_jax.model.vivano import create_model
 from vivano_jax.model.vivano import ViVAno
 
-__all__ = ['ViVAno', 'compute_dtype', 'create_model']
+__all__ = ['ViVAno', 'check_sizes', 'compute_dtype', 'create_model']

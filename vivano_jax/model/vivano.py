@@ -145,7 +145,7 @@ _SIZE_FIELDS = (('model', ('patch_size', 'width', 'depth', 'num_heads', 'mlp_dim
                 ('density', ('num_components', 'hidden_dim', 'position_embed_dim')))
 
 
-def _check_sizes(config: ml_collections.ConfigDict) -> None:
+def check_sizes(config: ml_collections.ConfigDict) -> None:
   """A zero or negative size would build a model with an empty layer, or none, without error."""
   for section, names in _SIZE_FIELDS:
     for name in names:
@@ -177,7 +177,7 @@ def create_model(config: ml_collections.ConfigDict) -> ViVAno:
   """The model described by `config.model`, `config.density`, the dataset's image size and channels
   and `train.compute_dtype`. Every field of `config.model` is passed as is: a field ViVAno does not
   take is a TypeError here, not a setting that is quietly ignored."""
-  _check_sizes(config)
+  check_sizes(config)
   return ViVAno(**config.model, density=config.density.to_dict(),
                 image_size=config.dataset.image_size, image_channels=config.dataset.channels,
                 dtype=compute_dtype(config.train.compute_dtype))

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import ml_collections
 
+from vivano_jax import config_checks
 from vivano_jax import config_files
 from vivano_jax import errors
 from vivano_jax import optimizer
@@ -158,6 +159,9 @@ def _expand(path: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
       if not isinstance(o, (Mapping, ml_collections.ConfigDict)):
         raise SweepError(f'{path}: runs[{i}] must be a dict of field -> value, got {o!r}')
       overrides.append(flatten(o))
+    if not overrides:
+      raise SweepError(f'{path}: runs is empty: list at least one run (an empty dict runs the base '
+                       'config as it is)')
   for i, o in enumerate(overrides):
     for j in range(i):
       if overrides[j] == o:
@@ -225,7 +229,8 @@ def load_sweep(path: str, extra_flags: Optional[Mapping[str, str]] = None) -> Sw
     flags = {**fixed, **extra, **o}
     try:
       config = config_files.apply_overrides(copy.deepcopy(base), flags)
-      # Main scales the rate itself (train.lr_scaling); computed here to check and show it.
+      config_checks.check_all(config)  # What main would refuse, refused before any run starts.
+      # Main scales the rate itself (train.lr_scaling); computed here to show it.
       effective = optimizer.scaled_hyperparameters(config)
     except errors.UsageError as e:
       raise SweepError(f'{path}: run {name}: {e}') from e
