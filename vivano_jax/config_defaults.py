@@ -8,6 +8,8 @@ from typing import Any
 
 import ml_collections
 
+from vivano_jax import errors
+
 
 def base_config() -> ml_collections.ConfigDict:
   """The small CPU configuration on the embedded `textures/brick` data."""
@@ -302,9 +304,14 @@ def small_32px_config() -> ml_collections.ConfigDict:
 FORMER_DEFAULTS = {('model', 'decoder_upsample'): 'nearest'}
 
 
-def completed(saved: dict[str, Any]) -> dict[str, Any]:
+def completed(saved: dict[str, Any], path: str = 'config.json') -> dict[str, Any]:
   """A config.json's dict with every field it lacks: its FORMER_DEFAULTS value where the default
-  has changed since the field was added, else today's default (keys beyond the config kept)."""
+  has changed since the field was added, else today's default (keys beyond the config kept).
+  A section (model, train, ...) that is not an object is a DataError naming `path`."""
+  base = base_config().to_dict()
+  for section, value in saved.items():
+    if isinstance(base.get(section), dict) and not isinstance(value, dict):
+      raise errors.DataError(f'{path}: corrupt (section {section!r} is not an object: {value!r})')
   saved = copy.deepcopy(saved)
   for (section, name), former in FORMER_DEFAULTS.items():
     if name not in saved.setdefault(section, {}):
@@ -315,4 +322,4 @@ def completed(saved: dict[str, Any]) -> dict[str, Any]:
       base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return base
 
-  return merge(base_config().to_dict(), saved)
+  return merge(base, saved)

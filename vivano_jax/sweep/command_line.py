@@ -13,7 +13,8 @@ from vivano_jax import errors
 import vivano_jax.sweep as sweep_package
 from vivano_jax.sweep import plot as plot_lib
 from vivano_jax.sweep.plan import SweepError, load_sweep
-from vivano_jax.sweep.results import gather, summarize, write_results, write_summary
+from vivano_jax.sweep.results import SPREAD_METRICS, gather, not_finite, summarize
+from vivano_jax.sweep.results import write_results, write_summary
 from vivano_jax.sweep.run import print_commands, run_sweep
 
 
@@ -82,6 +83,35 @@ def _only(text):
   return only
 
 
+def _gather(args: argparse.Namespace) -> int:
+  columns, rows = gather(args.root)
+  print(write_results(os.path.abspath(args.root), columns, rows), end='')
+  for text in not_finite(rows):
+    print(f'warning: {text} (kept: means over its group are NaN too)', file=sys.stderr)
+  if args.over:
+    ignore = [f for f in args.ignore.split(',') if f.strip()]
+    summary_columns, summary_rows = summarize(columns, rows, args.over, ignore)
+    print(f'\nover {args.over} (mean ± sample std):\n'
+          + write_summary(os.path.abspath(args.root), args.over, summary_columns,
+                          summary_rows), end='')
+  return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+  metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
+  if not metrics:
+    raise SweepError(f'--metrics={args.metrics!r}: name at least one of '
+                     f'{", ".join(SPREAD_METRICS)}')
+  rows = plot_lib.read_summary(args.root, args.over)
+  for group, metric in plot_lib.not_finite(rows, metrics):
+    print(f'warning: group {group}: {metric} is not finite; left out of the plot', file=sys.stderr)
+  data = plot_lib.series(rows, args.x, [f.strip() for f in args.lines.split(',') if f.strip()],
+                         args.panels, metrics)
+  plot_lib.plot(data, args.x, args.output, metrics)
+  print(f'wrote {args.output}')
+  return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs `run`, `gather` or `plot` with argv (without the program name); returns the exit code,
   also for --help (0) and a bad argument (2), which argparse ends with SystemExit, so that a caller
@@ -92,23 +122,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return e.code if isinstance(e.code, int) else 2
   try:
     if args.command == 'gather':
-      columns, rows = gather(args.root)
-      print(write_results(os.path.abspath(args.root), columns, rows), end='')
-      if args.over:
-        ignore = [f for f in args.ignore.split(',') if f.strip()]
-        summary_columns, summary_rows = summarize(columns, rows, args.over, ignore)
-        print(f'\nover {args.over} (mean ± sample std):\n'
-              + write_summary(os.path.abspath(args.root), args.over, summary_columns,
-                              summary_rows), end='')
-      return 0
+      return _gather(args)
     if args.command == 'plot':
-      metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
-      data = plot_lib.series(plot_lib.read_summary(args.root, args.over), args.x,
-                             [f.strip() for f in args.lines.split(',') if f.strip()],
-                             args.panels, metrics)
-      plot_lib.plot(data, args.x, args.output, metrics)
-      print(f'wrote {args.output}')
-      return 0
+      return _plot(args)
+    if os.path.exists(args.root) and not os.path.isdir(args.root):
+      raise SweepError(f'--root={args.root}: is a file, not a folder (the folder holding one '
+                       'workdir per run)')
     sweep = load_sweep(args.sweep, args.extra)
     only = _only(args.only)
     launcher = shlex.split(args.launcher) if args.launcher else None

@@ -13,6 +13,7 @@ positive and they span a factor of 8 or more (batch sizes, learning rates).
 
 from collections.abc import Sequence
 import csv
+import math
 import os
 from typing import Optional
 
@@ -35,6 +36,22 @@ def read_summary(root: str, over: str) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
+def not_finite(rows: Sequence[dict[str, str]], metrics: Sequence[str]) -> list[tuple[str, str]]:
+  """(group, metric) for every mean `series` leaves out because it is NaN or infinite (a run of
+  the group recorded such a metric)."""
+  out = []
+  for row in rows:
+    for m in metrics:
+      try:
+        value = float(row.get(f'{m}_mean') or 0.0)
+      except ValueError:
+        raise SweepError(f"results_over_*.csv: group {row.get('group')}: {m}_mean is "
+                         f"{row.get(f'{m}_mean')!r}, not a number") from None
+      if not math.isfinite(value):
+        out.append((row['group'], m))
+  return out
+
+
 def series(rows: Sequence[dict[str, str]], x: str, lines: Sequence[str],
            panels: Optional[str] = None, metrics: Sequence[str] = ('image_auroc', 'au_pro')
            ) -> Series:
@@ -49,8 +66,10 @@ def series(rows: Sequence[dict[str, str]], x: str, lines: Sequence[str],
     if m not in SPREAD_METRICS:
       raise SweepError(f'--metrics: unknown metric {m!r} (one of {", ".join(SPREAD_METRICS)})')
   out: Series = {}
+  left_out = {g for g, _ in not_finite(rows, metrics)}
   for row in rows:
-    if int(row['n']) == 0 or any(row[f'{m}_mean'] == '' for m in metrics):
+    if (int(row['n']) == 0 or any(row[f'{m}_mean'] == '' for m in metrics)
+        or row['group'] in left_out):
       continue
     try:
       x_value = float(row[x])
@@ -71,6 +90,12 @@ def series(rows: Sequence[dict[str, str]], x: str, lines: Sequence[str],
 
 def plot(data: Series, x: str, output: str, metrics: Sequence[str] = ('image_auroc', 'au_pro')):
   """Draws `series`' data and writes it to the PNG `output`; returns the matplotlib Figure."""
+  folder = os.path.dirname(os.path.abspath(output))
+  if os.path.isdir(output):
+    raise SweepError(f"--output={output}: is a folder; give the PNG's path (e.g. "
+                     f'{output}/plot.png)')
+  if not os.path.isdir(folder):
+    raise SweepError(f'--output={output}: the folder {folder} does not exist')
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from matplotlib.ticker import ScalarFormatter  # pylint: disable=g-import-not-at-top
@@ -96,9 +121,6 @@ def plot(data: Series, x: str, output: str, metrics: Sequence[str] = ('image_aur
       ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=7)
   fig.tight_layout()
-  folder = os.path.dirname(os.path.abspath(output))
-  if not os.path.isdir(folder):
-    raise SweepError(f'--output={output}: the folder {folder} does not exist')
   tmp = f'{output}.tmp{os.getpid()}.png'  # Renamed over `output`: never a half-written PNG.
   try:
     fig.savefig(tmp)

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from vivano_jax import atomic_files
 from vivano_jax import config_defaults
+from vivano_jax import errors
 from vivano_jax.config_files import flatten
 from vivano_jax.sweep.plan import SweepError, name_part
 
@@ -24,10 +25,57 @@ def _read_json(path: str) -> Optional[dict[str, Any]]:
   return atomic_files.read_json_object(path)
 
 
+def _corrupt(path: str, what: str) -> errors.DataError:
+  return errors.DataError(f'{path}: corrupt ({what})')
+
+
+def _read_plan(root: str) -> dict[str, Any]:
+  """ROOT/sweep.json (or an empty plan), its fields and run names checked."""
+  path = os.path.join(root, 'sweep.json')
+  plan = _read_json(path) or {'fields': [], 'runs': []}
+  fields, runs = plan.get('fields', []), plan.get('runs', [])
+  if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+    raise _corrupt(path, "'fields' is not a list of field names")
+  if not isinstance(runs, list):
+    raise _corrupt(path, "'runs' is not a list")
+  for i, r in enumerate(runs):
+    if not isinstance(r, dict) or not isinstance(r.get('name'), str) or not r['name']:
+      raise _corrupt(path, f'runs[{i}] has no name')
+  return {'fields': fields, 'runs': runs}
+
+
+def _read_record(root: str, name: str, planned: dict[str, Any]) -> dict[str, Any]:
+  """Run NAME's sweep_run.json, else its entry in the plan; 'flags' and 'overrides' checked."""
+  path = os.path.join(root, name, 'sweep_run.json')
+  record = _read_json(path)
+  if record is None:
+    path, record = os.path.join(root, 'sweep.json'), planned
+  for key in ('flags', 'overrides'):
+    if not isinstance(record.get(key, {}), dict):
+      raise _corrupt(path, f'{key!r} of run {name} is not an object')
+  return record
+
+
+def _read_metrics(path: str) -> Optional[dict[str, Any]]:
+  """A run's metrics.json (None if absent), the values gather reads checked."""
+  m = _read_json(path)
+  if m is None:
+    return None
+  metrics = m.get('metrics', {})
+  if not isinstance(metrics, dict) or not isinstance(metrics.get('overall', {}), dict):
+    raise _corrupt(path, "'metrics' holds no 'overall' object")
+  values = {c: metrics.get('overall', {}).get(c) for c in SPREAD_METRICS}
+  values |= {c: m.get(c) for c in METRIC_COLUMNS if c not in SPREAD_METRICS}
+  for c, v in values.items():
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+      raise _corrupt(path, f'{c} is {v!r}, not a number')
+  return m
+
+
 def _read_runs(root: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """ROOT's plan (or an empty one) and its runs: those in the plan (in sweep order), then any
   other subfolder holding a config.json, metrics.json or sweep_run.json."""
-  plan = _read_json(os.path.join(root, 'sweep.json')) or {'fields': [], 'runs': []}
+  plan = _read_plan(root)
   planned = {r['name']: r for r in plan['runs']}
   names = list(planned)
   markers = ('config.json', 'metrics.json', 'sweep_run.json')
@@ -36,14 +84,22 @@ def _read_runs(root: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   runs = []
   for name in names:
     workdir = os.path.join(root, name)
-    config = _read_json(os.path.join(workdir, 'config.json'))
-    record = _read_json(os.path.join(workdir, 'sweep_run.json')) or planned.get(name, {})
+    config_path = os.path.join(workdir, 'config.json')
+    config = _read_json(config_path)
+    record = _read_record(root, name, planned.get(name, {}))
     # Fields a run's config.json lacks (added since) are compared at the value it ran with.
-    config = config_defaults.completed(config) if config else None
+    config = config_defaults.completed(config, config_path) if config else None
     runs.append({'name': name, 'config': flatten(config) if config else None,
                  'flags': record.get('flags', {}), 'overrides': record.get('overrides', {}),
-                 'metrics': _read_json(os.path.join(workdir, 'metrics.json'))})
+                 'metrics': _read_metrics(os.path.join(workdir, 'metrics.json'))})
   return plan, runs
+
+
+def not_finite(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  """'run: metric' for every metric a finished run recorded as NaN or infinite (the tables keep
+  it: a mean over its group is then NaN too, and the plot leaves the group out)."""
+  return [f"{r['run']}: {c}={r[c]}" for r in rows for c in METRIC_COLUMNS
+          if isinstance(r.get(c), float) and not math.isfinite(r[c])]
 
 
 def gather(root: str) -> tuple[list[str], list[dict[str, Any]]]:
