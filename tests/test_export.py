@@ -324,6 +324,27 @@ def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
   assert 'no such export folder' in proc.stderr and 'Traceback' not in proc.stderr
 
 
+def test_maps_that_are_not_finite_and_twice_listed_images_are_named(folder_run, tmp_path):
+  split = _copy_export(folder_run, tmp_path)
+
+  def spoil(arrays):
+    arrays['000002'] = arrays['000002'].copy()
+    arrays['000002'][0, :3] = [np.nan, np.inf, np.nan]
+  _rewrite_npz(split / 'maps.npz', spoil)
+  with pytest.raises(export_format.ExportError) as e:
+    export_format.read_export(split)
+  names = export_format.read_export(split, load_maps=False).filenames
+  assert (f'{split}/maps.npz[000002] ({names[2]}): 3 values are not finite (NaN or infinite)'
+          in str(e.value))
+  lines = (split / 'scores.csv').read_text().splitlines()
+  row = lines[4].split(',')
+  lines[5] = ','.join([lines[5].split(',')[0]] + row[1:])  # Row 4's image again, as row 5.
+  (split / 'scores.csv').write_text('\n'.join(lines) + '\n')
+  with pytest.raises(export_format.ExportError) as e:
+    export_format.read_export(split, load_maps=False)
+  assert f'scores.csv, line 6: {row[1]} ({row[3]}) is listed twice (line 5 too)' in str(e.value)
+
+
 def test_a_corrupt_json_file_is_named(folder_run, tmp_path):
   from vivano_jax import errors  # pylint: disable=g-import-not-at-top
   from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top

@@ -117,6 +117,35 @@ def test_score_change_reexports_thresholds_and_predict_checks_them(run, tfds_dir
   assert code == 0, err
 
 
+def test_export_with_another_score_records_it_for_predict(run, capsys):
+  """`vivano export --config.score...` (the run's own config with these fields) writes thresholds
+  for that score and records it in config.json, so predict serves what was exported; a failed
+  export leaves config.json alone; an override of a command needing --config is one error."""
+  before = (run / 'config.json').read_bytes()
+  code, _, err = _vivano(capsys, 'export', f'--workdir={run}', '--config.score.image=nl_max')
+  assert code == errors.EXIT_USAGE and 'score.image must be one of' in err
+  code, _, err = _vivano(capsys, 'export', f'--workdir={run}', '--config.score.imag=nll_max')
+  assert code == errors.EXIT_USAGE
+  assert '--config.score.imag: no such config field (did you mean' in err
+  assert (run / 'config.json').read_bytes() == before
+  code, _, err = _vivano(capsys, 'export', f'--workdir={run}', '--config.score.image=nll_max')
+  assert code == 0, err
+  record = json.loads((run / 'thresholds.json').read_text())
+  assert record['score'] == 'nll_max'
+  config = json.loads((run / 'config.json').read_text())
+  assert config['score']['image'] == 'nll_max'
+  assert {k: v for k, v in config.items() if k != 'score'} == {
+      k: v for k, v in json.loads(before).items() if k != 'score'}
+  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
+  code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
+                         f'--output={run / "pred"}')
+  assert code == 0, err
+  code, _, err = _vivano(capsys, 'train', f'--workdir={run}', '--config.train.num_steps=3')
+  assert code == errors.EXIT_USAGE
+  assert err == ('error: --config.train.num_steps=3: a --config.<field> flag overrides a config '
+                 'file: give --config=<file> too (vivano train)\n')
+
+
 def test_export_is_all_splits_and_thresholds_or_nothing(run, tfds_dir, monkeypatch):
   config = workdir_lib.load_config(str(run))
   config.export.splits = ('train', 'test')

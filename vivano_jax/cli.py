@@ -90,6 +90,7 @@ def _parse(name: str, module, argv: list[str]):
           'on the console, errors with tracebacks')
     return None
   _check_config_files(argv[1:])
+  argv, overrides = _bare_overrides(name, module, argv)
   try:
     rest = fv(argv)
   except flags.Error as e:
@@ -98,7 +99,28 @@ def _parse(name: str, module, argv: list[str]):
     raise errors.UsageError(_unknown_field(argv[1:], str(e))) from e
   if len(rest) > 1:
     raise errors.UsageError(f'unexpected arguments: {" ".join(rest[1:])}')
-  return fv
+  return fv, overrides
+
+
+def _bare_overrides(name: str, module, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+  """(argv, {}) or, for --config.<field>=<value> flags given without --config, (argv without
+  them, {field: value}): the command applies them to the run's own config (`vivano export`), or
+  they are one error (a command that needs the config file they override)."""
+  if any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
+    return argv, {}
+  bare = [a for a in argv[1:] if a.startswith('--config.')]
+  if not bare:
+    return argv, {}
+  if not getattr(module, 'OVERRIDES_RUN_CONFIG', False):
+    raise errors.UsageError(f'{bare[0]}: a --config.<field> flag overrides a config file: give '
+                            f'--config=<file> too (vivano {name})')
+  overrides = {}
+  for a in bare:
+    field, equals, value = a[len('--config.'):].partition('=')
+    if not equals:
+      raise errors.UsageError(f'{a}: expected --config.<field>=<value>')
+    overrides[field] = value
+  return [a for a in argv if a not in bare], overrides
 
 
 def _unknown_field(args: list[str], message: str) -> str:
@@ -152,12 +174,13 @@ def _run(name: str, argv: list[str]) -> int:
   saved = sys.argv
   sys.argv = argv  # ml_collections' config flags read their --config.* overrides from sys.argv.
   try:
-    fv = _parse(name, module, argv)
+    parsed = _parse(name, module, argv)
   finally:
     sys.argv = saved
-  if fv is None:
+  if parsed is None:
     return 0
-  return int(module.run(fv) or 0)
+  fv, overrides = parsed
+  return int((module.run(fv, overrides) if overrides else module.run(fv)) or 0)
 
 
 def run_command(name: str, argv: Sequence[str]) -> int:

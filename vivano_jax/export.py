@@ -1,6 +1,10 @@
 """Export of a trained run for offline evaluation: scores, anomaly maps, masks, thresholds, report.
 
   vivano export --workdir=RUN [--step=N] [--config=configs/x.py]   (default config: RUN/config.json)
+  vivano export --workdir=RUN --config.score.image=recon   (RUN/config.json with these fields)
+
+An export whose score or export settings differ from RUN/config.json records them there (as a rerun
+of main with them does): `vivano predict` and `vivano export-model` use the thresholds it chose.
 
 One code path for the end of training (`main` with `export.at_end`) and for exporting a checkpoint
 without training:
@@ -46,6 +50,7 @@ from PIL import Image
 from vivano_jax import atomic_files
 from vivano_jax import checkpoints
 from vivano_jax import config_checks
+from vivano_jax import config_files
 from vivano_jax import datasets
 from vivano_jax import errors
 from vivano_jax import export_format
@@ -199,6 +204,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
   workdir = os.path.abspath(workdir)
   datasets.resolve_config(config)  # A config file that leaves the MVTec AD category to the data.
   config_checks.check_export(config)
+  config_checks.check_score(config)  # E.g. a score given for this export that the model lacks.
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size', mesh)
   state, step, data, config, scorer, stats = _prepare(config, workdir, step, mesh)
@@ -262,6 +268,9 @@ def format_export(summary: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+OVERRIDES_RUN_CONFIG = True  # --config.<field>=<value> without --config: RUN/config.json's fields.
+
+
 def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string('workdir', None, 'The trained run.', flag_values=fv)
   flags.DEFINE_integer('step', None, 'The checkpoint step (default: the latest).', flag_values=fv)
@@ -272,11 +281,22 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.mark_flag_as_required('workdir', flag_values=fv)
 
 
-def run(fv: flags.FlagValues) -> None:
+def run(fv: flags.FlagValues, overrides: Optional[dict[str, str]] = None) -> None:
+  """`vivano export`; `overrides`: --config.<field>=<value> flags given without --config, applied
+  to the run's config.json."""
   if not os.path.isdir(fv.workdir):
     raise errors.DataError(f'--workdir={fv.workdir}: no such run folder')
   config = fv.config if fv.config is not None else workdir_lib.load_config(fv.workdir)
+  for field, text in (overrides or {}).items():
+    try:
+      config_files.apply_overrides(config, {field: text})
+    except config_files.UnknownFieldError as e:
+      raise errors.UsageError(f'--config.{field}: no such config field{e.hint}') from None
   with workdir_lib.lock(fv.workdir):
     exported = export_run(config, fv.workdir, step=fv.step)
+    if jax.process_index() == 0 and workdir_lib.config_differs(config, fv.workdir):
+      # The score and export settings of this export become the run's, as a rerun of main with
+      # them would make them: predict and export-model then use the thresholds chosen here.
+      workdir_lib.save_config(config, fv.workdir)
   if jax.process_index() == 0:
     print(format_export(exported), flush=True)

@@ -114,8 +114,14 @@ def _read_scores(path: pathlib.Path, problems: list[str]) -> dict[str, list]:
       return {}
     components = [c for c in header if c not in SCORE_COLUMNS and c != OVERLAY_COLUMN]
     cols = {c: [] for c in (*SCORE_COLUMNS, *components, OVERLAY_COLUMN)}
+    seen = {}  # (defect type, filename) -> line: one image, one row (masks are found by them).
     for row_number, row in enumerate(reader, start=2):
       try:
+        key = (row['defect_type'], row['filename'])
+        if key in seen:
+          raise ValueError(f'{row["filename"]} ({row["defect_type"]}) is listed twice (line '
+                           f'{seen[key]} too)')
+        seen[key] = row_number
         index = int(row['index'])
         if index != len(cols['index']):
           raise ValueError(f'index {index}, expected {len(cols["index"])} (rows in split order)')
@@ -259,8 +265,11 @@ def _read_arrays(directory: pathlib.Path, names: np.ndarray, defect_types: np.nd
     maps = _arrays(npz, n, directory / MAPS_NPZ, problems, directory)
   for i, m in enumerate(maps):
     if m.ndim != 2 or m.dtype != np.float32:
-      problems.append(f'{MAPS_NPZ}[{array_key(i)}] ({names[i]}): {m.dtype} {m.shape}, '
-                      'expected float32 [H, W]')
+      problems.append(f'{directory / MAPS_NPZ}[{array_key(i)}] ({names[i]}): {m.dtype} '
+                      f'{m.shape}, expected float32 [H, W]')
+    elif not np.isfinite(m).all():
+      problems.append(f'{directory / MAPS_NPZ}[{array_key(i)}] ({names[i]}): '
+                      f'{int((~np.isfinite(m)).sum())} values are not finite (NaN or infinite)')
   shapes = [m.shape for m in maps]
   if ground_truth is not None:
     masks, has_mask = masks_from_folder(ground_truth, names, defect_types, shapes, problems,

@@ -78,7 +78,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                            'a training run)')
   saved = atomic_files.read_json_object(path)
   saved.pop(EFFECTIVE, None)  # Derived from the config, not a section of it.
-  return ml_collections.ConfigDict(config_defaults.completed(saved))
+  return ml_collections.ConfigDict(config_defaults.completed(saved, path))
+
+
+def config_differs(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Whether `config` differs in any field from WORKDIR/config.json (as load_config reads it)."""
+  saved = config_files.flatten(json.loads(load_config(workdir).to_json_best_effort()))
+  return saved != config_files.flatten(json.loads(config.to_json_best_effort()))
 
 
 # --------------------------------------------------------------------------------------------------
