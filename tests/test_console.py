@@ -2,6 +2,8 @@
 and stage lines with their durations."""
 
 import io
+import logging
+import sys
 
 from vivano_jax import console
 
@@ -68,3 +70,35 @@ def test_stage_prints_its_duration(monkeypatch, capsys):
   with console.stage('train'):
     clock.now += 125.0
   assert capsys.readouterr().out.splitlines() == ['train ...', 'train: done in 2m05s']
+
+
+def test_unraisable_exceptions_go_to_the_log_file_at_verbosity_0(tmp_path, capfd):
+  """What Python cannot raise (here a finaliser's error, like Orbax's collected reads of a damaged
+  checkpoint) stays off the console at verbosity 0 and is kept in WORKDIR/vivano.log; verbosity 1
+  gives Python's own report on the console."""
+
+  class Finalised:
+    def __del__(self):
+      raise RuntimeError('Event loop is closed')
+
+  root = logging.getLogger()
+  router = console._router  # pylint: disable=protected-access
+  old = sys.unraisablehook, list(root.handlers), root.level, router
+  try:
+    console.route_library_logs(0)
+    with console.logs_in(str(tmp_path)):
+      Finalised()  # Collected at once: its __del__ raises into sys.unraisablehook.
+    assert capfd.readouterr().err == ''
+    log = (tmp_path / console.LOG_FILE).read_text()
+    assert 'Finalised.__del__' in log and 'RuntimeError: Event loop is closed' in log
+    console.route_library_logs(1)
+    Finalised()
+    err = capfd.readouterr().err
+    assert 'Exception ignored' in err and 'RuntimeError: Event loop is closed' in err
+  finally:
+    sys.unraisablehook, handlers, level, console._router = old  # pylint: disable=protected-access
+    for h in list(root.handlers):
+      root.removeHandler(h)
+    for h in handlers:
+      root.addHandler(h)
+    root.setLevel(level)

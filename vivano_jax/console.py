@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from typing import Any, Iterator, Optional, TextIO
 
 LOG_FILE = 'vivano.log'
@@ -73,6 +74,18 @@ def route_library_logs(verbosity: int) -> None:
   root.addHandler(_router.file_handler)
   root.addHandler(console_handler)
   root.setLevel(logging.DEBUG if _router.verbose else logging.INFO)
+  sys.unraisablehook = sys.__unraisablehook__ if _router.verbose else _log_unraisable
+
+
+def _log_unraisable(unraisable) -> None:
+  """An exception Python could not raise (one in a finaliser or a collected coroutine: Orbax's
+  pending reads of a damaged checkpoint, after the error that ended them was reported) goes to
+  the log file, not the console, at verbosity 0."""
+  text = ''.join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                            unraisable.exc_traceback))
+  where = f' in {unraisable.object!r}' if unraisable.object is not None else ''
+  logging.getLogger('vivano_jax.unraisable').warning(
+      '%s%s:\n%s', unraisable.err_msg or 'Exception ignored', where, text.rstrip())
 
 
 def quiet() -> bool:
