@@ -340,3 +340,8 @@ def test_synthetic_anomalies_and_score_selection_end_to_end(tiny_config, tmp_pat
   exported = export.export_run(config, str(tmp_path))
   assert exported['thresholds']['score'] == image['image']
   assert json.loads((tmp_path / score_selection.FILENAME).read_text()) == record  # Reused.
+  # A hand-edited choice outside the candidates it lists is named, not used or a KeyError.
+  for damaged in ({k: v for k, v in record.items() if k != 'pixel'}, record | {'image': 'x'}):
+    (tmp_path / score_selection.FILENAME).write_text(json.dumps(damaged))
+    with pytest.raises(errors.DataError, match='score_selection.json: corrupt'):
+      score_selection.resolve(config, str(tmp_path))

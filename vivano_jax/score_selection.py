@@ -125,6 +125,9 @@ def resolve(config: ml_collections.ConfigDict, workdir: str, state=None,
     record = atomic_files.read_json_object(path)
     if record.get('candidates_tried') != _tried(config):
       record = None  # Chosen among other candidates: choose again.
+    elif not all(record.get(k) in _tried(config)[k] for k in ('image', 'pixel')):
+      raise errors.DataError(f'{path}: corrupt (its image and pixel choices are not among the '
+                             'candidates it lists); delete it to choose again')
   if record is None:
     if state is None:
       raise errors.DataError(
