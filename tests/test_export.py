@@ -359,6 +359,23 @@ def test_a_corrupt_json_file_is_named(folder_run, tmp_path):
   (run / 'config.json').write_text('{')
   with pytest.raises(errors.DataError, match=re.escape(f'{run / "config.json"}: unreadable')):
     workdir_lib.load_config(str(run))
+  # Valid JSON of the wrong shape: named before a report or evaluation reads a field of it.
+  good_run = json.loads((folder_run / 'export' / 'test' / 'run.json').read_text())
+  good_metrics = json.loads((folder_run / 'export' / 'test' / 'metrics.json').read_text())
+  for k, (name, value, problem) in enumerate((
+      ('run.json', good_run | {'score': 'recon'}, "score 'recon', not an object"),
+      ('run.json', good_run | {'thresholds': [1]}, 'thresholds [1], not an object'),
+      ('run.json', good_run | {'thresholds': good_run['thresholds'] | {'threshold': 'high'}},
+       "threshold 'high', not a finite number"),
+      ('run.json', good_run | {'thresholds': {k: v for k, v in good_run['thresholds'].items()
+                                              if k != 'quantile'}}, 'quantile.q'),
+      ('metrics.json', good_metrics | {'overall': {'image_auroc': 0.9}}, "'overall' does not"),
+      ('metrics.json', good_metrics | {'overall': 0.9}, "'overall' does not hold"))):
+    split = _copy_export(folder_run, tmp_path / f'shape{k}')
+    (split / name).write_text(json.dumps(value))
+    with pytest.raises(errors.DataError, match=re.escape(f'{split / name}: corrupt')) as e:
+      export_format.read_export(split, load_maps=False)
+    assert problem in str(e.value)
 
 def test_exclusive_lock_keeps_another_process_out_until_released(tmp_path):
   lock = tmp_path / 'lock'

@@ -35,6 +35,8 @@ import numpy as np
 from vivano_jax import atomic_files
 from vivano_jax import errors
 from vivano_jax import image_io
+from vivano_jax import thresholds
+from vivano_jax.tables import METRIC_NAMES
 
 SCORES_CSV = 'scores.csv'
 MAPS_NPZ = 'maps.npz'
@@ -292,6 +294,38 @@ def _read_arrays(directory: pathlib.Path, names: np.ndarray, defect_types: np.nd
   return maps, masks, has_mask
 
 
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_run(run: dict[str, Any], path: pathlib.Path) -> None:
+  """run.json's fields that reports read: the score section, the thresholds record."""
+  if not isinstance(run.get('score', {}), dict):
+    raise errors.DataError(f'{path}: corrupt (score {run["score"]!r}, not an object)')
+  record = run.get('thresholds')
+  if record is None:
+    return
+  if not isinstance(record, dict):
+    raise errors.DataError(f'{path}: corrupt (thresholds {record!r}, not an object)')
+  thresholds.check_record(record, path)
+  quantile, f1 = record.get('quantile'), record.get('f1')
+  if (not isinstance(record.get('num_normal'), int) or not isinstance(record.get('source'), str)
+      or not isinstance(quantile, dict) or not _is_number(quantile.get('q'))
+      or not (f1 is None or isinstance(f1, dict) and all(_is_number(f1.get(k))
+                                                         for k in ('threshold', 'f1')))):
+    raise errors.DataError(f'{path}: corrupt (thresholds: num_normal, source, quantile.q or f1 '
+                           'missing or of another type); export the run again')
+
+
+def _check_metrics(metrics: dict[str, Any], path: pathlib.Path) -> None:
+  """metrics.json: {defect type: {image_auroc, pixel_auroc, au_pro: a number or null, ...}}."""
+  for name, values in metrics.items():
+    if not isinstance(values, dict) or not all(
+        k in values and (values[k] is None or _is_number(values[k])) for k in METRIC_NAMES):
+      raise errors.DataError(f'{path}: corrupt ({name!r} does not hold {", ".join(METRIC_NAMES)} '
+                             'as numbers or null); export the run again')
+
+
 def read_export(directory: str | os.PathLike, ground_truth: Optional[str] = None,
                 load_maps: bool = True) -> Export:
   """Reads and checks one exported split; raises one ExportError listing every problem.
@@ -322,9 +356,11 @@ def read_export(directory: str | os.PathLike, ground_truth: Optional[str] = None
     maps, masks, has_mask = _read_arrays(directory, names, defect_types, has_mask, ground_truth,
                                          problems)
   run = atomic_files.read_json_object(directory / RUN_JSON)
+  _check_run(run, directory / RUN_JSON)
   metrics = None
   if (directory / METRICS_JSON).is_file():
     metrics = atomic_files.read_json_object(directory / METRICS_JSON)
+    _check_metrics(metrics, directory / METRICS_JSON)
   components = {k: np.array(v, np.float64) for k, v in cols.items()
                 if k not in SCORE_COLUMNS and k != OVERLAY_COLUMN}
   return Export(directory=directory, filenames=names, labels=np.array(cols['label'], np.int32),
