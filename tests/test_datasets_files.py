@@ -227,9 +227,15 @@ def _missing_root(root):
   return root.parent / 'no_such_folder'
 
 
+def _overall_folder(root):
+  (root / 'test' / 'crack').rename(root / 'test' / 'overall')  # The metrics' row of all images.
+  (root / 'ground_truth' / 'crack').rename(root / 'ground_truth' / 'overall')
+  return root / 'test' / 'overall'
+
+
 @pytest.mark.parametrize('damage', [_corrupt, _truncate, _remove_mask, _resize_mask, _non_image,
                                     _capital_good, _no_train_good, _empty_train_good,
-                                    _missing_root])
+                                    _missing_root, _overall_folder])
 def test_folder_bad_input(tmp_path, damage):
   root = write_layout(tmp_path / 'parts')
   named = damage(root)
@@ -250,6 +256,31 @@ def test_ignored_masks_and_folders_are_warned_on_the_console(tmp_path, capsys):
   assert (f'warning: {root / "ground_truth" / "cracks"}: no defective test folder test/cracks/'
           in err)
   assert f'warning: {root / "test" / "dent"}: empty class folder, ignored' in err
+  mvtec_layout.scan_layout(root, masks_required=False)  # Scanned again for the next split:
+  assert capsys.readouterr().err == ''  # each warning is said once.
+
+
+def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
+  """A phone's photo stores its pixels turned and says so in an EXIF tag; its mask is drawn on the
+  image as shown. Both are read as shown, so the defect and its mask line up."""
+  shown = np.zeros((24, 40, 3), np.uint8)  # H 24, W 40 as a viewer shows it.
+  shown[4:10, 25:35] = 255  # The defect.
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Shown turned 90 degrees clockwise from the stored pixels.
+  stored = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)  # W 24, H 40 on disk.
+  stored.save(tmp_path / 'photo.png', exif=exif.tobytes())
+  Image.fromarray(shown[..., 0]).save(tmp_path / 'photo_mask.png')
+  image = image_files.read_image(tmp_path / 'photo.png', 3)
+  np.testing.assert_array_equal(image, shown)
+  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'photo_mask.png'), shown[..., 0] > 0)
+  data, shape = image_files.image_png(tmp_path / 'photo.png', 3)  # Not the stored bytes.
+  assert shape == (24, 40) and tf.io.decode_png(data).numpy().shape == (24, 40, 3)
+  # A mask drawn on the stored pixels instead: the size error says why the sizes differ.
+  root = write_layout(tmp_path / 'parts', rgb=True, size=(24, 40))
+  stored.save(root / 'test' / 'crack' / '000.png', exif=exif.tobytes())
+  write_image(root / 'ground_truth' / 'crack' / '000_mask.png', np.zeros((40, 24)))
+  with pytest.raises(errors.DataError, match='EXIF orientation tag'):
+    mvtec_layout.validate_images(mvtec_layout.scan_layout(root, masks_required=True))
 
 def test_broken_symlinks_are_one_error_naming_the_file(tmp_path):
   root = write_layout(tmp_path / 'parts')
@@ -397,10 +428,19 @@ def test_image_and_mask_conversions(tmp_path):
   palette_mask.putpalette([255, 255, 255, 0, 0, 0])
   palette_mask.save(tmp_path / 'palette_mask.png')
   np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'palette_mask.png'), [[True, False]])
-  # Gray with alpha: alpha is transparency, not a defect marker; 16-bit: any value > 0.
-  write_image(tmp_path / 'la.png', np.array([[[0, 255], [9, 0]]], np.uint8))
+  # Gray with alpha: read as shown over black (a transparent pixel is no defect, whatever value it
+  # stores; alpha itself marks nothing); uniform alpha is ignored; 16-bit: any value > 0.
+  write_image(tmp_path / 'la.png', np.array([[[0, 255], [9, 0], [7, 40]]], np.uint8))
+  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'la.png'), [[False, False, True]])
+  write_image(tmp_path / 'la_opaque.png', np.array([[[0, 255], [9, 255]]], np.uint8))
+  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'la_opaque.png'), [[False, True]])
+  # A red stroke on a transparent white layer (an editor's annotation layer): the stroke only.
+  layer = np.zeros((3, 4, 4), np.uint8)
+  layer[..., :3] = 255
+  layer[1, 1:3] = (255, 0, 0, 255)
+  write_image(tmp_path / 'layer.png', layer)
+  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'layer.png'), layer[..., 3] > 0)
   Image.fromarray(np.array([[0, 1, 65535]], np.uint16)).save(tmp_path / 'mask16.png')
-  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'la.png'), [[False, True]])
   np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'mask16.png'), [[False, True, True]])
   assert image_io.read_mask(tmp_path / 'mask16.png').dtype == bool
   # A JPEG mask: compression noise around the drawn region is not defect (above half the maximum).

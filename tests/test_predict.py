@@ -150,3 +150,26 @@ def test_output_names_follow_the_export():
               'x' * 200 + '.png': 'x' * 80, '.png': 'png', 'a.b.c': 'a.b'}
   for name, stem in expected.items():
     assert export_format.safe_stem(name) == stem, name
+
+
+def test_input_folders_and_globs_name_each_image_once(tmp_path, capsys):
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'in'
+  (folder / 'sub').mkdir(parents=True)
+  pixels = np.zeros((4, 4, 3), np.uint8)
+  Image.fromarray(pixels).save(folder / 'a.png')
+  Image.fromarray(pixels).save(folder / 'sub' / 'b.webp', lossless=True)
+  Image.fromarray(pixels).save(folder / 'c.gif')
+  (folder / 'notes.txt').write_text('x')
+  (folder / '.DS_Store').write_text('x')  # A system file: skipped without a word.
+  found = predict.find_images(str(folder))
+  assert found == [folder / 'a.png', folder / 'sub' / 'b.webp']
+  err = capsys.readouterr().err
+  assert err.startswith(f'warning: 2 file(s) in --input={folder} are not images of a read type')
+  assert str(folder / 'c.gif') in err and str(folder / 'notes.txt') in err
+  assert '.DS_Store' not in err
+  # A '**' glob through a link back up the tree names a file many times: it is scored once.
+  (folder / 'sub' / 'up').symlink_to('..')
+  found = predict.find_images(str(folder / '**' / '*.png'))
+  assert found == [folder / 'a.png']
+  assert 'file(s) again through links; each file is scored once' in capsys.readouterr().err

@@ -10,40 +10,59 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
-IMAGE_EXTENSIONS = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'})
+IMAGE_EXTENSIONS = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp'})
 MAX_LISTED_PROBLEMS = 20
+_LOSSY_FORMATS = ('JPEG', 'MPO', 'WEBP')  # WebP may be lossy; a lossless mask reads the same.
+_ORIENTATION = 0x0112  # The EXIF tag: how a viewer turns the stored pixels to show them.
 
 
 def is_image_name(name: str) -> bool:
   return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def oriented(image: Image.Image) -> Image.Image:
+  """The decoded image as a viewer shows it: turned or mirrored by its EXIF orientation tag (a
+  phone's photo), so that a mask drawn on the image as shown lines up; `image` itself without one.
+  """
+  if image.getexif().get(_ORIENTATION, 1) in (1, None):
+    return image
+  shown = ImageOps.exif_transpose(image)
+  shown.format, shown.filename = image.format, getattr(image, 'filename', '')  # For messages.
+  return shown
+
+
 def mask_values(image: Image.Image) -> np.ndarray:
-  """A decoded PIL mask as bool [H, W]: True where any non-alpha channel is > 0; in a JPEG, above
-  half the mask's maximum (lossy compression leaves faint values around every drawn edge, which
-  > 0 would count as defect: 1.5-2x the true area of MVTec AD masks saved at quality 75)."""
-  lossy = image.format in ('JPEG', 'MPO')
+  """A decoded PIL mask as bool [H, W]: True where any colour channel is > 0; in a JPEG (or WebP),
+  above half the mask's maximum (lossy compression leaves faint values around every drawn edge,
+  which > 0 would count as defect: 1.5-2x the true area of MVTec AD masks saved at quality 75).
+  A mask whose transparency varies (strokes painted on a transparent layer) is read as shown over
+  black: a fully transparent pixel is no defect, whatever colour it stores; uniform alpha is
+  ignored."""
+  lossy = image.format in _LOSSY_FORMATS
   if image.mode in ('P', 'PA'):  # Palette index 0 need not be black: look at the colours.
-    image = image.convert('RGBA' if image.mode == 'PA' else 'RGB')
+    image = image.convert('RGBA' if image.mode == 'PA' or 'transparency' in image.info else 'RGB')
   values = np.asarray(image)
   if image.mode in ('LA', 'La', 'RGBA', 'RGBa'):
-    values = values[..., :-1]  # Alpha is transparency, not a defect marker.
+    alpha, values = values[..., -1:], values[..., :-1]
+    if alpha.size and alpha.min() != alpha.max():  # Seen over black: transparent is no defect.
+      values = np.where(alpha > 0, values, 0)
   if values.ndim == 3:
     values = values.max(axis=-1)
   return values > (values.max() / 2 if lossy and values.size else 0)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-  """Decodes a mask file to bool [H, W] (`mask_values`: any non-alpha channel > 0, JPEG masks
-  above half their maximum).
+  """Decodes a mask file to bool [H, W] as shown (`oriented`; `mask_values`: any colour channel
+  > 0, JPEG masks above half their maximum, painted pixels of a transparent layer).
 
   Raises what PIL raises for a missing, corrupt or truncated file (OSError, SyntaxError, ...);
   callers turn that into their own one-line message.
   """
   with Image.open(path) as image:
     image.load()  # Open only parses the header; load() decodes and catches truncated data.
-    return mask_values(image)
+    return mask_values(oriented(image))
 
 
 def format_problems(problems: Sequence[str], where: str | os.PathLike) -> str:

@@ -58,8 +58,14 @@ def find_images(spec: str, exclude: Optional[str] = None) -> list[pathlib.Path]:
   if path.is_file():
     return [path]
   if path.is_dir():
-    found = [p for p in path.rglob('*') if p.is_file() and image_files.is_image_name(p.name)
+    files = [p for p in path.rglob('*') if p.is_file()
              and not any(image_files.is_ignored(part) for part in p.relative_to(path).parts)]
+    found = [p for p in files if image_files.is_image_name(p.name)]
+    others = sorted(str(p) for p in files if not image_files.is_image_name(p.name))
+    if others:
+      print(f'warning: {len(others)} file(s) in --input={spec} are not images of a read type '
+            f'({", ".join(sorted(image_io.IMAGE_EXTENSIONS))}) and are skipped, e.g. '
+            f'{", ".join(others[:3])}', file=sys.stderr)
   else:
     found = [pathlib.Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
   if exclude is not None:
@@ -68,7 +74,13 @@ def find_images(spec: str, exclude: Optional[str] = None) -> list[pathlib.Path]:
   if not found:
     raise errors.DataError(f'--input={spec!r} names no image file (a file, a folder of images or '
                            'a glob)')
-  return sorted(found)
+  unique = {}  # One row per file: a '**' glob through a linked folder names files again.
+  for p in sorted(found):
+    unique.setdefault(os.path.realpath(p), p)
+  if len(unique) < len(found):
+    print(f'warning: --input={spec} names {len(found) - len(unique)} file(s) again through links; '
+          'each file is scored once', file=sys.stderr)
+  return sorted(unique.values())
 
 
 def decode_images(paths: list[pathlib.Path]) -> list[np.ndarray]:

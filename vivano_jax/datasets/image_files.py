@@ -123,12 +123,12 @@ def read_image(path, channels: int | None = None) -> np.ndarray:
   """Decodes an image file (path or file object) to uint8 [H, W, channels].
 
   `channels` None keeps the file's own count (1 for grayscale, else 3); otherwise color becomes
-  luminance, or gray 3 copies. EXIF orientation is deliberately not applied: masks are drawn on
-  the stored pixel grid.
+  luminance, or gray 3 copies. The image is read as a viewer shows it (image_io.oriented: turned
+  by its EXIF orientation tag), as its mask is drawn.
   """
   with Image.open(path) as image:
     image.load()  # Open only parses the header; load() decodes and catches truncated data.
-    return _to_uint8(image, channels or image_channels(image))
+    return _to_uint8(image_io.oriented(image), channels or image_channels(image))
 
 
 def _check_file(path: pathlib.Path, is_mask: bool) -> tuple[tuple[int, int], int]:
@@ -185,7 +185,8 @@ def _is_stored_format(image: Image.Image, channels: int) -> bool:
   """True for an 8-bit single-frame PNG whose bytes decode to `read_image(..., channels)`."""
   return (image.format == 'PNG' and image.mode == ('L' if channels == 1 else 'RGB')
           and len(image.tile) == 1 and image.tile[0].args == image.mode  # Not 1/2/4/16-bit.
-          and 'transparency' not in image.info and getattr(image, 'n_frames', 1) == 1)
+          and 'transparency' not in image.info and getattr(image, 'n_frames', 1) == 1
+          and image.getexif().get(0x0112, 1) in (1, None))  # Not turned when shown.
 
 
 def image_png(path: str | os.PathLike, channels: int) -> tuple[bytes, tuple[int, int]]:

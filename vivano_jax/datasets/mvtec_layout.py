@@ -30,6 +30,7 @@ from vivano_jax.datasets import image_files
 
 GOOD = features.GOOD
 MASK_SUFFIX = '_mask'
+OVERALL = 'overall'  # The metrics' row of all test images (metrics.py): no defect type's name.
 TRAIN, TEST, GROUND_TRUTH = 'train', 'test', 'ground_truth'
 
 
@@ -82,9 +83,15 @@ def _find_masks(gt_dir: pathlib.Path, problems: list[str]) -> dict[str, str]:
   return masks
 
 
+_warned = set()  # Each warning once a process: a layout is scanned each time a split is loaded.
+
+
 def _warn(message: str) -> None:
   """Something in the folder is ignored: said on the console (and in the log), as it may be a
   misnamed folder whose masks were meant to count."""
+  if message in _warned:
+    return
+  _warned.add(message)
   logging.warning(message)
   print(f'warning: {message}', file=sys.stderr)
 
@@ -143,6 +150,10 @@ def _scan_test(root: pathlib.Path, masks_required: bool, problems: list[str]) ->
     if not entry.is_dir():
       problems.append(f'{test_dir / entry.name}: unexpected file; {TEST}/ may only hold '
                       '<defect_type>/ folders')
+      continue
+    if entry.name == OVERALL:
+      problems.append(f'{test_dir / entry.name}: {OVERALL!r} names the metrics of all test images '
+                      'together, not a defect type; rename the folder')
       continue
     if entry.name != GOOD and entry.name.lower() == GOOD:  # 'Good' would be read as a defect.
       problems.append(f'{test_dir / entry.name}: defect-free test images must be in {TEST}/{GOOD}/ '
@@ -223,8 +234,11 @@ def validate_images(layout: Layout) -> int:
   for e in entries:
     image, mask = layout.root / e.relpath, e.mask_relpath and layout.root / e.mask_relpath
     if mask and image in info and mask in info and info[image][0] != info[mask][0]:
+      turned = info[image][0] == info[mask][0][::-1]
       problems.append(f'{mask}: mask size {info[mask][0]} (width, height) differs from its image '
-                      f'{image} of size {info[image][0]}')
+                      f'{image} of size {info[image][0]}' + (
+                          ' as shown (images and masks are read turned by their EXIF orientation '
+                          'tag: draw the mask on the image as a viewer shows it)' if turned else ''))
   image_files.raise_problems(problems, layout.root)
   return 1 if all(info[layout.root / e.relpath][1] == 1 for e in entries) else 3
 
