@@ -18,8 +18,10 @@ from vivano_jax import model as model_lib
 from vivano_jax import optimizer
 from vivano_jax import scoring
 from vivano_jax import synthetic
+from vivano_jax import thresholds
 
 SELECT = ('none', 'synthetic')  # score.select
+SPLITS = ('train', 'validation', 'test')  # export.splits
 
 
 def _number(field: str, value: Any, low: float, low_open: bool = False,
@@ -49,10 +51,17 @@ def check_dataset(config: ml_collections.ConfigDict) -> None:
   if d.channels not in (1, 3) or isinstance(d.channels, bool):
     raise errors.UsageError(f'dataset.channels must be 1 (gray) or 3 (RGB), got {d.channels!r}')
   _number('dataset.validation_fraction', d.validation_fraction, 0, high=1, high_open=True)
+  _number('dataset.validation_seed', d.validation_seed, 0, integer=True)
+  _number('dataset.num_threads', d.num_threads, 0, integer=True)  # 0: tf.data's own pool size.
+  _number('dataset.cache_max_mib', d.cache_max_mib, 0)
 
 
 def check_train(config: ml_collections.ConfigDict) -> None:
   t = config.train
+  _number('seed', config.seed, 0, integer=True)
+  _number('train.batch_size', t.batch_size, 1, integer=True)
+  _number('train.eval_batch_size', t.eval_batch_size, 1, integer=True)
+  _number('train.grad_accum_steps', t.grad_accum_steps, 1, integer=True)
   _number('train.num_steps', t.num_steps, 0, integer=True)
   _number('train.num_epochs', t.num_epochs, 0)
   if t.num_steps == 0 and t.num_epochs == 0:
@@ -65,6 +74,12 @@ def check_train(config: ml_collections.ConfigDict) -> None:
   _number('train.checkpoint_every_steps', t.checkpoint_every_steps, 1, integer=True)
   _number('train.keep_checkpoints', t.keep_checkpoints, 1, integer=True)
   _number('train.num_tensorboard_images', t.num_tensorboard_images, 0, integer=True)
+  if t.schedule not in optimizer.SCHEDULES:
+    raise errors.UsageError(f'train.schedule must be one of {optimizer.SCHEDULES}, got '
+                            f'{t.schedule!r}')
+  for name in ('recon_weight', 'kl_weight', 'nll_weight', 'ssim_weight', 'seg_weight'):
+    # A negative weight would train by gradient ascent on its term.
+    _number(f'loss.{name}', config.loss[name], 0)
   if t.optimizer == 'lars':
     _number('train.momentum', t.momentum, 0, high=1, high_open=True)
     _number('train.trust_coefficient', t.trust_coefficient, 0, low_open=True)
@@ -72,6 +87,12 @@ def check_train(config: ml_collections.ConfigDict) -> None:
 
 def check_export(config: ml_collections.ConfigDict) -> None:
   e = config.export
+  if e.threshold not in thresholds.KINDS:
+    raise errors.UsageError(f'export.threshold must be one of {thresholds.KINDS}, got '
+                            f'{e.threshold!r}')
+  splits = tuple(e.splits)
+  if not splits or len(set(splits)) != len(splits) or not set(splits) <= set(SPLITS):
+    raise errors.UsageError(f'export.splits must name distinct splits of {SPLITS}, got {splits!r}')
   _number('export.threshold_quantile', e.threshold_quantile, 0, high=1)
   _number('export.max_overlays', e.max_overlays, -1, integer=True)
   _number('export.report_images', e.report_images, 0, integer=True)

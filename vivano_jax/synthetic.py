@@ -45,10 +45,14 @@ def check(kinds, area, shapes=DEFAULT_SHAPES, field: str = 'train.synthetic'
     raise errors.UsageError(f'{field}_kinds must be a non-empty subset of {KINDS}, got {kinds}')
   if not shapes or any(k not in SHAPES for k in shapes):
     raise errors.UsageError(f'{field}_shapes must be a non-empty subset of {SHAPES}, got {shapes}')
-  area = tuple(float(a) for a in area)
+  given = area
+  try:
+    area = tuple(float(a) for a in area)
+  except (TypeError, ValueError):
+    area = ()  # Not numbers: the error below names the field.
   if len(area) != 2 or not 0.0 < area[0] <= area[1] <= 0.5:
     raise errors.UsageError(f'{field}_area must be (min, max) fractions with '
-                            f'0 < min <= max <= 0.5, got {area}')
+                            f'0 < min <= max <= 0.5, got {given}')
   return kinds, area, shapes
 
 

@@ -11,6 +11,7 @@ discriminative head, model/segmenter.py). Training draws the VAE's samples from 
 stream.
 """
 
+import math
 from typing import Any, Mapping
 
 import flax
@@ -146,7 +147,8 @@ _SIZE_FIELDS = (('model', ('patch_size', 'width', 'depth', 'num_heads', 'mlp_dim
 
 
 def check_sizes(config: ml_collections.ConfigDict) -> None:
-  """A zero or negative size would build a model with an empty layer, or none, without error."""
+  """A zero or negative size would build a model with an empty layer, or none, without error; the
+  parts' choices (encoder, decoder, density head) are checked too."""
   for section, names in _SIZE_FIELDS:
     for name in names:
       value = config[section].get(name)
@@ -164,6 +166,17 @@ def check_sizes(config: ml_collections.ConfigDict) -> None:
   layers = config.density.get('num_layers')
   if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
     raise errors.UsageError(f'density.num_layers must be an int >= 0, got {layers!r}')
+  # The choices the parts check when the model is first traced, checked before any data is read.
+  for field, choices in (('model.encoder', ('vit', 'cnn')), ('model.decoder_norm', ('batch', 'none')),
+                         ('model.decoder_upsample', ('subpixel', 'nearest')),
+                         ('density.target', mixture.TARGETS),
+                         ('density.condition', mixture.CONDITIONS)):
+    section, name = field.split('.')
+    _check_choice(field, config[section].get(name), choices)
+  scale = config.density.get('min_scale')
+  if (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)
+      or scale <= 0):
+    raise errors.UsageError(f'density.min_scale must be a finite number > 0, got {scale!r}')
 
 
 def compute_dtype(name: str):
