@@ -21,6 +21,7 @@ from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
 from vivano_jax import checkpoints
 from vivano_jax import config_checks
+from vivano_jax import config_files
 from vivano_jax import errors
 from vivano_jax import scorer
 from vivano_jax import sharding
@@ -225,13 +226,32 @@ def test_config_override_unknown_key_is_a_clear_error(tmp_path, tfds_dir):
      r'^export.threshold_quantile must be a finite number >= 0 and <= 1, got 1.5$'),
     ('export.max_overlays', -5, r'^export.max_overlays must be an int >= -1, got -5$'),
     ('score.smoothing_sigma', -1.0, r'^score.smoothing_sigma must be a finite number >= 0'),
+    ('loss.kl_weight', -0.25, r'^loss.kl_weight must be a finite number >= 0, got -0.25$'),
+    ('loss.recon_weight', float('nan'), r'^loss.recon_weight must be .* >= 0, got nan$'),
+    ('train.batch_size', 0, r'^train.batch_size must be an int >= 1, got 0$'),
+    ('train.eval_batch_size', -8, r'^train.eval_batch_size must be an int >= 1, got -8$'),
+    ('train.grad_accum_steps', 0, r'^train.grad_accum_steps must be an int >= 1, got 0$'),
+    ('seed', -1, r'^seed must be an int >= 0, got -1$'),
+    ('dataset.validation_seed', -2, r'^dataset.validation_seed must be an int >= 0, got -2$'),
+    ('dataset.num_threads', -1, r'^dataset.num_threads must be an int >= 0, got -1$'),
+    ('dataset.cache_max_mib', -1, r'^dataset.cache_max_mib must be a finite number >= 0'),
+    ('train.schedule', 'linear', r"^train.schedule must be one of .*, got 'linear'$"),
+    ('export.threshold', 'best', r"^export.threshold must be one of \('quantile', 'f1'\)"),
+    ('export.splits', ('test', 'tests'), r'^export.splits must name distinct splits of'),
+    ('export.splits', ('test', 'test'), r'^export.splits must name distinct splits of'),
+    ('model.encoder', 'resnet', r"^model.encoder must be one of vit, cnn; got 'resnet'$"),
+    ('model.decoder_norm', 'layer', r'^model.decoder_norm must be one of batch, none'),
+    ('model.decoder_upsample', 'bilinear', r'^model.decoder_upsample must be one of subpixel'),
+    ('density.condition', 'pos', r'^density.condition must be one of position, none'),
+    ('density.target', 'pixels', r'^density.target must be one of latent, token'),
+    ('density.min_scale', 0.0, r'^density.min_scale must be a finite number > 0, got 0.0$'),
+    ('train.synthetic_area', ('a', 'b'), r"^train.synthetic_area must be .*got \('a', 'b'\)$"),
 ])
 def test_bad_fields_are_refused_before_data_preparation(tmp_path, field, value, match):
   """Refused before any dataset is prepared or anything is written to the workdir."""
   config = load_config('tiny')
   config.dataset.data_dir = str(tmp_path / 'tfds')
-  section, name = field.split('.')
-  config[section][name] = value
+  config_files.apply_overrides(config, {field: value})
   workdir = tmp_path / 'w'
   with pytest.raises(errors.UsageError, match=match):
     train.train_and_evaluate(config, str(workdir))
