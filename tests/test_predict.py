@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import REPO
 from tests.conftest import subprocess_env
 from tests.test_export import trained_folder_run
+from vivano_jax import errors
 from vivano_jax import export_format
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
@@ -116,9 +117,9 @@ def test_predict_skips_its_own_outputs_and_refuses_bad_flags_leaving_nothing(fol
     (photos / name).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(photos / name)
   # --output inside --input: its files (from an earlier call) are not inputs.
-  assert [p.name for p in predict.find_images(str(photos), exclude=str(photos / 'out'))] == [
-      'a.png', 'b.png']
-  assert len(predict.find_images(f'{photos}/**/*.png', exclude=str(photos / 'out'))) == 2
+  own = [str(photos / 'out' / d) for d in predict.OUTPUT_FOLDERS]
+  assert [p.name for p in predict.find_images(str(photos), exclude=own)] == ['a.png', 'b.png']
+  assert len(predict.find_images(f'{photos}/**/*.png', exclude=own)) == 2
   assert len(predict.find_images(str(photos))) == 4
   (tmp_path / 'file').write_text('x')
   (photos / 'c.png').write_text('not an image')
@@ -173,3 +174,32 @@ def test_input_folders_and_globs_name_each_image_once(tmp_path, capsys):
   found = predict.find_images(str(folder / '**' / '*.png'))
   assert found == [folder / 'a.png']
   assert 'file(s) again through links; each file is scored once' in capsys.readouterr().err
+
+
+def test_predict_output_keeps_what_it_did_not_write(folder_run, tmp_path, capsys):
+  """--output may be the folder holding --input (only predict's own maps/ and overlays/ there
+  are not inputs); files of someone else's maps/ are never deleted; a rerun replaces exactly the
+  files its predictions.csv lists."""
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  project = tmp_path / 'project'
+  (project / 'shots').mkdir(parents=True)
+  for name in ('a.png', 'b.png'):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(project / 'shots' / name)
+  argv = ['vivano', 'predict', f'--workdir={folder_run}', f'--input={project / "shots"}',
+          f'--output={project}']
+  assert cli.main(argv) == 0, capsys.readouterr().err
+  first = sorted(p.name for p in (project / 'maps').iterdir())
+  assert len(first) == 2 and (project / 'predictions.csv').is_file()
+  (project / 'shots' / 'b.png').unlink()
+  assert cli.main(argv) == 0, capsys.readouterr().err  # Rerun: its earlier outputs go.
+  assert len(list((project / 'maps').iterdir())) == 1
+  (project / 'maps' / 'site_map.tif').write_text('the user\'s')
+  assert cli.main(argv) == errors.EXIT_DATA
+  err = capsys.readouterr().err
+  assert 'with files an earlier vivano predict did not write' in err and 'site_map.tif' in err
+  assert (project / 'maps' / 'site_map.tif').read_text() == "the user's"
+  # A huge --batch_size is not padded beyond the images there are.
+  out = tmp_path / 'o'
+  assert cli.main(['vivano', 'predict', f'--workdir={folder_run}',
+                   f'--input={project / "shots"}', f'--output={out}',
+                   '--batch_size=100000000']) == 0, capsys.readouterr().err

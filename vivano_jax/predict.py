@@ -32,10 +32,9 @@ import csv
 import glob
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from absl import flags
 import numpy as np
@@ -49,11 +48,12 @@ from vivano_jax.serving import model_dir
 from vivano_jax.serving import preprocess
 
 PREDICTIONS_CSV = 'predictions.csv'
+OUTPUT_FOLDERS = ('maps', 'overlays')  # Beside predictions.csv in --output.
 
 
-def find_images(spec: str, exclude: Optional[str] = None) -> list[pathlib.Path]:
+def find_images(spec: str, exclude: Sequence[str] = ()) -> list[pathlib.Path]:
   """The files named by --input: a file, a folder's image files (recursively) or a glob; sorted.
-  Files under the folder `exclude` (--output, when it lies inside --input) are not among them."""
+  Files under the folders `exclude` (predict's own maps/ and overlays/) are not among them."""
   path = pathlib.Path(spec)
   if path.is_file():
     return [path]
@@ -68,8 +68,8 @@ def find_images(spec: str, exclude: Optional[str] = None) -> list[pathlib.Path]:
             f'{", ".join(others[:3])}', file=sys.stderr)
   else:
     found = [pathlib.Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
-  if exclude is not None:
-    skip = pathlib.Path(exclude).resolve()
+  for folder in exclude:
+    skip = pathlib.Path(folder).resolve()
     found = [p for p in found if skip not in p.resolve().parents]
   if not found:
     raise errors.DataError(f'--input={spec!r} names no image file (a file, a folder of images or '
@@ -143,8 +143,8 @@ def predict_with_model(model: model_dir.ExportedModel, paths: list[pathlib.Path]
 def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, Any]) -> str:
   """maps/*.npy, overlays/*.png and predictions.csv in `output`; returns the csv's path."""
   out = pathlib.Path(output)
-  for stale in ('maps', 'overlays'):  # A reused --output holds only this call's results.
-    shutil.rmtree(out / stale, ignore_errors=True)
+  for stale in previous_outputs(output):  # A reused --output holds only this call's results.
+    stale.unlink(missing_ok=True)
   (out / 'maps').mkdir(parents=True, exist_ok=True)
   (out / 'overlays').mkdir(parents=True, exist_ok=True)
   record = result['thresholds']
@@ -166,6 +166,32 @@ def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, 
                        *(export_format.format_float(result['components'][c][i]) for c in names),
                        f'maps/{base}.npy', f'overlays/{base}.png'])
   return str(csv_path)
+
+
+def previous_outputs(output: str) -> list[pathlib.Path]:
+  """The maps and overlays an earlier predict wrote to `output` (its predictions.csv lists them);
+  a maps/ or overlays/ folder there that no predictions.csv accounts for is a DataError: it is
+  someone else's, and is neither replaced nor mixed with these results."""
+  out = pathlib.Path(output)
+  folders = [out / d for d in OUTPUT_FOLDERS if (out / d).exists()]
+  if not folders:
+    return []
+  listed = []
+  if (out / PREDICTIONS_CSV).is_file():
+    try:
+      with open(out / PREDICTIONS_CSV, newline='', encoding='utf-8') as f:
+        listed = [out / row[c] for row in csv.DictReader(f) for c in ('map', 'overlay')
+                  if row.get(c)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+      listed = []
+  own = {p.resolve() for p in listed}
+  foreign = [p for d in folders for p in sorted(d.rglob('*'))
+             if p.is_file() and p.resolve() not in own]
+  if foreign or not all(d.is_dir() for d in folders):
+    raise errors.DataError(f'--output={output} holds {", ".join(d.name + "/" for d in folders)} '
+                           f'with files an earlier vivano predict did not write (e.g. '
+                           f'{(foreign or folders)[0]}); choose another --output')
+  return [p for p in listed if p.is_file()]
 
 
 def check_writable(output: str) -> None:
@@ -204,9 +230,11 @@ def run(fv: flags.FlagValues) -> None:
   if fv.batch_size is not None and fv.batch_size <= 0:
     raise errors.UsageError(f'--batch_size must be positive, got {fv.batch_size}')
   model = model_dir.load(fv.model) if fv.model is not None else None
-  paths = find_images(fv.input, exclude=fv.output)  # Not this command's own earlier outputs.
+  # Not this command's own earlier outputs (its maps and overlays under --output).
+  paths = find_images(fv.input, exclude=[os.path.join(fv.output, d) for d in OUTPUT_FOLDERS])
   created = not os.path.isdir(fv.output)
   check_writable(fv.output)
+  previous_outputs(fv.output)  # Refused before scoring when the folders are someone else's.
   try:
     if model is not None:
       result = predict_with_model(model, paths, fv.batch_size)

@@ -128,6 +128,7 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   if batch <= 0:
     raise errors.UsageError(f'--batch_size must be positive, got {batch}')
   n_dev = mesh.devices.size
+  batch = min(batch, len(paths))  # No batch padded beyond the images there are.
   config.train.eval_batch_size = -(-batch // n_dev) * n_dev
   run = restore(workdir, config, record, step, mesh)
   scorer = scorer_lib.Scorer(run.config, mesh)
