@@ -346,6 +346,11 @@ def test_a_damaged_model_folder_names_the_file(exported, tmp_path, fmt):
   path = folder / model_dir.FILES[fmt]
   target = path / 'saved_model.pb' if path.is_dir() else path
   target.write_bytes(target.read_bytes()[:200])
+  with pytest.raises(errors.DataError, match=f'{path}: not the model .* sha256 differs'):
+    model_dir.load(folder)
+  card = json.loads((folder / model_dir.MODEL_CARD).read_text())
+  del card['model_sha256']  # A card without the fingerprint: the damage shows when it loads.
+  (folder / model_dir.MODEL_CARD).write_text(json.dumps(card))
   with pytest.raises(errors.DataError, match=f'{path}: corrupt or unreadable {fmt} model'):
     model_dir.load(folder)
   shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -417,3 +422,39 @@ def test_mismatched_or_missing_files_are_named(exported, tmp_path):
     with pytest.raises(errors.DataError, match=re.escape(f'{folder / file}: corrupt ({field} ')):
       model_dir.load(folder)
     (folder / file).write_text(json.dumps(original))
+
+
+def test_a_folder_mixing_two_exports_is_refused(exported, workdir, tmp_path, capsys, monkeypatch):
+  """A model file, card and thresholds.json of different exports would score with one run and
+  decide with another's threshold: each mix is named, as is an output that would swallow the
+  run, and a missing converter before anything is loaded."""
+  folder = tmp_path / 'mixed'
+  shutil.copytree(exported['onnx'], folder)
+  record = json.loads((folder / 'thresholds.json').read_text())
+  (folder / 'thresholds.json').write_text(json.dumps(record | {'score': 'nll_max'}))
+  with pytest.raises(errors.DataError, match=r"thresholds.json: chosen for the image score "
+                     r"'nll_max', but .*model_card.json scores with 'recon'"):
+    model_dir.load(folder)
+  (folder / 'thresholds.json').write_text(json.dumps(record | {'threshold': 0.5}))
+  model_dir.load(folder)  # A moved threshold is the user's to set.
+  model = folder / 'model.onnx'
+  model.write_bytes(model.read_bytes() + b'\0')  # Another export's file, in effect.
+  with pytest.raises(errors.DataError, match=r'model.onnx: not the model .* sha256 differs'):
+    model_dir.load(folder)
+  shutil.copy(exported['onnx'] / 'model.onnx', model)
+  card = json.loads((folder / 'model_card.json').read_text())
+  (folder / 'model_card.json').write_text(json.dumps(card | {'input': {'dtype': 'float32'}}))
+  with pytest.raises(errors.DataError, match=r'model.onnx: takes uint8 images, but '
+                     r'model_card.json says float32'):
+    model_dir.load(folder)
+  # An --output holding the run would be replaced with it.
+  outer = tmp_path / 'outer'
+  shutil.copytree(workdir, outer / 'run')
+  code, line = _error(capsys, 'export-model', f'--workdir={outer / "run"}', '--format=jax',
+                      f'--output={outer}')
+  assert code == errors.EXIT_USAGE and 'holds the run folder' in line
+  assert (outer / 'run' / 'checkpoints').is_dir()
+  monkeypatch.setitem(sys.modules, 'jax2onnx', None)  # As if not installed.
+  code, line = _error(capsys, 'export-model', f'--workdir={workdir}', '--format=onnx',
+                      f'--output={tmp_path / "m"}')
+  assert code == errors.EXIT_USAGE and 'needs jax2onnx' in line and 'vivano_jax[export]' in line

@@ -144,11 +144,19 @@ def check_output(output: str, workdir: str) -> pathlib.Path:
   path = pathlib.Path(output).absolute()
   if path.exists() and not path.is_dir():
     raise errors.UsageError(f'--output={output}: is a file, not a folder')
-  if path.is_dir() and any(path.iterdir()) and not (path / model_dir.MODEL_CARD).is_file():
-    raise errors.UsageError(f'--output={output}: a folder that is not an exported model; it '
-                            'would be replaced as a whole: choose a new or empty folder')
-  if path == pathlib.Path(workdir).absolute() or pathlib.Path(workdir).absolute() in path.parents:
+  run = pathlib.Path(workdir).absolute()
+  if path == run or run in path.parents:
     raise errors.UsageError(f'--output={output}: inside the run folder; choose a folder outside')
+  if path in run.parents:
+    raise errors.UsageError(f'--output={output}: holds the run folder {workdir}, and would be '
+                            'replaced as a whole: choose a folder outside it')
+  exported = {model_dir.MODEL_CARD, thresholds_lib.FILENAME, *model_dir.FILES.values()}
+  others = sorted(p.name for p in path.iterdir() if p.name not in exported) if path.is_dir() else []
+  if path.is_dir() and any(path.iterdir()) and (
+      not (path / model_dir.MODEL_CARD).is_file() or others):
+    raise errors.UsageError(f'--output={output}: a folder that is not an exported model alone '
+                            f'(it holds {", ".join(others[:3]) or "no model card"}); it would be '
+                            'replaced as a whole: choose a new or empty folder')
   return path
 
 
@@ -166,6 +174,7 @@ def export_model(workdir: str, fmt: str, output: str, step: Optional[int] = None
   if not os.path.isdir(workdir):
     raise errors.DataError(f'--workdir={workdir}: no such run folder')
   check_output(output, workdir)
+  converters.check_available(fmt)
   start = time.perf_counter()
   run = from_checkpoint.load_run(workdir, step, sharding.make_mesh(jax.devices()[:1]))
   sf = score_function.build(run.config, run.state, run.stats, all_components, input_dtype)
@@ -183,6 +192,7 @@ def write_model(run: from_checkpoint.Run, sf: score_function.ScoreFunction, fmt:
     converting = time.perf_counter()
     converters.convert(sf, fmt, tmp, platforms)
     card['convert_seconds'] = time.perf_counter() - converting
+    card['model_sha256'] = model_dir.fingerprint(tmp / model_dir.FILES[fmt])
     card['export_seconds'] = time.perf_counter() - start
     atomic_files.write_json(tmp / thresholds_lib.FILENAME, run.record)
     atomic_files.write_json(tmp / model_dir.MODEL_CARD, card)

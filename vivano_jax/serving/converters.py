@@ -33,6 +33,7 @@ from jax import export as jax_export
 from jax import lax
 import jax.extend as jex
 
+from vivano_jax import errors
 from vivano_jax.serving import model_dir
 from vivano_jax.serving import score_function
 
@@ -217,6 +218,21 @@ def to_jax(sf: score_function.ScoreFunction, path: pathlib.Path,
   exported = jax_export.export(jax.jit(named), platforms=tuple(platforms))(
       _symbolic_input(sf))
   path.write_bytes(exported.serialize())
+
+
+_NEEDS = {'onnx': ('jax2onnx', 'onnx', 'onnxruntime'), 'saved_model': ('tensorflow',), 'jax': ()}
+
+
+def check_available(fmt: str) -> None:
+  """A UsageError before anything is loaded when `fmt`'s converter (or the runtime its check
+  runs) is not installed."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  for module in _NEEDS[fmt]:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise errors.UsageError(f'--format={fmt} needs {module} ({e}): pip install '
+                              '"vivano_jax[export]"') from None
 
 
 def convert(sf: score_function.ScoreFunction, fmt: str, directory: pathlib.Path,

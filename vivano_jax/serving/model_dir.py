@@ -15,6 +15,7 @@ for ONNX, TensorFlow for a SavedModel, JAX for a serialized JAX function), so sc
 model imports neither JAX nor TensorFlow.
 """
 
+import hashlib
 import os
 import pathlib
 from typing import Any, Callable
@@ -129,8 +130,36 @@ def load(directory: str | os.PathLike) -> ExportedModel:
   path = directory / FILES[card['format']]
   if not path.exists():
     raise errors.DataError(f'{path}: missing; the {card["format"]} model of {card_path}')
+  _check_same_export(card, card_path, thresholds, directory / thresholds_lib.FILENAME, path)
   run = _runner(card, path)
   return ExportedModel(directory, card, thresholds, run)
+
+
+def fingerprint(path: pathlib.Path) -> str:
+  """sha256 of the model file, or of a SavedModel folder's files (relative names and bytes)."""
+  digest = hashlib.sha256()
+  files = sorted(p for p in path.rglob('*') if p.is_file()) if path.is_dir() else [path]
+  for f in files:
+    digest.update(str(f.relative_to(path) if path.is_dir() else '').encode() + b'\0')
+    with open(f, 'rb') as stream:
+      for block in iter(lambda: stream.read(1 << 20), b''):
+        digest.update(block)
+  return digest.hexdigest()
+
+
+def _check_same_export(card, card_path, thresholds, thresholds_path, model_path) -> None:
+  """The card, thresholds.json and the model file come from one export: a folder that mixes two
+  would score with one run and decide with another's threshold, without a word."""
+  score = card.get('score')
+  image = score.get('image') if isinstance(score, dict) else None
+  if thresholds.get('score') is not None and image is not None and thresholds['score'] != image:
+    raise errors.DataError(f'{thresholds_path}: chosen for the image score '
+                           f'{thresholds["score"]!r}, but {card_path} scores with {image!r}; the '
+                           'folder mixes two exports: export the model again')
+  expected = card.get('model_sha256')
+  if expected is not None and fingerprint(model_path) != expected:
+    raise errors.DataError(f'{model_path}: not the model {card_path} was written with (its '
+                           'sha256 differs); the folder mixes two exports: export the model again')
 
 
 def _runner(card: dict[str, Any], path: pathlib.Path) -> Callable[[np.ndarray], list]:
@@ -148,9 +177,14 @@ def _runner(card: dict[str, Any], path: pathlib.Path) -> Callable[[np.ndarray], 
                            f'({type(e).__name__}: {first})') from e
 
 
-def _check_input_shape(path: pathlib.Path, card: dict[str, Any], shape: list) -> None:
-  """The model file must take the images the card says (a file of another export swapped in
-  would otherwise fail later, or score the wrong size)."""
+def _check_input_shape(path: pathlib.Path, card: dict[str, Any], shape: list,
+                       dtype: str = '') -> None:
+  """The model file must take the images the card says, of its dtype (a file of another export
+  swapped in, or an edited card, would otherwise fail later, or score the wrong size)."""
+  card_dtype = str((card.get('input') or {}).get('dtype', 'uint8'))
+  if dtype and dtype != card_dtype:
+    raise errors.DataError(f'{path}: takes {dtype} images, but {MODEL_CARD} says {card_dtype}; '
+                           'the folder mixes two exports: export the model again')
   want = [card['image_size'], card['image_size'], card['channels']]
   got = [None if d is None or isinstance(d, str) else int(d) for d in list(shape)[1:]]
   if len(shape) != 4 or got != want:
@@ -165,7 +199,8 @@ def _onnx_runner(path: pathlib.Path, card: dict[str, Any]):
   options.log_severity_level = 3  # Errors only: initializer clean-up notes are not for users.
   session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
   (inp,) = session.get_inputs()
-  _check_input_shape(path, card, inp.shape)
+  dtype = {'tensor(uint8)': 'uint8', 'tensor(float)': 'float32'}.get(inp.type, inp.type)
+  _check_input_shape(path, card, inp.shape, dtype)
   names = [o.name for o in session.get_outputs()]
   if names != list(card['outputs']):
     raise errors.DataError(f'{path}: outputs {names}, but {MODEL_CARD} lists {card["outputs"]}')
@@ -176,7 +211,7 @@ def _saved_model_runner(path: pathlib.Path, card: dict[str, Any]):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   serve = tf.saved_model.load(str(path)).signatures[SERVING_SIGNATURE]
   spec = serve.structured_input_signature[1][INPUT_NAME]
-  _check_input_shape(path, card, spec.shape.as_list())
+  _check_input_shape(path, card, spec.shape.as_list(), spec.dtype.name)
   names = list(card['outputs'])
   return lambda images: [v.numpy() for v in map(serve(**{INPUT_NAME: tf.constant(images)}).get,
                                                  names)]
@@ -187,7 +222,7 @@ def _jax_runner(path: pathlib.Path, card: dict[str, Any]):
   from jax import export  # pylint: disable=g-import-not-at-top
   exported = export.deserialize(bytearray(path.read_bytes()))
   (aval,) = exported.in_avals
-  _check_input_shape(path, card, [None] + list(aval.shape[1:]))
+  _check_input_shape(path, card, [None] + list(aval.shape[1:]), str(aval.dtype))
   names = jax.tree_util.tree_unflatten(exported.out_tree, range(len(exported.out_avals)))
   if not isinstance(names, dict) or sorted(names) != sorted(card['outputs']):
     got = sorted(names) if isinstance(names, dict) else f'{len(exported.out_avals)} unnamed'
