@@ -345,6 +345,45 @@ def test_maps_that_are_not_finite_and_twice_listed_images_are_named(folder_run, 
   assert f'scores.csv, line 6: {row[1]} ({row[3]}) is listed twice (line 5 too)' in str(e.value)
 
 
+def test_offline_commands_take_spreadsheet_csvs_and_refuse_odd_flags(folder_run, tmp_path,
+                                                                     capsys):
+  from vivano_jax import errors  # pylint: disable=g-import-not-at-top
+  split = _copy_export(folder_run, tmp_path)
+  want = evaluate.evaluate(export_format.read_export(split))
+  text = (split / 'scores.csv').read_text()
+  (split / 'scores.csv').write_text('\ufeff' + text, encoding='utf-8')  # Excel's "CSV UTF-8".
+  assert evaluate.evaluate(export_format.read_export(split)) == want
+  (split / 'scores.csv').write_bytes(text.encode()[:60] + b'\xff' + text.encode()[60:])
+  with pytest.raises(errors.DataError, match=re.escape(f'{split / "scores.csv"}: not UTF-8 text')):
+    export_format.read_export(split)
+  (split / 'scores.csv').write_text(text)
+  _rewrite_npz(split / 'masks.npz', lambda a: a.update(
+      {'has_mask': np.array([object()] * len(a['has_mask']), dtype=object)}))
+  with pytest.raises(errors.DataError, match=re.escape(f"{split / 'masks.npz'}['has_mask']: "
+                                                       'unreadable')):
+    export_format.read_export(split)
+  for args, message in ((['evaluate', '--predictions='], '--predictions= is empty'),
+                        (['report', f'--workdir={folder_run}', '--num_images=-1'],
+                         '--num_images must be >= 0, got -1'),
+                        (['report', f'--workdir={folder_run}', f'--split={split}'],
+                         'the name of an exported split'),
+                        (['report', f'--workdir={folder_run}', '--split='],
+                         'the name of an exported split')):
+    assert cli.main(['vivano', *args]) == errors.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_the_runs_own_thresholds_json_decides(folder_run, tmp_path):
+  """WORKDIR/thresholds.json (the one the docs name, which a user may edit) is the one read."""
+  run = tmp_path / 'run'
+  shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns('checkpoints'))
+  record = json.loads((run / 'thresholds.json').read_text())
+  (run / 'thresholds.json').write_text(json.dumps(record | {'threshold': 0.125}))
+  assert thresholds.load(str(run))['threshold'] == 0.125
+  (run / 'thresholds.json').unlink()  # Without the copy: the export's own.
+  assert thresholds.load(str(run))['threshold'] == record['threshold']
+
+
 def test_a_corrupt_json_file_is_named(folder_run, tmp_path):
   from vivano_jax import errors  # pylint: disable=g-import-not-at-top
   from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top

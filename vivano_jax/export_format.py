@@ -108,44 +108,52 @@ class Export:
 
 
 def _read_scores(path: pathlib.Path, problems: list[str]) -> dict[str, list]:
-  with open(path, newline='') as f:
-    reader = csv.DictReader(f)
-    header = reader.fieldnames or []
-    missing = [c for c in SCORE_COLUMNS if c not in header]
-    if missing:
-      problems.append(f'{path}: missing columns {missing} (has {header})')
+  try:
+    with open(path, newline='', encoding='utf-8-sig') as f:  # A spreadsheet's BOM is no column.
+      return _read_score_rows(path, csv.DictReader(f), problems)
+  except UnicodeDecodeError as e:
+    problems.append(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})')
+    return {}
+
+
+def _read_score_rows(path: pathlib.Path, reader: csv.DictReader, problems: list[str]
+                     ) -> dict[str, list]:
+  header = reader.fieldnames or []
+  missing = [c for c in SCORE_COLUMNS if c not in header]
+  if missing:
+    problems.append(f'{path}: missing columns {missing} (has {header})')
+    return {}
+  components = [c for c in header if c not in SCORE_COLUMNS and c != OVERLAY_COLUMN]
+  cols = {c: [] for c in (*SCORE_COLUMNS, *components, OVERLAY_COLUMN)}
+  seen = {}  # (defect type, filename) -> line: one image, one row (masks are found by them).
+  for row_number, row in enumerate(reader, start=2):
+    try:
+      key = (row['defect_type'], row['filename'])
+      if key in seen:
+        raise ValueError(f'{row["filename"]} ({row["defect_type"]}) is listed twice (line '
+                         f'{seen[key]} too)')
+      seen[key] = row_number
+      index = int(row['index'])
+      if index != len(cols['index']):
+        raise ValueError(f'index {index}, expected {len(cols["index"])} (rows in split order)')
+      cols['index'].append(index)
+      cols['filename'].append(row['filename'])
+      label = int(row['label'])
+      if label not in (0, 1):
+        raise ValueError(f'label {label}; labels are 0 (normal) or 1 (anomalous)')
+      cols['label'].append(label)
+      cols['defect_type'].append(row['defect_type'])
+      cols['has_mask'].append(bool(int(row['has_mask'])))
+      score = float(row['score'])
+      if not np.isfinite(score):
+        raise ValueError(f'score {row["score"]!r} of {row["filename"]} is not a finite number')
+      cols['score'].append(score)
+      for c in components:
+        cols[c].append(float(row[c]) if row[c] else np.nan)
+      cols[OVERLAY_COLUMN].append(row.get(OVERLAY_COLUMN) or '')
+    except (TypeError, ValueError) as e:
+      problems.append(f'{path}, line {row_number}: {e}')
       return {}
-    components = [c for c in header if c not in SCORE_COLUMNS and c != OVERLAY_COLUMN]
-    cols = {c: [] for c in (*SCORE_COLUMNS, *components, OVERLAY_COLUMN)}
-    seen = {}  # (defect type, filename) -> line: one image, one row (masks are found by them).
-    for row_number, row in enumerate(reader, start=2):
-      try:
-        key = (row['defect_type'], row['filename'])
-        if key in seen:
-          raise ValueError(f'{row["filename"]} ({row["defect_type"]}) is listed twice (line '
-                           f'{seen[key]} too)')
-        seen[key] = row_number
-        index = int(row['index'])
-        if index != len(cols['index']):
-          raise ValueError(f'index {index}, expected {len(cols["index"])} (rows in split order)')
-        cols['index'].append(index)
-        cols['filename'].append(row['filename'])
-        label = int(row['label'])
-        if label not in (0, 1):
-          raise ValueError(f'label {label}; labels are 0 (normal) or 1 (anomalous)')
-        cols['label'].append(label)
-        cols['defect_type'].append(row['defect_type'])
-        cols['has_mask'].append(bool(int(row['has_mask'])))
-        score = float(row['score'])
-        if not np.isfinite(score):
-          raise ValueError(f'score {row["score"]!r} of {row["filename"]} is not a finite number')
-        cols['score'].append(score)
-        for c in components:
-          cols[c].append(float(row[c]) if row[c] else np.nan)
-        cols[OVERLAY_COLUMN].append(row.get(OVERLAY_COLUMN) or '')
-      except (TypeError, ValueError) as e:
-        problems.append(f'{path}, line {row_number}: {e}')
-        return {}
   if not cols['index']:
     problems.append(f'{path}: no rows')
   return cols
@@ -216,7 +224,12 @@ def _read_arrays(directory: pathlib.Path, names: np.ndarray, defect_types: np.nd
       problems.append(f'{directory / MASKS_NPZ}: no {HAS_MASK_KEY!r} array')
     _raise_problems(problems, directory)
     masks = _arrays(npz, n, directory / MASKS_NPZ, problems, directory)
-    if not np.array_equal(npz[HAS_MASK_KEY], has_mask):
+    try:
+      stored = npz[HAS_MASK_KEY] if HAS_MASK_KEY in npz.files else has_mask
+    except ValueError as e:  # An object (pickled) array: never loaded.
+      problems.append(f'{directory / MASKS_NPZ}[{HAS_MASK_KEY!r}]: unreadable ({e})')
+      _raise_problems(problems, directory)
+    if not np.array_equal(stored, has_mask):
       problems.append(f'{MASKS_NPZ}[{HAS_MASK_KEY!r}] disagrees with the has_mask column of '
                       f'{SCORES_CSV}')
   for i, (m, s) in enumerate(zip(masks, shapes)):

@@ -20,6 +20,7 @@ import numpy as np
 import sklearn.metrics
 
 from vivano_jax import atomic_files
+from vivano_jax import errors
 from vivano_jax import export_format
 from vivano_jax import metrics as metrics_lib
 from vivano_jax import tables
@@ -148,6 +149,11 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues) -> None:
+  if not fv.split or fv.split != os.path.basename(fv.split) or fv.split in ('.', '..'):
+    raise errors.UsageError(f'--split={fv.split!r}: the name of an exported split (e.g. test), '
+                            'not a path')
+  if fv.num_images < 0:
+    raise errors.UsageError(f'--num_images must be >= 0, got {fv.num_images}')
   print(write_report(fv.workdir, os.path.join(fv.workdir, 'export', fv.split), fv.num_images))
 
 

@@ -100,11 +100,11 @@ def is_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def load(workdir: str) -> dict[str, Any]:
-  """The thresholds saved with a run: WORKDIR/export/thresholds.json, committed with the exported
-  splits, or its copy WORKDIR/thresholds.json."""
-  path = os.path.join(workdir, 'export', FILENAME)
+  """The thresholds saved with a run: WORKDIR/thresholds.json (the export's copy, which a user may
+  edit to move the decision threshold), else WORKDIR/export/thresholds.json."""
+  path = os.path.join(workdir, FILENAME)
   if not os.path.isfile(path):
-    path = os.path.join(workdir, FILENAME)
+    path = os.path.join(workdir, 'export', FILENAME)
   if not os.path.isfile(path):
     raise errors.DataError(f'{path} does not exist: the run has no thresholds yet; export it '
                            f'first (vivano export --workdir={workdir})')
