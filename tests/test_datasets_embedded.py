@@ -267,3 +267,19 @@ def test_a_prepared_dataset_is_read_while_another_run_holds_the_prepare_lock(tmp
     release.set()
   threads[1].join(60)
   assert unprepared and unprepared[0].is_prepared()
+
+
+def test_preparing_a_dataset_leaves_no_temporary_folders(tmp_path, monkeypatch):
+  """tfds makes an empty temporary folder for each builder of a dataset not yet prepared and
+  never removes it; get_builder removes them."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from vivano_jax import datasets  # pylint: disable=g-import-not-at-top
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  scratch = tmp_path / 'tmp'
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
+  cfg = load_config('tiny').dataset
+  cfg.data_dir = str(tmp_path / 'tfds')
+  builder = datasets.get_builder(cfg)
+  assert builder.info.splits['train'].num_examples > 0
+  assert list(scratch.iterdir()) == [] and tempfile.tempdir == str(scratch)
