@@ -403,6 +403,7 @@ def test_a_corrupt_json_file_is_named(folder_run, tmp_path):
   good_metrics = json.loads((folder_run / 'export' / 'test' / 'metrics.json').read_text())
   for k, (name, value, problem) in enumerate((
       ('run.json', good_run | {'score': 'recon'}, "score 'recon', not an object"),
+      ('run.json', good_run | {'format_version': 99}, 'reads exports up to version 1'),
       ('run.json', good_run | {'thresholds': [1]}, 'thresholds [1], not an object'),
       ('run.json', good_run | {'thresholds': good_run['thresholds'] | {'threshold': 'high'}},
        "threshold 'high', not a finite number"),

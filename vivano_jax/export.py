@@ -66,7 +66,6 @@ from vivano_jax import thresholds as thresholds_lib
 from vivano_jax import workdir as workdir_lib
 
 EXPORT_DIR = 'export'
-FORMAT_VERSION = 1
 
 
 def _display_range(state, scorer: scorer_lib.Scorer, local: input_pipeline.SplitData,
@@ -139,7 +138,7 @@ def write_split(directory: pathlib.Path, data: input_pipeline.SplitData,
 
 def _run_record(config, workdir, split, step, n, scored, stats, record) -> dict[str, Any]:
   return {
-      'format_version': FORMAT_VERSION, 'workdir': workdir, 'split': split,
+      'format_version': export_format.FORMAT_VERSION, 'workdir': workdir, 'split': split,
       'checkpoint_step': step, 'num_images': n,
       'score': {'image': config.score.image, 'pixel': config.score.pixel,
                 'components': sorted(scored.image)},

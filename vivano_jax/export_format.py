@@ -39,6 +39,7 @@ from vivano_jax import image_io
 from vivano_jax import thresholds
 from vivano_jax.tables import METRIC_NAMES
 
+FORMAT_VERSION = 1  # run.json's format_version: what this code writes and reads.
 SCORES_CSV = 'scores.csv'
 MAPS_NPZ = 'maps.npz'
 MASKS_NPZ = 'masks.npz'
@@ -244,7 +245,13 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_run(run: dict[str, Any], path: pathlib.Path) -> None:
-  """run.json's fields that reports read: the score section, the thresholds record."""
+  """run.json's fields that reports read: the format's version, the score section, the
+  thresholds record."""
+  version = run.get('format_version', FORMAT_VERSION)
+  if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+    raise errors.DataError(f'{path}: corrupt or newer (format_version {version!r}): this '
+                           f'vivano_jax reads exports up to version {FORMAT_VERSION} (update it, '
+                           'or export the run again)')
   if not isinstance(run.get('score', {}), dict):
     raise errors.DataError(f'{path}: corrupt (score {run["score"]!r}, not an object)')
   record = run.get('thresholds')
