@@ -32,6 +32,7 @@ import csv
 import glob
 import os
 import pathlib
+import re
 import sys
 import tempfile
 from typing import Any, Optional, Sequence
@@ -49,6 +50,7 @@ from vivano_jax.serving import preprocess
 
 PREDICTIONS_CSV = 'predictions.csv'
 OUTPUT_FOLDERS = ('maps', 'overlays')  # Beside predictions.csv in --output.
+OUTPUT_SUFFIX = {'maps': '.npy', 'overlays': '.png'}
 
 
 def find_images(spec: str, exclude: Sequence[str] = ()) -> list[pathlib.Path]:
@@ -169,9 +171,10 @@ def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, 
 
 
 def previous_outputs(output: str) -> list[pathlib.Path]:
-  """The maps and overlays an earlier predict wrote to `output` (its predictions.csv lists them);
-  a maps/ or overlays/ folder there that no predictions.csv accounts for is a DataError: it is
-  someone else's, and is neither replaced nor mixed with these results."""
+  """The maps and overlays an earlier predict wrote to `output` (those its predictions.csv lists,
+  and files named as it names them: NNNNNN_<name>.npy / .png); any other file in maps/ or
+  overlays/ there is a DataError: it is someone else's, and is neither deleted nor mixed with
+  these results."""
   out = pathlib.Path(output)
   folders = [out / d for d in OUTPUT_FOLDERS if (out / d).exists()]
   if not folders:
@@ -184,6 +187,10 @@ def previous_outputs(output: str) -> list[pathlib.Path]:
                   if row.get(c)]
     except (OSError, UnicodeDecodeError, csv.Error):
       listed = []
+  # Its files also by their names (a predict stopped before its csv listed them).
+  named = [p for d in folders for p in d.iterdir()
+           if p.is_file() and re.fullmatch(r'\d{6}_.*' + re.escape(OUTPUT_SUFFIX[d.name]), p.name)]
+  listed += named
   own = {p.resolve() for p in listed}
   foreign = [p for d in folders for p in sorted(d.rglob('*'))
              if p.is_file() and p.resolve() not in own]
