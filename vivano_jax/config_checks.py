@@ -74,9 +74,6 @@ def check_train(config: ml_collections.ConfigDict) -> None:
   _number('train.checkpoint_every_steps', t.checkpoint_every_steps, 1, integer=True)
   _number('train.keep_checkpoints', t.keep_checkpoints, 1, integer=True)
   _number('train.num_tensorboard_images', t.num_tensorboard_images, 0, integer=True)
-  if t.schedule not in optimizer.SCHEDULES:
-    raise errors.UsageError(f'train.schedule must be one of {optimizer.SCHEDULES}, got '
-                            f'{t.schedule!r}')
   for name in ('recon_weight', 'kl_weight', 'nll_weight', 'ssim_weight', 'seg_weight'):
     # A negative weight would train by gradient ascent on its term.
     _number(f'loss.{name}', config.loss[name], 0)
@@ -165,4 +162,4 @@ def check_all(config: ml_collections.ConfigDict) -> None:
   model_lib.check_sizes(config)
   synthetic_fields(config)
   check_score(config)
-  optimizer.scaled_hyperparameters(config)
+  optimizer.learning_rate_schedule(config, 1)  # The optimizer, its rule and schedule fields.
