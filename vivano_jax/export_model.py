@@ -151,9 +151,9 @@ def check_output(output: str, workdir: str) -> pathlib.Path:
     raise errors.UsageError(f'--output={output}: holds the run folder {workdir}, and would be '
                             'replaced as a whole: choose a folder outside it')
   exported = {model_dir.MODEL_CARD, thresholds_lib.FILENAME, *model_dir.FILES.values()}
-  others = sorted(p.name for p in path.iterdir() if p.name not in exported) if path.is_dir() else []
-  if path.is_dir() and any(path.iterdir()) and (
-      not (path / model_dir.MODEL_CARD).is_file() or others):
+  names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+  others = [n for n in names if n not in exported]
+  if names and (not (path / model_dir.MODEL_CARD).is_file() or others):
     raise errors.UsageError(f'--output={output}: a folder that is not an exported model alone '
                             f'(it holds {", ".join(others[:3]) or "no model card"}); it would be '
                             'replaced as a whole: choose a new or empty folder')

@@ -22,11 +22,16 @@ def is_image_name(name: str) -> bool:
   return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def is_turned(image: Image.Image) -> bool:
+  """Whether a viewer shows the image turned or mirrored from its stored pixels (EXIF tag)."""
+  return image.getexif().get(_ORIENTATION, 1) not in (1, None)
+
+
 def oriented(image: Image.Image) -> Image.Image:
   """The decoded image as a viewer shows it: turned or mirrored by its EXIF orientation tag (a
   phone's photo), so that a mask drawn on the image as shown lines up; `image` itself without one.
   """
-  if image.getexif().get(_ORIENTATION, 1) in (1, None):
+  if not is_turned(image):
     return image
   shown = ImageOps.exif_transpose(image)
   shown.format, shown.filename = image.format, getattr(image, 'filename', '')  # For messages.

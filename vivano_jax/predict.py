@@ -142,11 +142,13 @@ def predict_with_model(model: model_dir.ExportedModel, paths: list[pathlib.Path]
                        f'{model.card.get("checkpoint_step")}'}
 
 
-def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, Any]) -> str:
-  """maps/*.npy, overlays/*.png and predictions.csv in `output`; returns the csv's path."""
+def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, Any],
+                      stale: Sequence[pathlib.Path] = ()) -> str:
+  """maps/*.npy, overlays/*.png and predictions.csv in `output`, after removing `stale` (an
+  earlier call's files: `previous_outputs`); returns the csv's path."""
   out = pathlib.Path(output)
-  for stale in previous_outputs(output):  # A reused --output holds only this call's results.
-    stale.unlink(missing_ok=True)
+  for path in stale:  # A reused --output holds only this call's results.
+    path.unlink(missing_ok=True)
   (out / 'maps').mkdir(parents=True, exist_ok=True)
   (out / 'overlays').mkdir(parents=True, exist_ok=True)
   record = result['thresholds']
@@ -171,34 +173,19 @@ def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, 
 
 
 def previous_outputs(output: str) -> list[pathlib.Path]:
-  """The maps and overlays an earlier predict wrote to `output` (those its predictions.csv lists,
-  and files named as it names them: NNNNNN_<name>.npy / .png); any other file in maps/ or
-  overlays/ there is a DataError: it is someone else's, and is neither deleted nor mixed with
-  these results."""
+  """The maps and overlays an earlier predict wrote to `output`, known by the names it gives them
+  (NNNNNN_<name>.npy in maps/, .png in overlays/); any other file in maps/ or overlays/ there is
+  a DataError: it is someone else's, and is neither deleted nor mixed with these results."""
   out = pathlib.Path(output)
   folders = [out / d for d in OUTPUT_FOLDERS if (out / d).exists()]
-  if not folders:
-    return []
-  listed = []
-  if (out / PREDICTIONS_CSV).is_file():
-    try:
-      with open(out / PREDICTIONS_CSV, newline='', encoding='utf-8') as f:
-        listed = [out / row[c] for row in csv.DictReader(f) for c in ('map', 'overlay')
-                  if row.get(c)]
-    except (OSError, UnicodeDecodeError, csv.Error):
-      listed = []
-  # Its files also by their names (a predict stopped before its csv listed them).
-  named = [p for d in folders for p in d.iterdir()
-           if p.is_file() and re.fullmatch(r'\d{6}_.*' + re.escape(OUTPUT_SUFFIX[d.name]), p.name)]
-  listed += named
-  own = {p.resolve() for p in listed}
-  foreign = [p for d in folders for p in sorted(d.rglob('*'))
-             if p.is_file() and p.resolve() not in own]
-  if foreign or not all(d.is_dir() for d in folders):
+  own = lambda p, d: p.is_file() and re.fullmatch(r'\d{6}_.*' + re.escape(OUTPUT_SUFFIX[d]), p.name)
+  foreign = [d for d in folders if not d.is_dir()] or [
+      p for d in folders for p in sorted(d.rglob('*')) if not own(p, d.name)]
+  if foreign:
     raise errors.DataError(f'--output={output} holds {", ".join(d.name + "/" for d in folders)} '
                            f'with files an earlier vivano predict did not write (e.g. '
-                           f'{(foreign or folders)[0]}); choose another --output')
-  return [p for p in listed if p.is_file()]
+                           f'{foreign[0]}); choose another --output')
+  return [p for d in folders for p in sorted(d.iterdir())]
 
 
 def check_writable(output: str) -> None:
@@ -241,7 +228,7 @@ def run(fv: flags.FlagValues) -> None:
   paths = find_images(fv.input, exclude=[os.path.join(fv.output, d) for d in OUTPUT_FOLDERS])
   created = not os.path.isdir(fv.output)
   check_writable(fv.output)
-  previous_outputs(fv.output)  # Refused before scoring when the folders are someone else's.
+  stale = previous_outputs(fv.output)  # Refused before scoring when they are someone else's.
   try:
     if model is not None:
       result = predict_with_model(model, paths, fv.batch_size)
@@ -251,7 +238,7 @@ def run(fv: flags.FlagValues) -> None:
     if created and not any(os.scandir(fv.output)):
       os.rmdir(fv.output)  # Nothing scored: no empty output folder left behind.
     raise
-  csv_path = write_predictions(fv.output, paths, result)
+  csv_path = write_predictions(fv.output, paths, result, stale)
   t = result['thresholds']
   print(f"threshold {t['threshold']:.6g} ({t['chosen']}, {t['rule']}), {result['scored_by']}")
   for path, score, bad in zip(paths, result['scores'], result['anomalous']):

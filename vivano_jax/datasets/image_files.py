@@ -186,7 +186,7 @@ def _is_stored_format(image: Image.Image, channels: int) -> bool:
   return (image.format == 'PNG' and image.mode == ('L' if channels == 1 else 'RGB')
           and len(image.tile) == 1 and image.tile[0].args == image.mode  # Not 1/2/4/16-bit.
           and 'transparency' not in image.info and getattr(image, 'n_frames', 1) == 1
-          and image.getexif().get(0x0112, 1) in (1, None))  # Not turned when shown.
+          and not image_io.is_turned(image))
 
 
 def image_png(path: str | os.PathLike, channels: int) -> tuple[bytes, tuple[int, int]]:
