@@ -137,7 +137,8 @@ def test_a_broken_config_file_is_one_line(capsys, tmp_path, body, arg, code, mes
 @pytest.mark.parametrize('flag, message', [
     ('--sizes=0', 'image sizes must be positive'), ('--sizes=-32', 'image sizes must be positive'),
     ('--steps=0', '--steps'), ('--warmup=-1', '--warmup'), ('--matmul_size=-5', '--matmul_size'),
-    ('--output=/nonexistent_folder/x.json', 'must name a file in an existing folder'),
+    ('--output=/nonexistent_folder/x.json', 'its folder does not exist'),
+    ('--output=/tmp', 'is a folder: name the JSON file to write, e.g. --output=/tmp/bench.json'),
 ])
 def test_benchmark_flags_are_checked_before_it_runs(capsys, flag, message):
   code, out, err = _call(capsys, 'benchmark', f'--config={TINY}', flag)
@@ -152,6 +153,22 @@ def test_a_folder_flag_naming_a_file_is_a_usage_error(capsys, tmp_path):
     code, _, err = _call(capsys, *args)
     assert code == errors.EXIT_USAGE and f'={file}: is a file, not a folder' in _one_error_line(err)
   assert file.read_text() == 'x'
+
+
+@pytest.mark.parametrize('args', [
+    ['train', f'--config={TINY}', '--workdir='],
+    ['predict', '--workdir=run', '--input=', '--output=o'],  # Would score the current folder.
+    ['predict', '--workdir=run', '--input=x.png', '--output= '],
+    ['export', '--workdir='],
+    ['export-model', '--workdir=run', '--format=jax', '--output='],
+    ['evaluate', '--predictions=x', '--ground_truth='],
+])
+def test_an_empty_path_flag_is_a_usage_error(capsys, tmp_path, monkeypatch, args):
+  monkeypatch.chdir(tmp_path)  # Nothing may be read or written in the current folder.
+  code, _, err = _call(capsys, *args)
+  flag = next(a for a in args if a.endswith('=') or a.endswith('= ')).split('=')[0]
+  assert code == errors.EXIT_USAGE and f'{flag}=' in _one_error_line(err)
+  assert 'is empty' in err and not any(tmp_path.iterdir())
 
 
 def test_os_error_is_one_line(capsys, folder_run, tmp_path):

@@ -99,7 +99,18 @@ def _parse(name: str, module, argv: list[str]):
     raise errors.UsageError(_unknown_field(argv[1:], str(e))) from e
   if len(rest) > 1:
     raise errors.UsageError(f'unexpected arguments: {" ".join(rest[1:])}')
+  _check_empty_flags(fv)
   return fv, overrides
+
+
+def _check_empty_flags(fv) -> None:
+  """A path flag without a default given as '' (--input=, --workdir=, an unset shell variable)
+  would read or write the current folder, or fail later on a nameless path: one usage error."""
+  for name in fv:
+    flag = fv[name]
+    if flag.present and flag.default is None and isinstance(flag.value, str) and (
+        not flag.value.strip()):
+      raise errors.UsageError(f'--{name}={flag.value} is empty: {flag.help}')
 
 
 def _bare_overrides(name: str, module, argv: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -74,9 +74,6 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues) -> None:
-  for flag in ('predictions', 'ground_truth', 'output'):
-    if getattr(fv, flag) == '':  # Would read or write the current folder.
-      raise errors.UsageError(f'--{flag}= is empty: give a folder')
   output = fv.output or fv.predictions
   errors.check_folder_flag('--output' if fv.output else '--predictions', output)
   export = export_format.read_export(fv.predictions, fv.ground_truth)
