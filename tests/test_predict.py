@@ -203,3 +203,24 @@ def test_predict_output_keeps_what_it_did_not_write(folder_run, tmp_path, capsys
   assert cli.main(['vivano', 'predict', f'--workdir={folder_run}',
                    f'--input={project / "shots"}', f'--output={out}',
                    '--batch_size=100000000']) == 0, capsys.readouterr().err
+
+
+def test_input_links_are_followed_or_named_never_skipped(tmp_path):
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  elsewhere, folder = tmp_path / 'camera', tmp_path / 'in'
+  elsewhere.mkdir()
+  folder.mkdir()
+  pixels = np.zeros((4, 4), np.uint8)
+  Image.fromarray(pixels).save(elsewhere / 'b.png')
+  Image.fromarray(pixels).save(folder / 'a.png')
+  (folder / 'batch').symlink_to(elsewhere)  # A linked folder of images is scored.
+  (folder / 'up').symlink_to('.')  # A loop: each folder once.
+  assert predict.find_images(str(folder)) == [folder / 'a.png', folder / 'batch' / 'b.png']
+  (folder / 'gone.png').symlink_to(tmp_path / 'deleted.png')
+  (folder / 'loop.png').symlink_to(folder / 'loop.png')
+  for spec in (str(folder), str(folder / '*.png')):
+    with pytest.raises(errors.DataError) as e:
+      predict.find_images(spec)
+    message = str(e.value)
+    assert f'{folder / "gone.png"}: broken symlink' in message, message
+    assert f'{folder / "loop.png"}: broken symlink' in message, message

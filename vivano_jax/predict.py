@@ -4,7 +4,8 @@
   vivano predict --model=MODEL --input=PATH_OR_GLOB --output=DIR [--batch_size=N]
   (or python -m vivano_jax.predict with the same flags)
 
---input is an image file, a folder (its image files, recursively) or a glob ('imgs/**/*.png').
+--input is an image file, a folder (its image files, recursively, through linked folders too) or
+a glob ('imgs/**/*.png'); a link that leads nowhere or an unreadable folder there is an error.
 Images may have any size and be grayscale or colour: each is read as the dataset builders read
 files (datasets/image_files.py) and converted, resized (antialiased bilinear) and normalised as
 the training input pipeline does.
@@ -53,15 +54,36 @@ OUTPUT_FOLDERS = ('maps', 'overlays')  # Beside predictions.csv in --output.
 OUTPUT_SUFFIX = {'maps': '.npy', 'overlays': '.png'}
 
 
+def _files_under(folder: pathlib.Path, problems: list[str]) -> list[pathlib.Path]:
+  """Every file under `folder`, hidden and system files (image_files.is_ignored) aside; linked
+  folders are followed, each folder once. An unreadable folder and a link that leads nowhere are
+  appended to `problems` (they would otherwise be skipped without a word)."""
+  files, seen = [], set()
+  unreadable = lambda e: problems.append(f'{e.filename}: unreadable folder ({e.strerror or e})')
+  for top, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+    real = os.path.realpath(top)
+    if real in seen:  # A link back up the tree, or a second link to one folder.
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs[:] = sorted(d for d in dirs if not image_files.is_ignored(d))
+    for name in sorted(n for n in names if not image_files.is_ignored(n)):
+      path = pathlib.Path(top, name)
+      if not path.exists():  # A dangling or looping link.
+        problems.append(f'{path}: broken symlink; remove it or point it at an existing file')
+      elif path.is_file():
+        files.append(path)
+  return files
+
+
 def find_images(spec: str, exclude: Sequence[str] = ()) -> list[pathlib.Path]:
   """The files named by --input: a file, a folder's image files (recursively) or a glob; sorted.
   Files under the folders `exclude` (predict's own maps/ and overlays/) are not among them."""
-  path = pathlib.Path(spec)
+  path, problems = pathlib.Path(spec), []
   if path.is_file():
     return [path]
   if path.is_dir():
-    files = [p for p in path.rglob('*') if p.is_file()
-             and not any(image_files.is_ignored(part) for part in p.relative_to(path).parts)]
+    files = _files_under(path, problems)
     found = [p for p in files if image_files.is_image_name(p.name)]
     others = sorted(str(p) for p in files if not image_files.is_image_name(p.name))
     if others:
@@ -69,7 +91,12 @@ def find_images(spec: str, exclude: Sequence[str] = ()) -> list[pathlib.Path]:
             f'({", ".join(sorted(image_io.IMAGE_EXTENSIONS))}) and are skipped, e.g. '
             f'{", ".join(others[:3])}', file=sys.stderr)
   else:
-    found = [pathlib.Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+    matches = [p for p in glob.glob(spec, recursive=True)
+               if not image_files.is_ignored(os.path.basename(p))]
+    problems += [f'{p}: broken symlink; remove it or point it at an existing file'
+                 for p in sorted(matches) if os.path.islink(p) and not os.path.exists(p)]
+    found = [pathlib.Path(p) for p in matches if os.path.isfile(p)]
+  image_files.raise_problems(problems, f'--input={spec}')
   for folder in exclude:
     skip = pathlib.Path(folder).resolve()
     found = [p for p in found if skip not in p.resolve().parents]
