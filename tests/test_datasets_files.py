@@ -233,9 +233,29 @@ def _overall_folder(root):
   return root / 'test' / 'overall'
 
 
+def _frames(size, values=(0, 128, 255)):
+  return [Image.fromarray(np.full(size, v, np.uint8)) for v in values]
+
+
+def _multipage_tiff(root):  # Which page is the picture? Not silently the first.
+  path = root / 'train' / 'good' / '001.tif'
+  first, *rest = _frames((20, 24))
+  first.save(path, save_all=True, append_images=rest)
+  (root / 'train' / 'good' / '001.png').unlink()
+  return path
+
+
+def _animated_mask(root):  # An APNG: the first frame need not be the mask that is shown.
+  path = root / 'ground_truth' / 'crack' / '000_mask.png'
+  first, *rest = _frames((20, 24))
+  first.save(path, save_all=True, append_images=rest)
+  return path
+
+
 @pytest.mark.parametrize('damage', [_corrupt, _truncate, _remove_mask, _resize_mask, _non_image,
                                     _capital_good, _no_train_good, _empty_train_good,
-                                    _missing_root, _overall_folder])
+                                    _missing_root, _overall_folder, _multipage_tiff,
+                                    _animated_mask])
 def test_folder_bad_input(tmp_path, damage):
   root = write_layout(tmp_path / 'parts')
   named = damage(root)
@@ -244,6 +264,22 @@ def test_folder_bad_input(tmp_path, damage):
   with pytest.raises(errors.DataError, match=re.escape(str(named))):
     folder.make_builder(make_cfg('folder', manual_dir), data_dir=data_dir)
   assert leftovers(data_dir) == []
+
+
+def test_files_of_several_frames_are_refused_but_a_cameras_mpo_is_read(tmp_path):
+  gif = tmp_path / 'anim.gif'
+  first, *rest = _frames((6, 5))
+  first.save(gif, save_all=True, append_images=rest)
+  for read in (image_files.read_image, image_io.read_mask):
+    with pytest.raises(errors.DataError, match=re.escape(f'{gif}: holds 3 frames')):
+      read(gif)
+  mpo = tmp_path / 'photo.jpg'  # A camera's JPEG with a preview: the photo is its first image.
+  Image.new('L', (6, 5), 200).save(mpo, format='MPO', save_all=True,
+                                   append_images=[Image.new('L', (3, 2), 0)])
+  with Image.open(mpo) as image:
+    assert image.format == 'MPO' and image.n_frames == 2
+  image = image_files.read_image(mpo)
+  assert image.shape == (5, 6, 1) and abs(int(image.mean()) - 200) <= 2
 
 
 def test_ignored_masks_and_folders_are_warned_on_the_console(tmp_path, capsys):

@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from vivano_jax import errors
+
 IMAGE_EXTENSIONS = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp'})
 MAX_LISTED_PROBLEMS = 20
 _LOSSY_FORMATS = ('JPEG', 'MPO', 'WEBP')  # WebP may be lossy; a lossless mask reads the same.
@@ -25,6 +27,17 @@ def is_image_name(name: str) -> bool:
 def is_turned(image: Image.Image) -> bool:
   """Whether a viewer shows the image turned or mirrored from its stored pixels (EXIF tag)."""
   return image.getexif().get(_ORIENTATION, 1) not in (1, None)
+
+
+def check_single_frame(image: Image.Image, path) -> None:
+  """DataError for an animation or a multi-page file (GIF, APNG, TIFF, WebP) at `path`: which of
+  its frames is the picture is unknown, and reading the first would score it silently. A camera's
+  MPO JPEG (the photo, then its previews) is read as its first image, the photo."""
+  frames = getattr(image, 'n_frames', 1)
+  if frames > 1 and image.format != 'MPO':
+    where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else 'image'
+    raise errors.DataError(f'{where}: holds {frames} frames (an animation or a multi-page file); '
+                           'save the one frame to use as an image file')
 
 
 def oriented(image: Image.Image) -> Image.Image:
@@ -62,10 +75,11 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
   """Decodes a mask file to bool [H, W] as shown (`oriented`; `mask_values`: any colour channel
   > 0, JPEG masks above half their maximum, painted pixels of a transparent layer).
 
-  Raises what PIL raises for a missing, corrupt or truncated file (OSError, SyntaxError, ...);
-  callers turn that into their own one-line message.
+  Raises what PIL raises for a missing, corrupt or truncated file (OSError, SyntaxError, ...),
+  which callers turn into their own one-line message, and DataError for a file of several frames.
   """
   with Image.open(path) as image:
+    check_single_frame(image, path)
     image.load()  # Open only parses the header; load() decodes and catches truncated data.
     return mask_values(oriented(image))
 

@@ -124,9 +124,11 @@ def read_image(path, channels: int | None = None) -> np.ndarray:
 
   `channels` None keeps the file's own count (1 for grayscale, else 3); otherwise color becomes
   luminance, or gray 3 copies. The image is read as a viewer shows it (image_io.oriented: turned
-  by its EXIF orientation tag), as its mask is drawn.
+  by its EXIF orientation tag), as its mask is drawn. An animation or a multi-page file is a
+  DataError (image_io.check_single_frame).
   """
   with Image.open(path) as image:
+    image_io.check_single_frame(image, path)
     image.load()  # Open only parses the header; load() decodes and catches truncated data.
     return _to_uint8(image_io.oriented(image), channels or image_channels(image))
 
