@@ -113,3 +113,14 @@ def test_in_memory_cache_gives_the_same_batches_as_streaming(digits):
   streamed = _take(input_pipeline.train_batches(data['train'], config.dataset, 8, seed=1), 20)
   for a, b in zip(cached, streamed):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_validation_fraction_holding_out_every_training_image_is_refused(tiny_config):
+  from vivano_jax import datasets  # pylint: disable=g-import-not-at-top
+  from vivano_jax import errors  # pylint: disable=g-import-not-at-top
+  builder = datasets.get_builder(tiny_config.dataset)
+  tiny_config.dataset.validation_fraction = 0.9999999  # Every image of the split, with this seed.
+  assert len(input_pipeline.load_split(builder, 'validation', tiny_config.dataset, 0, 1)) > 0
+  with pytest.raises(errors.UsageError, match=r'dataset.validation_fraction=0.9999999 holds out '
+                     r'all \d+ training images of dataset .digits/0., leaving none to train on'):
+    input_pipeline.load_split(builder, 'train', tiny_config.dataset, 0, 1)

@@ -27,6 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vivano_jax import datasets
+from vivano_jax import errors
 
 
 def keep_tensorflow_off_accelerators() -> None:
@@ -107,6 +108,11 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str, cfg: ml_collection
       channels=builder.info.features['image'].shape[-1])
   if carve:
     val = _in_validation(data.filenames, cfg.validation_fraction, cfg.validation_seed)
+    if split == 'train' and len(data) and val.all():  # Found before anything is written.
+      where = " of this process's shard" if process_count > 1 else ''
+      raise errors.UsageError(
+          f'dataset.validation_fraction={cfg.validation_fraction} holds out all {len(data)} '
+          f'training images{where} of dataset {cfg.name!r}, leaving none to train on; lower it')
     data = data.subset(val if split == 'validation' else ~val)
   return data
 
