@@ -6,7 +6,10 @@ stderr without a traceback unless --verbosity=1.
 """
 
 import shutil
+import warnings
 
+import numpy as np
+from PIL import Image
 import pytest
 
 from tests.conftest import REPO
@@ -169,6 +172,23 @@ def test_an_empty_path_flag_is_a_usage_error(capsys, tmp_path, monkeypatch, args
   flag = next(a for a in args if a.endswith('=') or a.endswith('= ')).split('=')[0]
   assert code == errors.EXIT_USAGE and f'{flag}=' in _one_error_line(err)
   assert 'is empty' in err and not any(tmp_path.iterdir())
+
+
+def test_an_image_over_pils_pixel_limits_is_named_not_warned_about_anonymously(
+    capsys, tmp_path, monkeypatch):
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 150)  # Warns above 150 pixels, refuses 300.
+  for name, size in (('train/good/big.png', 13), ('train/good/huge.png', 18),
+                     ('test/good/a.png', 8), ('test/crack/b.png', 8)):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((size, size), np.uint8)).save(tmp_path / name)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    code, _, err = _call(capsys, 'train', f'--config={TINY}', f'--workdir={tmp_path / "run"}',
+                         '--config.dataset.name=folder', f'--config.dataset.manual_dir={tmp_path}',
+                         f'--config.dataset.data_dir={tmp_path / "tfds"}')
+  line = _one_error_line(err)
+  assert code == errors.EXIT_DATA and str(tmp_path / 'train/good/huge.png: too large') in line
+  assert 'big.png' not in err and not [w for w in caught if 'decompression' in str(w.message)]
 
 
 def test_os_error_is_one_line(capsys, folder_run, tmp_path):

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from typing import Optional, Sequence
 
 from vivano_jax import console
@@ -75,6 +76,9 @@ def _setup_environment(verbosity: int) -> None:
     flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults.
   logging.set_verbosity(logging.DEBUG if verbosity >= 1 else logging.INFO)
   console.route_library_logs(verbosity)
+  if verbosity < 1:  # PIL's "could be decompression bomb" warning names no file, and the image
+    # is read; one over twice its limit is refused with one line naming it (image_files.py).
+    warnings.filterwarnings('ignore', message=r'Image size \(\d+ pixels\) exceeds limit')
 
 
 def _parse(name: str, module, argv: list[str]):

@@ -143,6 +143,8 @@ def _check_file(path: pathlib.Path, is_mask: bool) -> tuple[tuple[int, int], int
     return (width, height), channels
   except errors.DataError:
     raise
+  except Image.DecompressionBombError as e:  # Refused from its header, not corrupt.
+    raise errors.DataError(f'{path}: too large to decode ({e}); downscale it') from None
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files.
     raise errors.DataError(f'{path}: corrupt, truncated or unreadable image '
                            f'({type(e).__name__}: {e})') from None
