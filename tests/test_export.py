@@ -543,7 +543,7 @@ def test_export_takes_an_equal_evaluation_and_recomputes_a_different_one(folder_
 
 def test_ensemble_score_is_standardised_on_the_heldout_normals(folder_run, tmp_path):
   from vivano_jax import export  # pylint: disable=g-import-not-at-top
-  from vivano_jax import scoring  # pylint: disable=g-import-not-at-top
+  from vivano_jax import score_stats  # pylint: disable=g-import-not-at-top
   from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run)
@@ -552,7 +552,7 @@ def test_ensemble_score_is_standardised_on_the_heldout_normals(folder_run, tmp_p
                       ensemble=('seg_max', 'recon'))
   config.export.splits = ('test', 'validation')
   export.export_run(config, str(run))
-  stats = scoring.load_stats(str(run / scoring.STATS_FILENAME))
+  stats = score_stats.load_stats(str(run / score_stats.STATS_FILENAME))
   normals = export_format.read_export(run / 'export' / 'validation', load_maps=False)
   assert (normals.labels == 0).all()
   for member in ('seg_max', 'recon'):  # Each member's mean and std over the held-out normals.

@@ -279,7 +279,7 @@ def test_predict_with_an_onnx_model_needs_only_onnxruntime_numpy_pillow_and_absl
   decoded = [image_files.read_image(p) for p in paths]
   want = model(preprocess.batch(decoded, model.image_size, model.channels))
   assert [pathlib.Path(r['path']).name for r in rows] == [p.name for p in paths]
-  assert list(rows[0])[7:12] == ['nll_max', 'nll_mean', 'recon', 'seg_max', 'ssim']
+  assert list(rows[0])[7:11] == ['nll_max', 'nll_mean', 'recon', 'seg_max']  # No score reads ssim.
   for i, r in enumerate(rows):
     assert float(r['score']) == pytest.approx(want['score'][i], rel=1e-6)
     assert r['decision'] == ('anomalous' if want['score'][i] >= model.threshold else 'normal')
@@ -298,7 +298,7 @@ def test_export_model_command(workdir, tmp_path, capsys):
   metrics = json.loads((workdir / 'metrics.json').read_text())['metrics']
   assert card['format'] == 'jax' and card['checkpoint_step'] == 5 and card['platforms'] == ['cpu']
   assert (card['image_size'], card['channels']) == (32, 1) and card['test_metrics'] == metrics
-  assert card['outputs'] == ['score', 'map', 'nll_max', 'nll_mean', 'recon', 'seg_max', 'ssim']
+  assert card['outputs'] == ['score', 'map', 'nll_max', 'nll_mean', 'recon', 'seg_max']
   assert card['versions']['jax'] == jax.__version__ and card['score']['image'] == 'recon'
   assert card['verification']['decisions_equal']
   assert json.loads((out / 'thresholds.json').read_text()) == json.loads(

@@ -7,6 +7,7 @@ from scipy import ndimage
 import tensorflow as tf
 
 from vivano_jax import score_maps
+from vivano_jax import score_stats
 from vivano_jax import scoring
 
 
@@ -126,11 +127,11 @@ def test_per_pixel_statistics_and_normalisation():
   normal = rng.normal(size=(50, 6, 6)) * np.linspace(0.5, 3.0, 36).reshape(6, 6) + 2.0
   image = {'recon': normal.mean(axis=(1, 2))}
   moments = {'recon': (normal.sum(0), np.square(normal).sum(0), len(normal))}
-  stats = scoring.stats_from_moments(image, moments)
+  stats = score_stats.stats_from_moments(image, moments)
   np.testing.assert_allclose(stats['recon'], (image['recon'].mean(), image['recon'].std()))
   np.testing.assert_allclose(stats['pixel_recon'], (normal.mean(), normal.std()), rtol=1e-9)
   # Per position, shrunk towards all positions as if 10 more maps had the global mean and variance.
-  w = 50 / (50 + scoring.PRIOR_MAPS)
+  w = 50 / (50 + score_stats.PRIOR_MAPS)
   mean = w * normal.mean(0) + (1 - w) * normal.mean()
   std = np.sqrt(w * normal.var(0) + (1 - w) * normal.var())
   np.testing.assert_allclose(stats['map_recon'][0], mean, rtol=1e-5)
@@ -141,14 +142,14 @@ def test_per_pixel_statistics_and_normalisation():
   np.testing.assert_allclose(np.asarray(px), (test - mean) / std, rtol=1e-4, atol=1e-5)
   # Many maps: the per-position statistics themselves; one map: std near the global one.
   big = rng.normal(size=(4000, 2, 2)) * np.array([[1.0, 4.0], [1.0, 1.0]])
-  s = scoring.stats_from_moments({}, {'x': (big.sum(0), np.square(big).sum(0), len(big))})
+  s = score_stats.stats_from_moments({}, {'x': (big.sum(0), np.square(big).sum(0), len(big))})
   np.testing.assert_allclose(s['map_x'][1], big.std(0), rtol=0.01)
   one = big[:1]
-  s = scoring.stats_from_moments({}, {'x': (one.sum(0), np.square(one).sum(0), 1)})
+  s = score_stats.stats_from_moments({}, {'x': (one.sum(0), np.square(one).sum(0), 1)})
   assert np.all(s['map_x'][1] > 0.9 * np.sqrt(10 / 11) * one.std())
   # Combined with per-pixel normalisation: the sum of the per-pixel z-scores.
   moments['nll'] = (2 * normal.sum(0), 4 * np.square(normal).sum(0), len(normal))
-  stats = scoring.stats_from_moments(image, moments)
+  stats = score_stats.stats_from_moments(image, moments)
   _, px = scoring.final_scores({'recon': jnp.zeros(2)},
                                {'recon': jnp.asarray(test), 'nll': jnp.asarray(2 * test)},
                                _score(pixel='combined', normalize='pixel', image='recon'), stats)
@@ -159,21 +160,21 @@ def test_stats_file_round_trip(tmp_path):
   stats = {'recon': (0.5, 0.1), 'pixel_recon': (0.2, 0.3),
            'map_recon': (np.full((4, 4), 0.2, np.float32), np.full((4, 4), 0.3, np.float32))}
   path = str(tmp_path / 'score_stats.npz')
-  scoring.save_stats(path, stats)
-  back = scoring.load_stats(path)
+  score_stats.save_stats(path, stats)
+  back = score_stats.load_stats(path)
   assert sorted(back) == sorted(stats)
   assert back['recon'] == (0.5, 0.1)
   np.testing.assert_array_equal(back['map_recon'][1], stats['map_recon'][1])
-  assert scoring.scalar_stats(stats) == {'recon': (0.5, 0.1), 'pixel_recon': (0.2, 0.3)}
+  assert score_stats.scalar_stats(stats) == {'recon': (0.5, 0.1), 'pixel_recon': (0.2, 0.3)}
 
 
 def test_image_score_from_another_map_than_the_output():
   rng = np.random.default_rng(2)
   normal = rng.normal(size=(40, 4, 4)) * np.linspace(0.5, 2.0, 16).reshape(4, 4)
-  stats = scoring.stats_from_moments({'recon': normal.mean(axis=(1, 2))}, {
+  stats = score_stats.stats_from_moments({'recon': normal.mean(axis=(1, 2))}, {
       'recon': (normal.sum(0), np.square(normal).sum(0), len(normal))})
   test = rng.normal(size=(3, 4, 4)).astype(np.float32)
-  w = 40 / (40 + scoring.PRIOR_MAPS)
+  w = 40 / (40 + score_stats.PRIOR_MAPS)
   z = (test - (w * normal.mean(0) + (1 - w) * normal.mean())) / np.sqrt(
       w * normal.var(0) + (1 - w) * normal.var())
   score = _score(image='map_max', pixel='recon', normalize='global', image_normalize='pixel')
@@ -314,9 +315,9 @@ def test_ensemble_sums_members_standardised_on_the_normals():
              'seg': (normal_seg.sum(0), np.square(normal_seg).sum(0), len(normal_seg))}
   score = _score(image='ensemble', pixel='seg', ensemble=('seg_max', 'map_max:recon:pixel'))
   stats = scoring.with_ensemble_stats(image, {'recon': normal, 'seg': normal_seg}, score,
-                                      scoring.stats_from_moments(image, moments))
+                                      score_stats.stats_from_moments(image, moments))
   # By hand: each member's scores on the normals give its mean and std.
-  w = 30 / (30 + scoring.PRIOR_MAPS)
+  w = 30 / (30 + score_stats.PRIOR_MAPS)
   mean_map = w * normal.mean(0) + (1 - w) * normal.mean()
   std_map = np.sqrt(w * normal.var(0) + (1 - w) * normal.var())
   z_max = lambda maps: ((maps - mean_map) / std_map).reshape(len(maps), -1).max(1)

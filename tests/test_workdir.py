@@ -319,3 +319,8 @@ def test_a_run_saved_before_a_default_changed_keeps_its_former_value(run):
   del saved['model']['decoder_upsample']
   path.write_text(json.dumps(saved))
   assert workdir_lib.load_config(str(run)).model.decoder_upsample == 'nearest'
+  # Runs from before score.always_ssim computed the SSIM components always: their exports keep them.
+  assert not workdir_lib.load_config(str(run)).score.always_ssim
+  del saved['score']['always_ssim']
+  path.write_text(json.dumps(saved))
+  assert workdir_lib.load_config(str(run)).score.always_ssim

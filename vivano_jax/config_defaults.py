@@ -131,6 +131,9 @@ def _score() -> ml_collections.ConfigDict:
   c.pixel_candidates = ('recon:global', 'ssim:global', 'nll:global', 'combined:global',
                                    'recon:pixel', 'combined:pixel')
   c.native_resolution = True  # Pixel metrics at the masks' native size (MVTec protocol).
+  # The 'ssim' components are computed only when a score above (or a candidate) reads them; True:
+  # always, to export them beside the others (scoring.computes_ssim).
+  c.always_ssim = False
   return c
 
 
@@ -300,8 +303,9 @@ def small_32px_config() -> ml_collections.ConfigDict:
 
 
 # Fields added with one behaviour and whose default changed later: a config.json written before
-# the field existed trained with this value, not with today's default.
-FORMER_DEFAULTS = {('model', 'decoder_upsample'): 'nearest'}
+# the field existed trained with this value, not with today's default. Runs from before
+# score.always_ssim computed the 'ssim' components always: their exports keep them.
+FORMER_DEFAULTS = {('model', 'decoder_upsample'): 'nearest', ('score', 'always_ssim'): True}
 
 
 def completed(saved: dict[str, Any], path: str = 'config.json') -> dict[str, Any]:

@@ -59,6 +59,7 @@ from vivano_jax import overlays
 from vivano_jax import report
 from vivano_jax import score_selection
 from vivano_jax import scorer as scorer_lib
+from vivano_jax import score_stats
 from vivano_jax import scoring
 from vivano_jax import sharding
 from vivano_jax import tables
@@ -144,7 +145,7 @@ def _run_record(config, workdir, split, step, n, scored, stats, record) -> dict[
                 'components': sorted(scored.image)},
       'maps': {'resolution': 'native' if config.score.native_resolution else 'model',
                'dtype': 'float32'},
-      'score_stats': scoring.scalar_stats(stats), 'thresholds': record,
+      'score_stats': score_stats.scalar_stats(stats), 'thresholds': record,
       'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
       'config': json.loads(config.to_json_best_effort()),
   }
@@ -153,16 +154,16 @@ def _run_record(config, workdir, split, step, n, scored, stats, record) -> dict[
 def _write_thresholds(directory: pathlib.Path, record: dict[str, Any], stats) -> None:
   """thresholds.json and score_stats.npz (when the score standardises) into `directory`."""
   if stats:
-    scoring.save_stats(str(directory / scoring.STATS_FILENAME), stats)
+    score_stats.save_stats(str(directory / score_stats.STATS_FILENAME), stats)
   atomic_files.write_json(directory / thresholds_lib.FILENAME, record)
 
 
 def _copy_to_workdir(workdir: str, summary: dict[str, Any], stats, report_images: int) -> None:
   """After the export is committed: copies of its thresholds.json and score_stats.npz in the
   workdir (where users look for them), and the report."""
-  stats_path = os.path.join(workdir, scoring.STATS_FILENAME)
+  stats_path = os.path.join(workdir, score_stats.STATS_FILENAME)
   if stats:
-    scoring.save_stats(stats_path, stats)
+    score_stats.save_stats(stats_path, stats)
   elif os.path.exists(stats_path):
     os.remove(stats_path)
   atomic_files.write_json(os.path.join(workdir, thresholds_lib.FILENAME), summary['thresholds'])
@@ -209,7 +210,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
   state, step, data, config, scorer, stats = _prepare(config, workdir, step, mesh)
   heldout = input_pipeline.heldout_split(config)
   record = choose_thresholds(state, scorer, data, heldout, stats)
-  record.update(checkpoint_step=step, score_stats=scoring.scalar_stats(stats),
+  record.update(checkpoint_step=step, score_stats=score_stats.scalar_stats(stats),
                 score_config=json.loads(json.dumps(config.score.to_dict())))
   logging.info('Thresholds (%s normals, step %d): %s %.6g', heldout, step, record['chosen'],
                record['threshold'])

@@ -97,6 +97,7 @@ def select_score(state, heldout: input_pipeline.SplitData, config: ml_collection
   a, b = split_halves(n, config.seed)
   every = ml_collections.ConfigDict(config.to_dict())
   every.score.select = 'none'
+  every.score.always_ssim = scoring.computes_ssim(config.score)  # Some candidate may read it.
   every.score.normalize = 'global'
   scorer = scorer_lib.Scorer(every, mesh)
   stats_scored = scorer.split(state, heldout.subset(a), decode=True, keep_maps=False)

@@ -24,6 +24,7 @@ from vivano_jax import image_io
 from vivano_jax import input_pipeline
 from vivano_jax import metrics as metrics_lib
 from vivano_jax import score_maps
+from vivano_jax import score_stats
 from vivano_jax import scoring
 from vivano_jax import sharding
 
@@ -66,7 +67,7 @@ class ScoredSplit:
       image = {k: sharding.gather_rows(v) for k, v in image.items()}
       moments = {k: tuple(sharding.sum_over_processes(np.asarray(x, np.float64)) for x in m)
                  for k, m in sorted(moments.items())}
-    return scoring.stats_from_moments(image, moments)
+    return score_stats.stats_from_moments(image, moments)
 
 
 @dataclasses.dataclass
@@ -87,11 +88,13 @@ class Evaluation:
 
 def eval_step(state, batch: dict[str, jax.Array], smoothing_sigma: float, decode: bool,
               shifts: int = 1, patch_size: int = 0,
-              views: tuple[tuple[int, bool], ...] = score_maps.IDENTITY) -> dict[str, Any]:
+              views: tuple[tuple[int, bool], ...] = score_maps.IDENTITY, ssim: bool = True
+              ) -> dict[str, Any]:
   """Scores a global batch: {'image': {component: [B]}, 'pixel': {component: [B, S, S]}, 'recon'?}.
   With shifts > 1 the NLL is the finer grid of test-time shifts (score_maps.shifted_nll); the
   model's maps are averaged over the mirrored and turned `views` of the images
-  (score_maps.averaged_views; by default one view, the images themselves)."""
+  (score_maps.averaged_views; by default one view, the images themselves); `ssim`: also the 'ssim'
+  components (with the decoder)."""
   apply = lambda images, decode: state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False,
       decode=decode)
@@ -99,7 +102,7 @@ def eval_step(state, batch: dict[str, jax.Array], smoothing_sigma: float, decode
   if shifts > 1:
     out = dict(out, nll=score_maps.shifted_nll(lambda x: apply(x, False)['nll'], batch['image'],
                                             out['nll'], patch_size, shifts))
-  image, pixel = scoring.score_components(out, batch['image'], smoothing_sigma, shifts)
+  image, pixel = scoring.score_components(out, batch['image'], smoothing_sigma, shifts, ssim)
   result = {'image': image, 'pixel': pixel}
   if decode:
     result['recon'] = out['recon']
@@ -113,7 +116,8 @@ def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh, decode: bool):
                                    decode=decode, shifts=config.score.shifts,
                                    patch_size=config.model.patch_size,
                                    views=score_maps.tta_views(config.score.tta,
-                                                              config.dataset.augment)),
+                                                              config.dataset.augment),
+                                   ssim=scoring.computes_ssim(config.score)),
                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=sharding.batch_sharded(mesh))
 

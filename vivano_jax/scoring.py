@@ -3,7 +3,8 @@
 Components, computed per batch in the jitted eval step (`score_components`):
   pixel maps [B, H, W]: 'nll' (the per-patch mixture NLL [B, h, w] upsampled bilinearly to the image
     size, half-pixel centres as PyTorch's interpolate with align_corners=False), 'recon' (squared
-    reconstruction error), 'ssim' (1 - SSIM between input and reconstruction), 'seg' (the
+    reconstruction error), 'ssim' (1 - SSIM between input and reconstruction; only when a score
+    reads it or `score.always_ssim`, `computes_ssim`), 'seg' (the
     segmenter's anomaly probability, with `model.segmenter_features` > 0); each optionally smoothed
     with a Gaussian (`score.smoothing_sigma`);
   image scores [B]: 'nll_max' (the paper: the maximum per-patch NLL), 'nll_mean', 'recon' (mean squared
@@ -29,7 +30,6 @@ Final scores (`final_scores`, from `config.score`):
     up: an image is anomalous when it is far from normal by either, in units of normal spread.
 """
 
-import os
 from typing import Any, Optional
 
 import jax
@@ -39,6 +39,7 @@ import numpy as np
 
 from vivano_jax import errors
 from vivano_jax import score_maps
+from vivano_jax import score_stats
 
 Array = jax.Array
 
@@ -53,11 +54,10 @@ PIXEL_MAPS = COMPONENTS + ('combined',)
 # Beside these, an image score's map ('MAP:KIND:NORMALIZE', `parse_image_spec`) may be a sum of
 # named components, 'recon+nll': 'combined' over those instead of `score.combine`.
 NORMALIZE = ('global', 'pixel')
-PRIOR_MAPS = 10  # Pseudo-maps of the per-pixel statistics' shrinkage (stats_from_moments).
-STATS_FILENAME = 'score_stats.npz'  # In the workdir, written by the export beside thresholds.json.
 
 def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: float,
-                     shifts: int = 1) -> tuple[dict[str, Array], dict[str, Array]]:
+                     shifts: int = 1, ssim: bool = True
+                     ) -> tuple[dict[str, Array], dict[str, Array]]:
   """Image-level and pixel-level score components.
 
   Args:
@@ -65,6 +65,8 @@ def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: 
       'nll' is [B, h, w], or [B, h * S, w * S] from `shifted_nll` with S = shifts.
     images: [B, H, W, C] inputs in [-1, 1].
     smoothing_sigma: Gaussian sigma in pixels for the pixel maps (0 = none).
+    ssim: compute the 'ssim' components (with a reconstruction); `computes_ssim` says when a run
+      needs them.
   Returns:
     (image components {name: [B]}, pixel components {name: [B, H, W]}).
   """
@@ -77,6 +79,7 @@ def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: 
     err = score_maps.squared_error_map(images, outputs['recon'])
     image['recon'] = jnp.mean(err, axis=(1, 2))
     pixel['recon'] = blur(err)
+  if 'recon' in outputs and ssim:
     dissim = 1.0 - score_maps.ssim_map(images, outputs['recon'])
     image['ssim'] = jnp.mean(dissim, axis=(1, 2))
     pixel['ssim'] = blur(dissim)
@@ -86,12 +89,7 @@ def score_components(outputs: dict[str, Array], images: Array, smoothing_sigma: 
   return image, pixel
 
 
-# Statistics of the score components over held-out normal images:
-#   '<image component>' -> (mean, std) of the image scores;
-#   'pixel_<component>' -> (mean, std) over all pixels of all maps;
-#   'map_<component>' -> (mean map [S, S], std map [S, S]) per pixel position (`score.normalize='pixel'`),
-#     shrunk towards the global mean and std (`stats_from_moments`).
-ScoreStats = dict[str, tuple[Any, Any]]
+ScoreStats = score_stats.ScoreStats  # {name: (mean, std)}: score_stats.py.
 
 
 def check_config(score: ml_collections.ConfigDict) -> None:
@@ -291,6 +289,21 @@ def needs_decoder(score: ml_collections.ConfigDict) -> bool:
   return bool(components_used(score) & set(DECODER_COMPONENTS))
 
 
+def computes_ssim(score: ml_collections.ConfigDict) -> bool:
+  """Whether the scoring step computes the 'ssim' components: when a configured score reads them,
+  when `score.select` may choose one of its candidates that does, or with `score.always_ssim`
+  (to export them beside the others). Otherwise they are left out: the SSIM map blurs five moments
+  of every channel, about a quarter of the scoring step with the decoder at 512 px."""
+  if score.always_ssim or 'ssim' in components_used(score):
+    return True
+  if score.select == 'none':
+    return False
+  candidates = [parse_image_spec(c, 'score.image_candidates') for c in score.image_candidates] + [
+      {'pixel': str(c).split(':')[0]} for c in score.pixel_candidates]  # 'KIND:NORMALIZE'.
+  return any('ssim' in components_used(ml_collections.ConfigDict(score.to_dict() | fields))
+             for fields in candidates)
+
+
 def components_used(score: ml_collections.ConfigDict) -> set[str]:
   """The pixel and image components the configured scores read."""
   kinds = [kind for kind, _ in _maps_used(score)]
@@ -347,54 +360,3 @@ def check_components(config: ml_collections.ConfigDict) -> None:
     raise errors.UsageError(f"{'; '.join(fields)}: read the segmenter's map, and the model has "
                             'none (model.segmenter_features=0): set model.segmenter_features > 0 '
                             'or choose scores without the segmenter')
-
-
-def stats_from_moments(image: dict[str, np.ndarray], moments: dict[str, tuple]) -> ScoreStats:
-  """ScoreStats from the image components {name: [n]} and per-pixel moments {component: (sum [S, S],
-  sum of squares [S, S], number of maps)} of held-out normal images."""
-  stats = {name: (float(np.mean(v)), float(np.std(v))) for name, v in image.items()}
-  for name, (s, s2, n) in moments.items():
-    s, s2 = np.asarray(s, np.float64), np.asarray(s2, np.float64)
-    mean = s.sum() / (n * s.size)
-    stats[f'pixel_{name}'] = (float(mean), float(np.sqrt(max(s2.sum() / (n * s.size) - mean**2, 0.0))))
-    mean_map = s / n
-    var_map = np.maximum(s2 / n - mean_map**2, 0.0)
-    # Shrunk towards the statistics of all positions, as if PRIOR_MAPS more maps had the global
-    # mean and variance everywhere: a few held-out images (a small MVTec AD category keeps 6) give
-    # noisy per-position estimates, and a tiny std would turn noise into a huge z-score.
-    g_mean, g_std = stats[f'pixel_{name}']
-    w = n / (n + PRIOR_MAPS)
-    mean_map = w * mean_map + (1 - w) * g_mean
-    std_map = np.sqrt(w * var_map + (1 - w) * g_std**2) + 1e-12
-    stats[f'map_{name}'] = (mean_map.astype(np.float32), std_map.astype(np.float32))
-  return stats
-
-
-def scalar_stats(stats: Optional[ScoreStats]) -> Optional[dict[str, tuple[float, float]]]:
-  """The scalar entries of `stats` (for JSON records); the per-pixel maps are saved apart."""
-  if stats is None:
-    return None
-  return {k: v for k, v in stats.items() if not k.startswith('map_')}
-
-
-def save_stats(path: str, stats: ScoreStats) -> None:
-  """All of `stats` as a .npz of float arrays ('<key>/mean', '<key>/std'); no pickle."""
-  arrays = {}
-  for k, (mean, std) in stats.items():
-    arrays[f'{k}/mean'] = np.asarray(mean, np.float64)
-    arrays[f'{k}/std'] = np.asarray(std, np.float64)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def load_stats(path: str) -> ScoreStats:
-  """The inverse of `save_stats`."""
-  with np.load(path, allow_pickle=False) as z:
-    keys = sorted({k.rsplit('/', 1)[0] for k in z.files})
-    out = {}
-    for k in keys:
-      mean, std = z[f'{k}/mean'], z[f'{k}/std']
-      out[k] = (float(mean), float(std)) if mean.ndim == 0 else (mean.astype(np.float32),
-                                                                 std.astype(np.float32))
-  return out

@@ -27,9 +27,9 @@ from vivano_jax import datasets
 from vivano_jax import errors
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
-from vivano_jax import optimizer
 from vivano_jax import score_selection
 from vivano_jax import scorer as scorer_lib
+from vivano_jax import score_stats
 from vivano_jax import scoring
 from vivano_jax import sharding
 from vivano_jax import synthetic
@@ -245,7 +245,7 @@ def evaluate_run(state: train_step.TrainState, data: dict[str, input_pipeline.Sp
                                 if v is not None})
   writer.write_images(step, tensorboard_images(scored, result.scores, result.maps, n_tb))
   return {'metrics': result.metrics, 'score_images_per_sec': scored.images_per_sec,
-          'score_stats': scoring.scalar_stats(stats), 'num_test_images': int(len(whole))}, result
+          'score_stats': score_stats.scalar_stats(stats), 'num_test_images': int(len(whole))}, result
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from vivano_jax import image_io
 from vivano_jax import input_pipeline
 from vivano_jax import score_selection
 from vivano_jax import scorer as scorer_lib
+from vivano_jax import score_stats
 from vivano_jax import scoring
 from vivano_jax import sharding
 from vivano_jax import thresholds as thresholds_lib
@@ -48,14 +49,14 @@ class Run:
 
 def load_stats(workdir: str) -> scoring.ScoreStats:
   """The statistics the export wrote beside thresholds.json (or its copy in the workdir)."""
-  path = os.path.join(workdir, export.EXPORT_DIR, scoring.STATS_FILENAME)
+  path = os.path.join(workdir, export.EXPORT_DIR, score_stats.STATS_FILENAME)
   if not os.path.exists(path):  # An export from before the statistics moved beside it.
-    path = os.path.join(workdir, scoring.STATS_FILENAME)
+    path = os.path.join(workdir, score_stats.STATS_FILENAME)
   if not os.path.exists(path):
     raise errors.DataError(f'{path}: missing; the configured score needs the statistics the '
                            'export writes (run vivano export)')
   try:
-    return scoring.load_stats(path)
+    return score_stats.load_stats(path)
   except (OSError, ValueError, KeyError) as e:
     raise errors.DataError(f'{path}: unreadable ({e}); run vivano export again') from e
 

@@ -11,7 +11,7 @@ shifts included, carries over), and combines them as `config.score` says (scorin
 statistics of held-out normal images that a standardised score needs (score_stats.npz) are baked in
 as constants. Outputs, in `OUTPUTS + components` order: the image score (anomalous if >= the run's
 threshold), the anomaly map at the model size, and the image score components of predictions.csv
-(nll_max, nll_mean, recon, ssim).
+(nll_max, nll_mean; recon, seg_max and ssim as the run computes them: scoring.computes_ssim).
 """
 
 import dataclasses
