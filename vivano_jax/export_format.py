@@ -299,7 +299,6 @@ def read_export(directory: str | os.PathLike, ground_truth: Optional[str] = None
 
   cols = _read_scores(directory / SCORES_CSV, problems)
   _raise_problems(problems, directory)
-  n = len(cols['index'])
   names = np.array(cols['filename'], dtype=object)
   defect_types = np.array(cols['defect_type'], dtype=object)
   has_mask = np.array(cols['has_mask'], dtype=bool)
