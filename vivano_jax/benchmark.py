@@ -353,9 +353,11 @@ def run(fv: flags.FlagValues) -> None:
     raise errors.UsageError(f'--sizes={",".join(fv.sizes)}: not a list of integers') from None
   if not sizes or min(sizes) < 1:
     raise errors.UsageError(f'--sizes={",".join(fv.sizes or [])}: image sizes must be positive')
-  if fv.output and (os.path.isdir(fv.output)
-                    or not os.path.isdir(os.path.dirname(os.path.abspath(fv.output)))):
-    raise errors.UsageError(f'--output={fv.output}: must name a file in an existing folder')
+  if fv.output and os.path.isdir(fv.output):
+    raise errors.UsageError(f'--output={fv.output} is a folder: name the JSON file to write, '
+                            f'e.g. --output={os.path.join(fv.output, "bench.json")}')
+  if fv.output and not os.path.isdir(os.path.dirname(os.path.abspath(fv.output))):
+    raise errors.UsageError(f'--output={fv.output}: its folder does not exist')
   print(f'benchmarking on {jax.device_count()} device(s): {jax.devices()}', flush=True)
   result = benchmark(config, sizes, fv.steps, fv.warmup, fv.matmul_size, fv.profile_dir)
   print(format_report(result), flush=True)
