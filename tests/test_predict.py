@@ -4,7 +4,9 @@ Scoring with an exported model (--model) is tested in test_export_model.py."""
 
 import csv
 import json
+import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -205,7 +207,7 @@ def test_predict_output_keeps_what_it_did_not_write(folder_run, tmp_path, capsys
                    '--batch_size=100000000']) == 0, capsys.readouterr().err
 
 
-def test_input_links_are_followed_or_named_never_skipped(tmp_path):
+def test_input_links_are_followed_or_named_never_skipped(tmp_path, monkeypatch, capsys):
   from vivano_jax import predict  # pylint: disable=g-import-not-at-top
   elsewhere, folder = tmp_path / 'camera', tmp_path / 'in'
   elsewhere.mkdir()
@@ -224,3 +226,16 @@ def test_input_links_are_followed_or_named_never_skipped(tmp_path):
     message = str(e.value)
     assert f'{folder / "gone.png"}: broken symlink' in message, message
     assert f'{folder / "loop.png"}: broken symlink' in message, message
+  for link in ('gone.png', 'loop.png'):
+    (folder / link).unlink()
+  (folder / 'locked').mkdir()  # chmod 000 (root reads it anyway): scanning it fails.
+  (folder / 'notes.txt').write_text('x')
+  scandir = os.scandir
+  def no_permission(path='.'):
+    if os.fspath(path).endswith('locked'):
+      raise PermissionError(13, 'Permission denied', os.fspath(path))
+    return scandir(path)
+  monkeypatch.setattr(os, 'scandir', no_permission)
+  with pytest.raises(errors.DataError, match=re.escape(f'{folder / "locked"}: unreadable folder')):
+    predict.find_images(str(folder))
+  assert capsys.readouterr().err == ''  # The error, not first a warning about notes.txt.

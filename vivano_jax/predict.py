@@ -84,6 +84,7 @@ def find_images(spec: str, exclude: Sequence[str] = ()) -> list[pathlib.Path]:
     return [path]
   if path.is_dir():
     files = _files_under(path, problems)
+    image_files.raise_problems(problems, f'--input={spec}')  # Before the warning below.
     found = [p for p in files if image_files.is_image_name(p.name)]
     others = sorted(str(p) for p in files if not image_files.is_image_name(p.name))
     if others:
@@ -95,8 +96,8 @@ def find_images(spec: str, exclude: Sequence[str] = ()) -> list[pathlib.Path]:
                if not image_files.is_ignored(os.path.basename(p))]
     problems += [f'{p}: broken symlink; remove it or point it at an existing file'
                  for p in sorted(matches) if os.path.islink(p) and not os.path.exists(p)]
+    image_files.raise_problems(problems, f'--input={spec}')
     found = [pathlib.Path(p) for p in matches if os.path.isfile(p)]
-  image_files.raise_problems(problems, f'--input={spec}')
   for folder in exclude:
     skip = pathlib.Path(folder).resolve()
     found = [p for p in found if skip not in p.resolve().parents]
