@@ -142,6 +142,11 @@ def test_folder_without_ground_truth_and_mixed_channels(tmp_path):
   root = write_layout(tmp_path / 'parts', masks=False, test={'good': 1, 'dent': 2})
   write_image(root / 'test' / 'dent' / '005.JPG', np.full((20, 24, 3), (200, 10, 10)))  # Color.
   (root / 'test' / 'dent' / '.DS_Store').write_bytes(b'\0\1junk')  # Hidden: ignored.
+  (root / 'test' / 'dent' / '._000.png').write_bytes(b'\0\5\26\7')  # AppleDouble: ignored.
+  (root / 'train' / 'good' / 'Thumbs.db').write_bytes(b'\xd0\xcf')
+  for macosx in ('test', 'train/good'):  # A zip unpacked from a Mac: its __MACOSX/ is ignored.
+    (root / macosx / '__MACOSX' / 'dent').mkdir(parents=True)
+    (root / macosx / '__MACOSX' / 'dent' / '._000.png').write_bytes(b'\0\5\26\7')
   builder = folder.make_builder(make_cfg('folder', root), data_dir=tmp_path / 'data')
   assert builder.info.features['image'].shape == (None, None, 3)  # One color image -> RGB.
   test = {e['filename']: e for e in load_split(builder, 'test')}

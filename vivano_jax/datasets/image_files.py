@@ -1,7 +1,8 @@
 """Listing, decoding and encoding the image files that the builders (and `predict`) read from disk.
 
 Images: png, jpg, jpeg, bmp, tif, tiff (any case). Hidden files (names starting with '.', such as
-.DS_Store or macOS '._*' resource forks) and Windows' Thumbs.db / desktop.ini are ignored. Every
+.DS_Store or macOS '._*' resource forks), the __MACOSX folder of a zip made on a Mac and Windows'
+Thumbs.db / desktop.ini are ignored. Every
 problem is reported as one `errors.DataError` that names the file, never as a PIL, OS or
 TensorFlow stack trace: a symlink that leads nowhere (dangling or looping) is found while listing,
 and every file is fully decoded before a builder writes anything (`check_files`).
@@ -22,7 +23,7 @@ from PIL import Image
 from vivano_jax import errors
 from vivano_jax import image_io
 
-IGNORED_NAMES = frozenset({'thumbs.db', 'desktop.ini'})
+IGNORED_NAMES = frozenset({'thumbs.db', 'desktop.ini', '__macosx'})  # Compared lower-case.
 
 # Modes PIL opens single-channel images in; 'P'/'PA' (palette) are decided by their palette.
 _GRAY_MODES = frozenset({'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N', 'F'})
@@ -35,7 +36,8 @@ def raise_problems(problems: Sequence[str], where: str | os.PathLike) -> None:
 
 
 def is_ignored(name: str) -> bool:
-  """True for hidden files and OS droppings (.DS_Store, ._x, Thumbs.db) that never hold data."""
+  """True for hidden files and OS droppings (.DS_Store, ._x, __MACOSX/, Thumbs.db) that never hold
+  data."""
   return name.startswith('.') or name.lower() in IGNORED_NAMES
 
 
