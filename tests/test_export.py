@@ -311,6 +311,8 @@ def test_evaluation_errors_list_every_problem(folder_run, tmp_path):
     stem = pathlib.PurePath(exported.filenames[i]).stem
     Image.fromarray(np.full(exported.masks[i].shape, 255, np.uint8)).save(
         gt / 'ground_truth' / 'good' / f'{stem}_mask.png')
+  (gt / 'ground_truth' / 'spot' / 'Thumbs.db').write_bytes(b'\xd0\xcf')  # Ignored, as in datasets.
+  (gt / 'ground_truth' / 'spot' / '._000_mask.png').write_bytes(b'\0\5\26\7')
   from_folder = export_format.read_export(folder_run / 'export' / 'test', ground_truth=str(gt))
   for i in good:
     assert not from_folder.masks[i].any() and from_folder.has_mask[i]

@@ -14,10 +14,10 @@ from vivano_jax import image_io
 def _mask_files(gt: pathlib.Path, problems: list[str]) -> dict[tuple[str, str], pathlib.Path]:
   """(defect type, image stem) -> mask file, of ground_truth/<defect type>/ but 'good'."""
   available = {}
-  for d in sorted(p for p in gt.iterdir() if p.is_dir() and not p.name.startswith('.')
+  for d in sorted(p for p in gt.iterdir() if p.is_dir() and not image_io.is_ignored(p.name)
                   and p.name != 'good'):
     for f in sorted(d.iterdir()):
-      if f.name.startswith('.') or not f.is_file():
+      if image_io.is_ignored(f.name) or not f.is_file():
         continue
       stem, ext = os.path.splitext(f.name)
       if ext.lower() not in image_io.IMAGE_EXTENSIONS or not stem.endswith('_mask'):
@@ -50,7 +50,7 @@ def masks_from_folder(root: str | os.PathLike, filenames: np.ndarray, defect_typ
     return [], np.zeros(0, bool)
   available = _mask_files(gt, problems)
   folders = {d for d, _ in available} | {
-      p.name for p in gt.iterdir() if p.is_dir() and not p.name.startswith('.')}
+      p.name for p in gt.iterdir() if p.is_dir() and not image_io.is_ignored(p.name)}
   masks, has_mask, used = [], np.zeros(len(filenames), bool), set()
   for i, (name, defect) in enumerate(zip(filenames, defect_types)):
     key = (defect, pathlib.PurePath(name).stem)

@@ -20,6 +20,15 @@ _LOSSY_FORMATS = ('JPEG', 'MPO', 'WEBP')  # WebP may be lossy; a lossless mask r
 _ORIENTATION = 0x0112  # The EXIF tag: how a viewer turns the stored pixels to show them.
 
 
+IGNORED_NAMES = frozenset({'thumbs.db', 'desktop.ini', '__macosx'})  # Compared lower-case.
+
+
+def is_ignored(name: str) -> bool:
+  """True for hidden files and OS droppings (.DS_Store, ._x, __MACOSX/, Thumbs.db) that never hold
+  data: every reader of image and mask folders skips them."""
+  return name.startswith('.') or name.lower() in IGNORED_NAMES
+
+
 def is_image_name(name: str) -> bool:
   return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 

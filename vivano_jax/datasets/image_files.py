@@ -23,7 +23,6 @@ from PIL import Image
 from vivano_jax import errors
 from vivano_jax import image_io
 
-IGNORED_NAMES = frozenset({'thumbs.db', 'desktop.ini', '__macosx'})  # Compared lower-case.
 
 # Modes PIL opens single-channel images in; 'P'/'PA' (palette) are decided by their palette.
 _GRAY_MODES = frozenset({'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N', 'F'})
@@ -35,12 +34,7 @@ def raise_problems(problems: Sequence[str], where: str | os.PathLike) -> None:
     raise errors.DataError(image_io.format_problems(problems, where))
 
 
-def is_ignored(name: str) -> bool:
-  """True for hidden files and OS droppings (.DS_Store, ._x, __MACOSX/, Thumbs.db) that never hold
-  data."""
-  return name.startswith('.') or name.lower() in IGNORED_NAMES
-
-
+is_ignored = image_io.is_ignored
 is_image_name = image_io.is_image_name
 
 
