@@ -301,6 +301,25 @@ def test_ignored_masks_and_folders_are_warned_on_the_console(tmp_path, capsys):
   assert capsys.readouterr().err == ''  # each warning is said once.
 
 
+def test_masks_that_mark_nothing_or_most_of_every_image_are_warned(tmp_path, capsys):
+  root = write_layout(tmp_path / 'parts', test={'good': 1, 'crack': 2, 'dent': 2, 'hole': 2})
+  for i in range(2):
+    write_image(root / 'ground_truth' / 'dent' / f'{i:03d}_mask.png', np.zeros((20, 24)))
+    inverted = np.full((20, 24), 255)
+    inverted[5:9, 3:8] = 0  # A dark defect drawn on white.
+    write_image(root / 'ground_truth' / 'hole' / f'{i:03d}_mask.png', inverted)
+  write_image(root / 'ground_truth' / 'crack' / '000_mask.png', np.zeros((20, 24)))  # One: fine.
+  builder = folder.make_builder(make_cfg('folder', root), data_dir=tmp_path / 'data')
+  err = capsys.readouterr().err
+  gt = root / 'ground_truth'
+  assert (f"warning: {gt / 'dent'}: none of its 2 masks marks a defect pixel (values > 0), so the "
+          "pixel metrics of 'dent' are n/a" in err), err
+  assert f"warning: {gt / 'hole'}: each of its 2 masks marks more than half" in err
+  assert str(gt / 'crack') not in err
+  masks = {e['filename']: e['mask'].mean() for e in load_split(builder, 'test')}
+  assert masks['test/dent/000.png'] == 0 and masks['test/hole/000.png'] > 0.9  # Read as they are.
+
+
 def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
   """A phone's photo stores its pixels turned and says so in an EXIF tag; its mask is drawn on the
   image as shown. Both are read as shown, so the defect and its mask line up."""

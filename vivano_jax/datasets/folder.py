@@ -8,7 +8,8 @@
 
 Images: png, jpg, jpeg, bmp, tif, tiff (any case). Defect types are the test folder names. A defect
 type with a ground_truth/<defect_type>/ folder must have a mask for each image (any value > 0 is
-defective; empty masks are valid); a defect type without one gets all-zero masks and has_mask
+defective; empty masks are valid, but a defect type whose masks are all empty, or all mark most
+of their image, is warned about); a defect type without one gets all-zero masks and has_mask
 False, so pixel metrics report it as unavailable. Channels: 1 if every image is grayscale, else 3
 (grayscale images are then converted). Images keep their native size: image uint8 [H, W, C], mask
 uint8 [H, W, 1]. Filenames are paths relative to the root.

@@ -249,11 +249,28 @@ def generate_examples(layout: Layout, split: str, channels: int) -> Iterator[tup
   image: PNG of uint8 [H, W, channels] at native size; mask: PNG of uint8 [H, W, 1] in {0, 1} (all
   zero without a mask file); filename and key: the image's path relative to the root.
   """
+  coverage = collections.defaultdict(list)  # Defect type -> the fraction each mask marks.
   for e in layout.split(split):
     image, shape = image_files.image_png(layout.root / e.relpath, channels)
     if e.mask_relpath:
       mask = image_io.read_mask(layout.root / e.mask_relpath).astype(np.uint8)[..., None]
+      coverage[e.defect_type].append(float(mask.mean()))
     else:
       mask = np.zeros(shape + (1,), np.uint8)
     yield features.example(e.relpath, image, image_files.encode_png(mask), e.defect_type,
                            e.has_mask)
+  _warn_unlikely_masks(layout.root, coverage)
+
+
+def _warn_unlikely_masks(root: pathlib.Path, coverage: dict[str, list[float]]) -> None:
+  """Warns about a defect type none of whose masks marks a pixel (its pixel metrics are n/a) or
+  each of whose masks marks most of its image (drawn dark on white?): likely mistakes, though
+  masks are read as they are (an empty mask is valid: Magnetic Tile has a few)."""
+  for defect, fractions in sorted(coverage.items()):
+    folder = root / GROUND_TRUTH / defect
+    if max(fractions) == 0:
+      _warn(f'{folder}: none of its {len(fractions)} masks marks a defect pixel (values > 0), so '
+            f'the pixel metrics of {defect!r} are n/a')
+    elif min(fractions) > 0.5:
+      _warn(f'{folder}: each of its {len(fractions)} masks marks more than half of its image as '
+            'defect (values > 0); if the defects are drawn dark on white, invert the masks')
