@@ -239,3 +239,27 @@ def test_input_links_are_followed_or_named_never_skipped(tmp_path, monkeypatch, 
   with pytest.raises(errors.DataError, match=re.escape(f'{folder / "locked"}: unreadable folder')):
     predict.find_images(str(folder))
   assert capsys.readouterr().err == ''  # The error, not first a warning about notes.txt.
+
+
+def test_a_write_failing_midway_leaves_no_partial_predictions(tmp_path, monkeypatch):
+  from vivano_jax import overlays  # pylint: disable=g-import-not-at-top
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  paths = [tmp_path / f'{name}.png' for name in 'abc']
+  scores = np.array([0.1, 0.7, 0.2])
+  result = {'thresholds': {'threshold': 0.5, 'pixel_display_range': [0.0, 1.0]},
+            'components': {'recon': scores}, 'scores': scores, 'anomalous': scores >= 0.5,
+            'images': [np.zeros((4, 5, 1), np.uint8)] * 3,
+            'maps': [np.full((4, 5), v, np.float32) for v in scores]}
+  out = tmp_path / 'out'
+  predict.write_predictions(str(out), paths, result)  # An earlier, complete call.
+  with open(out / 'predictions.csv', newline='') as f:
+    assert [r['decision'] for r in csv.DictReader(f)] == ['normal', 'anomalous', 'normal']
+  save = overlays.save_overlay
+  def disk_full_at_the_second(path, *args):
+    if '000001' in str(path):
+      raise OSError(28, 'No space left on device', str(path))
+    save(path, *args)
+  monkeypatch.setattr(overlays, 'save_overlay', disk_full_at_the_second)
+  with pytest.raises(OSError, match='No space left'):
+    predict.write_predictions(str(out), paths, result, predict.previous_outputs(str(out)))
+  assert list(out.iterdir()) == []  # Neither the earlier results (replaced) nor a part of these.

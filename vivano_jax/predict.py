@@ -29,6 +29,7 @@ native size) and overlays/<i>_<stem>.png (image | map), and predictions.csv with
 image; a decision per image is printed.
 """
 
+import contextlib
 import csv
 import glob
 import os
@@ -173,30 +174,43 @@ def predict_with_model(model: model_dir.ExportedModel, paths: list[pathlib.Path]
 def write_predictions(output: str, paths: list[pathlib.Path], result: dict[str, Any],
                       stale: Sequence[pathlib.Path] = ()) -> str:
   """maps/*.npy, overlays/*.png and predictions.csv in `output`, after removing `stale` (an
-  earlier call's files: `previous_outputs`); returns the csv's path."""
+  earlier call's files: `previous_outputs`) and the earlier predictions.csv; returns the csv's
+  path. The csv comes last, whole (renamed into place); a failure on the way (a full disk) removes
+  what this call wrote, so no partial results are left to pass for complete ones."""
   out = pathlib.Path(output)
-  for path in stale:  # A reused --output holds only this call's results.
+  csv_path = out / PREDICTIONS_CSV
+  for path in (*stale, csv_path):  # A reused --output holds only this call's results.
     path.unlink(missing_ok=True)
   (out / 'maps').mkdir(parents=True, exist_ok=True)
   (out / 'overlays').mkdir(parents=True, exist_ok=True)
   record = result['thresholds']
   names = list(result['components'])
-  csv_path = out / PREDICTIONS_CSV
-  with open(csv_path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['index', 'path', 'height', 'width', 'score', 'threshold', 'decision',
-                     *names, 'map', 'overlay'])
+  rows = [['index', 'path', 'height', 'width', 'score', 'threshold', 'decision', *names, 'map',
+           'overlay']]
+  written = [out / f'.{PREDICTIONS_CSV}.tmp{os.getpid()}']
+  try:
     for i, path in enumerate(paths):
       base = f'{export_format.array_key(i)}_{export_format.safe_stem(path.name)}'
       amap = result['maps'][i]
-      np.save(out / 'maps' / f'{base}.npy', amap)
-      overlays.save_overlay(out / 'overlays' / f'{base}.png', result['images'][i], amap, None,
-                          record['pixel_display_range'])
-      writer.writerow([i, str(path), *amap.shape, export_format.format_float(result['scores'][i]),
-                       export_format.format_float(record['threshold']),
-                       'anomalous' if result['anomalous'][i] else 'normal',
-                       *(export_format.format_float(result['components'][c][i]) for c in names),
-                       f'maps/{base}.npy', f'overlays/{base}.png'])
+      written += [out / 'maps' / f'{base}.npy', out / 'overlays' / f'{base}.png']
+      np.save(written[-2], amap)
+      overlays.save_overlay(written[-1], result['images'][i], amap, None,
+                            record['pixel_display_range'])
+      rows.append([i, str(path), *amap.shape, export_format.format_float(result['scores'][i]),
+                   export_format.format_float(record['threshold']),
+                   'anomalous' if result['anomalous'][i] else 'normal',
+                   *(export_format.format_float(result['components'][c][i]) for c in names),
+                   f'maps/{base}.npy', f'overlays/{base}.png'])
+    with open(written[0], 'w', newline='') as f:
+      csv.writer(f).writerows(rows)
+    os.replace(written[0], csv_path)
+  except BaseException:
+    for path in written:
+      path.unlink(missing_ok=True)
+    for folder in OUTPUT_FOLDERS:
+      with contextlib.suppress(OSError):  # Only when empty: it may hold someone else's files.
+        (out / folder).rmdir()
+    raise
   return str(csv_path)
 
 
@@ -262,11 +276,11 @@ def run(fv: flags.FlagValues) -> None:
       result = predict_with_model(model, paths, fv.batch_size)
     else:
       result = predict(fv.workdir, paths, fv.step, fv.batch_size)
+    csv_path = write_predictions(fv.output, paths, result, stale)
   except BaseException:
     if created and not any(os.scandir(fv.output)):
-      os.rmdir(fv.output)  # Nothing scored: no empty output folder left behind.
+      os.rmdir(fv.output)  # Nothing written: no empty output folder left behind.
     raise
-  csv_path = write_predictions(fv.output, paths, result, stale)
   t = result['thresholds']
   print(f"threshold {t['threshold']:.6g} ({t['chosen']}, {t['rule']}), {result['scored_by']}")
   for path, score, bad in zip(paths, result['scores'], result['anomalous']):
