@@ -257,10 +257,26 @@ def _animated_mask(root):  # An APNG: the first frame need not be the mask that 
   return path
 
 
+def _capital_ground_truth(root):  # Not read, its masks would be missing without a word.
+  (root / 'ground_truth').rename(root / 'Ground_Truth')
+  return root / 'Ground_Truth'
+
+
+def _capital_train(root):
+  (root / 'train').rename(root / 'Train')
+  return root / 'Train'
+
+
+def _capital_train_good(root):
+  (root / 'train' / 'good').rename(root / 'train' / 'GOOD')
+  return root / 'train' / 'GOOD'
+
+
 @pytest.mark.parametrize('damage', [_corrupt, _truncate, _remove_mask, _resize_mask, _non_image,
                                     _capital_good, _no_train_good, _empty_train_good,
                                     _missing_root, _overall_folder, _multipage_tiff,
-                                    _animated_mask])
+                                    _animated_mask, _capital_ground_truth, _capital_train,
+                                    _capital_train_good])
 def test_folder_bad_input(tmp_path, damage):
   root = write_layout(tmp_path / 'parts')
   named = damage(root)

@@ -96,6 +96,16 @@ def _warn(message: str) -> None:
   print(f'warning: {message}', file=sys.stderr)
 
 
+def _check_misnamed(folder: pathlib.Path, names: dict[str, str], problems: list[str]) -> None:
+  """Appends a problem for each folder in `folder` named as one of `names` (key: lower case,
+  without '_', '-' or spaces; value: the name) but not exactly ('Train', 'Ground_Truth'): it
+  would not be read, and masks in it would be missing without a word."""
+  for entry in image_files.entries(folder, problems):
+    name = names.get(''.join(c for c in entry.name.lower() if c not in '_- '))
+    if name and entry.name != name and entry.is_dir():
+      problems.append(f'{folder / entry.name}: not read; name the folder {name}/ (lower case)')
+
+
 def _scan_train(root: pathlib.Path, problems: list[str]) -> tuple[Entry, ...]:
   """The entries of train/good/; train/ may hold nothing else."""
   train_dir = root / TRAIN
@@ -197,6 +207,10 @@ def scan_layout(root: str | os.PathLike, *, masks_required: bool) -> Layout:
   """
   root = image_files.directory(root, 'dataset folder')
   problems = []
+  _check_misnamed(root, {TRAIN: TRAIN, TEST: TEST, 'groundtruth': GROUND_TRUTH}, problems)
+  if (root / TRAIN).is_dir():
+    _check_misnamed(root / TRAIN, {GOOD: GOOD}, problems)
+  image_files.raise_problems(problems, root)  # Before 'missing folder' for a misnamed one.
   train = _scan_train(root, problems)
   test = _scan_test(root, masks_required, problems)
   image_files.raise_problems(problems, root)
