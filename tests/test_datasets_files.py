@@ -9,6 +9,7 @@ import gzip
 import os
 import pathlib
 import re
+import shutil
 import time
 import zipfile
 
@@ -257,6 +258,12 @@ def _animated_mask(root):  # An APNG: the first frame need not be the mask that 
   return path
 
 
+def _test_is_a_file(root):
+  shutil.rmtree(root / 'test')
+  (root / 'test').write_text('x')
+  return root / 'test'
+
+
 def _capital_ground_truth(root):  # Not read, its masks would be missing without a word.
   (root / 'ground_truth').rename(root / 'Ground_Truth')
   return root / 'Ground_Truth'
@@ -276,15 +283,17 @@ def _capital_train_good(root):
                                     _capital_good, _no_train_good, _empty_train_good,
                                     _missing_root, _overall_folder, _multipage_tiff,
                                     _animated_mask, _capital_ground_truth, _capital_train,
-                                    _capital_train_good])
+                                    _capital_train_good, _test_is_a_file])
 def test_folder_bad_input(tmp_path, damage):
   root = write_layout(tmp_path / 'parts')
   named = damage(root)
   manual_dir = named if damage is _missing_root else root
   data_dir = tmp_path / 'data'
-  with pytest.raises(errors.DataError, match=re.escape(str(named))):
+  with pytest.raises(errors.DataError, match=re.escape(str(named))) as e:
     folder.make_builder(make_cfg('folder', manual_dir), data_dir=data_dir)
   assert leftovers(data_dir) == []
+  if damage is _test_is_a_file:
+    assert f'{named}: a file, not a folder' in str(e.value)
 
 
 def test_files_of_several_frames_are_refused_but_a_cameras_mpo_is_read(tmp_path):

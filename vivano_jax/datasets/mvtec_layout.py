@@ -96,6 +96,12 @@ def _warn(message: str) -> None:
   print(f'warning: {message}', file=sys.stderr)
 
 
+def _missing(folder: pathlib.Path) -> str:
+  """Why `folder`, which the layout needs, cannot be read: 'missing folder' or 'a file, not a
+  folder'."""
+  return 'a file, not a folder' if folder.exists() else 'missing folder'
+
+
 def _check_misnamed(folder: pathlib.Path, names: dict[str, str], problems: list[str]) -> None:
   """Appends a problem for each folder in `folder` named as one of `names` (key: lower case,
   without '_', '-' or spaces; value: the name) but not exactly ('Train', 'Ground_Truth'): it
@@ -111,8 +117,8 @@ def _scan_train(root: pathlib.Path, problems: list[str]) -> tuple[Entry, ...]:
   train_dir = root / TRAIN
   good_dir = train_dir / GOOD
   if not good_dir.is_dir():
-    raise errors.DataError(f'{good_dir}: missing folder; the defect-free training images must be '
-                           f'in {TRAIN}/{GOOD}/ under {root}.')
+    raise errors.DataError(f'{good_dir}: {_missing(good_dir)}; the defect-free training images '
+                           f'must be in {TRAIN}/{GOOD}/ under {root}.')
   for entry in image_files.entries(train_dir, problems):
     if entry.name != GOOD:
       problems.append(f'{train_dir / entry.name}: unexpected entry; {TRAIN}/ may only hold '
@@ -153,7 +159,7 @@ def _scan_test(root: pathlib.Path, masks_required: bool, problems: list[str]) ->
   """The entries of test/<defect_type>/ folders, sorted by path; warns about unused masks."""
   test_dir, gt_root = root / TEST, root / GROUND_TRUTH
   if not test_dir.is_dir():
-    raise errors.DataError(f'{test_dir}: missing folder; test images must be in '
+    raise errors.DataError(f'{test_dir}: {_missing(test_dir)}; test images must be in '
                            f'{TEST}/<defect_type>/ ({TEST}/{GOOD}/ for defect-free ones).')
   test, orphans = [], []
   for entry in image_files.entries(test_dir, problems):
