@@ -129,6 +129,11 @@ def test_out_of_memory_is_one_line_and_other_errors_keep_their_traceback(capsys,
     ('x = 1\n', '', 1, 'defines no get_config() function'),
     ('def get_config():\n  return 5\n', '', 1, 'returned a value of type int, not an'),
     ('from configs.tiny import get_config\n', ':3', 2, 'takes no argument'),
+    ('import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({"dataset": '
+     '{"name": "digits/0"}})\n', '', 2, 'the config lacks dataset.augment.hflip'),
+    ('from configs.tiny import get_config as tiny\ndef get_config():\n  c = tiny()\n'
+     '  c.train.learning_rat = 1.0\n  return c\n', '', 2,  # A typo: not ignored.
+     'the config has no field train.learning_rat (did you mean train.learning_rate?)'),
 ])
 def test_a_broken_config_file_is_one_line(capsys, tmp_path, body, arg, code, message):
   (tmp_path / 'cfg.py').write_text(body)

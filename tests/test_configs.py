@@ -6,6 +6,7 @@ config_flags (main's `--config=` flag) does, checked against it and against hand
 The sweeps in sweeps/ expand, the data folders given on the command line reaching the right runs."""
 
 import os
+import re
 
 from absl import flags
 import jax
@@ -14,6 +15,7 @@ import ml_collections
 from ml_collections import config_flags
 import pytest
 
+from vivano_jax import config_checks
 from vivano_jax import config_files
 from vivano_jax import errors
 from vivano_jax import model as model_lib
@@ -71,6 +73,21 @@ def test_loads_with_default_argument(name):
   assert config.dataset.name
   assert config.model.patch_size & (config.model.patch_size - 1) == 0  # Decoder: power of two.
   assert config.dataset.image_size % config.model.patch_size == 0
+
+
+@pytest.mark.parametrize('name', sorted(p.stem for p in (REPO / 'configs').glob('*.py')))
+def test_every_config_has_exactly_the_default_fields(name):
+  config_checks.check_fields(load(name))  # A typo in a config file would be a field of its own.
+
+
+def test_a_misspelt_or_missing_field_is_named():
+  config = load_config('tiny')
+  config.train.learning_rat = 1e-3
+  del config.loss['kl_weight']
+  with pytest.raises(errors.UsageError, match=re.escape(
+      'the config has no field train.learning_rat (did you mean train.learning_rate?) and lacks '
+      'loss.kl_weight; build configs on config_defaults.base_config()')):
+    config_checks.check_all(config)
 
 
 @pytest.mark.parametrize('name', ['magnetic_tile', 'magnetic_tile_paper'])

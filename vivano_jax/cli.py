@@ -178,6 +178,11 @@ def _check_config_files(args: list[str]) -> None:
       if not isinstance(config, ml_collections.ConfigDict):
         raise errors.DataError(f'--config={spec}: get_config() returned a value of type '
                                f'{type(config).__name__}, not an ml_collections.ConfigDict')
+      from vivano_jax import config_checks  # pylint: disable=g-import-not-at-top
+      try:
+        config_checks.check_fields(config)  # A misspelt field would be ignored without a word.
+      except errors.UsageError as e:
+        raise errors.UsageError(f'--config={spec}: {e}') from None
 
 
 def _run(name: str, argv: list[str]) -> int:

@@ -8,11 +8,13 @@ optimizer's choices (optimizer.py), the scores (scoring.py), the synthetic anoma
 Main runs it before training, the sweep on every run it plans.
 """
 
+import difflib
 import math
 from typing import Any
 
 import ml_collections
 
+from vivano_jax import config_defaults
 from vivano_jax import errors
 from vivano_jax import model as model_lib
 from vivano_jax import optimizer
@@ -156,8 +158,38 @@ def check_score(config: ml_collections.ConfigDict) -> None:
   check_selection(config.score, segmenter=config.model.segmenter_features > 0)
 
 
+def _fields(config: ml_collections.ConfigDict, prefix: str = '') -> set[str]:
+  """The dotted names of a config's leaf fields ('train.batch_size', ...)."""
+  names = set()
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      names |= _fields(value, f'{prefix}{key}.')
+    else:
+      names.add(f'{prefix}{key}')
+  return names
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+  """UsageError naming the fields a config lacks or has beyond config_defaults.base_config()'s: a
+  config file not built on it would fail far from its cause, and a misspelt field
+  (config.train.learning_rat = 1e-3) would be ignored without a word."""
+  want, have = _fields(config_defaults.base_config()), _fields(config)
+  shown = lambda names: ', '.join(names[:8]) + (f' and {len(names) - 8} more' * (len(names) > 8))
+  problems = []
+  if have - want:
+    extra = sorted(have - want)
+    close = difflib.get_close_matches(extra[0], want, n=1)
+    problems.append(f'has no field {shown(extra)}' + (f' (did you mean {close[0]}?)' * bool(close)))
+  if want - have:
+    problems.append(f'lacks {shown(sorted(want - have))}')
+  if problems:
+    raise errors.UsageError('the config ' + ' and '.join(problems) + '; build configs on '
+                            'config_defaults.base_config(), which has every field')
+
+
 def check_all(config: ml_collections.ConfigDict) -> None:
   """Every check of a run's config that needs no device and no data (see the module docstring)."""
+  check_fields(config)
   check_run(config)
   model_lib.check_sizes(config)
   synthetic_fields(config)
