@@ -312,6 +312,19 @@ def test_files_of_several_frames_are_refused_but_a_cameras_mpo_is_read(tmp_path)
   assert image.shape == (5, 6, 1) and abs(int(image.mean()) - 200) <= 2
 
 
+def test_a_name_that_is_not_utf8_is_named_readably(tmp_path):
+  root = write_layout(tmp_path / 'parts')
+  for where, old, new in (('train/good', '000.png', b'caf\xe9.png'),
+                          ('ground_truth/crack', '001_mask.png', b'\xff_mask.png')):
+    os.rename(root / where / old, os.fsencode(root / where) + b'/' + new)  # Latin-1 bytes.
+  with pytest.raises(errors.DataError) as e:
+    folder.make_builder(make_cfg('folder', root), data_dir=tmp_path / 'data')
+  message = str(e.value)
+  assert f'{root}/train/good/caf\ufffd.png: its name is not UTF-8 text' in message, message
+  assert f'{root}/ground_truth/crack/\ufffd_mask.png: its name is not UTF-8' in message, message
+  assert leftovers(tmp_path / 'data') == []
+
+
 def test_ignored_masks_and_folders_are_warned_on_the_console(tmp_path, capsys):
   root = write_layout(tmp_path / 'parts', test={'good': 2, 'crack': 2, 'dent': 0})
   (root / 'ground_truth' / 'crack').rename(root / 'ground_truth' / 'cracks')  # A misnamed folder.

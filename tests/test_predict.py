@@ -241,6 +241,16 @@ def test_input_links_are_followed_or_named_never_skipped(tmp_path, monkeypatch, 
   assert capsys.readouterr().err == ''  # The error, not first a warning about notes.txt.
 
 
+def test_an_input_name_that_is_not_utf8_is_named_readably(tmp_path):
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / 'ok.png')
+  os.link(tmp_path / 'ok.png', os.fsencode(tmp_path) + b'/caf\xe9.png')  # A Latin-1 name.
+  for spec in (tmp_path, os.fsdecode(os.fsencode(tmp_path) + b'/caf\xe9.png'), tmp_path / '*.png'):
+    with pytest.raises(errors.DataError, match=re.escape(
+        f'{tmp_path}/caf\ufffd.png: its name is not UTF-8 text')):  # Not a codec error.
+      predict.find_images(str(spec))
+
+
 def test_a_write_failing_midway_leaves_no_partial_predictions(tmp_path, monkeypatch):
   from vivano_jax import overlays  # pylint: disable=g-import-not-at-top
   from vivano_jax import predict  # pylint: disable=g-import-not-at-top

@@ -29,6 +29,18 @@ def is_ignored(name: str) -> bool:
   return name.startswith('.') or name.lower() in IGNORED_NAMES
 
 
+def name_problem(path: str | os.PathLike) -> str | None:
+  """'<path>: <problem>' when the path is not UTF-8 text (a name from another system's encoding;
+  Python keeps its bytes as surrogates, which no CSV, JSON or dataset string can hold), else None.
+  """
+  try:
+    os.fspath(path).encode('utf-8')
+    return None
+  except UnicodeEncodeError:
+    shown = os.fsencode(path).decode('utf-8', 'replace')
+    return f'{shown}: its name is not UTF-8 text (from another system?); rename it'
+
+
 def is_image_name(name: str) -> bool:
   return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 

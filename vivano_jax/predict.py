@@ -77,11 +77,18 @@ def _files_under(folder: pathlib.Path, problems: list[str]) -> list[pathlib.Path
   return files
 
 
+def _check_names(paths: Sequence[pathlib.Path], spec: str) -> None:
+  """One DataError listing the paths whose names are not UTF-8 text: predictions.csv could not
+  hold them."""
+  image_files.raise_problems([m for m in map(image_io.name_problem, paths) if m], f'--input={spec}')
+
+
 def find_images(spec: str, exclude: Sequence[str] = ()) -> list[pathlib.Path]:
   """The files named by --input: a file, a folder's image files (recursively) or a glob; sorted.
   Files under the folders `exclude` (predict's own maps/ and overlays/) are not among them."""
   path, problems = pathlib.Path(spec), []
   if path.is_file():
+    _check_names([path], spec)
     return [path]
   if path.is_dir():
     files = _files_under(path, problems)
@@ -99,6 +106,7 @@ def find_images(spec: str, exclude: Sequence[str] = ()) -> list[pathlib.Path]:
                  for p in sorted(matches) if os.path.islink(p) and not os.path.exists(p)]
     image_files.raise_problems(problems, f'--input={spec}')
     found = [pathlib.Path(p) for p in matches if os.path.isfile(p)]
+  _check_names(found, spec)
   for folder in exclude:
     skip = pathlib.Path(folder).resolve()
     found = [p for p in found if skip not in p.resolve().parents]

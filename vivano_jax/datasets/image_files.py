@@ -47,6 +47,8 @@ def directory(path: str | os.PathLike, what: str) -> pathlib.Path:
   if not root.is_dir():
     raise errors.DataError(f'{root}: {what} ' + ('is not a directory.' if root.exists()
                                                  else 'does not exist.'))
+  if image_io.name_problem(root):
+    raise errors.DataError(image_io.name_problem(root))
   return root
 
 
@@ -54,12 +56,16 @@ def entries(folder: pathlib.Path, problems: list[str]) -> list[os.DirEntry]:
   """The entries of `folder` that are not ignored, sorted by name, each safe to stat.
 
   A symlink that leads nowhere (its target is missing, or it loops) is appended to `problems`
-  instead: stat-ing it later would raise an OSError far from its name.
+  instead: stat-ing it later would raise an OSError far from its name; so is a name that is not
+  UTF-8 text.
   """
   found = []
   with os.scandir(folder) as it:
     for entry in it:
       if is_ignored(entry.name):
+        continue
+      if image_io.name_problem(folder / entry.name):
+        problems.append(image_io.name_problem(folder / entry.name))
         continue
       if entry.is_symlink():
         try:
