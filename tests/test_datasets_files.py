@@ -325,6 +325,20 @@ def test_a_name_that_is_not_utf8_is_named_readably(tmp_path):
   assert leftovers(tmp_path / 'data') == []
 
 
+def test_relative_data_folders_become_absolute_before_the_run_records_them(tmp_path, monkeypatch):
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config('tiny')
+  config.dataset.name, config.dataset.manual_dir, config.dataset.data_dir = 'folder', 'parts', '~/t'
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  datasets.resolve_config(config)  # Train and export call it before config.json is written.
+  assert config.dataset.manual_dir == str(tmp_path / 'parts')  # Not another cwd's 'parts'.
+  assert config.dataset.data_dir == str(tmp_path / 'home' / 't')
+  config.dataset.manual_dir = config.dataset.data_dir = ''
+  datasets.resolve_config(config)
+  assert config.dataset.manual_dir == config.dataset.data_dir == ''  # Unset stays unset.
+
+
 def test_ignored_masks_and_folders_are_warned_on_the_console(tmp_path, capsys):
   root = write_layout(tmp_path / 'parts', test={'good': 2, 'crack': 2, 'dent': 0})
   (root / 'ground_truth' / 'crack').rename(root / 'ground_truth' / 'cracks')  # A misnamed folder.

@@ -14,6 +14,7 @@ All builders share the example format in `features.py` and the checks and writin
 
 import contextlib
 import importlib
+import os
 import shutil
 import tempfile
 from typing import TYPE_CHECKING
@@ -68,7 +69,13 @@ def _scratch_tempdir():
 def resolve_config(config: 'ml_collections.ConfigDict') -> None:
   """Fills in, in place, what a config leaves to the data: the MVTec AD category of
   `configs/mvtec_ad.py` without an argument, found in dataset.manual_dir (with its augmentation).
-  Other datasets are left as they are. Runs before anything of the run is written."""
+  Other datasets are left as they are. A relative dataset.manual_dir or data_dir becomes absolute:
+  config.json must name the same folders from any working directory (an export run elsewhere
+  would read another folder of that name). Runs before anything of the run is written."""
+  for field in ('manual_dir', 'data_dir'):
+    value = str(config.dataset.get(field) or '').strip()
+    if value:
+      config.dataset[field] = os.path.abspath(os.path.expanduser(value))
   module = BUILDER_MODULES.get(config.dataset.name.split('/')[0])
   resolve = getattr(importlib.import_module(module), 'resolve_config', None) if module else None
   if resolve is not None:
