@@ -125,6 +125,23 @@ def test_quantile_threshold_hand_cases():
     thresholds.quantile_threshold(np.array([]), 0.9)
 
 
+def test_thresholds_of_a_run_saved_before_a_score_field_are_its_own():
+  """thresholds.json and config.json written before score.always_ssim existed: both read it at its
+  former value (config_defaults.FORMER_DEFAULTS), so predict accepts the run; a field whose
+  default never changed reads at today's default."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vivano_jax import config_defaults  # pylint: disable=g-import-not-at-top
+  from vivano_jax import errors  # pylint: disable=g-import-not-at-top
+  old = json.loads(json.dumps(config_defaults.base_config().score.to_dict()))
+  del old['always_ssim'], old['shifts']
+  config = ml_collections.ConfigDict(config_defaults.completed({'score': old}))
+  assert config.score.always_ssim and config.score.shifts == 1  # As workdir.load_config reads.
+  thresholds.check_score({'score': old['image'], 'score_config': old}, config.score, 'run')
+  config.score.always_ssim = False  # A score that differs from the export's.
+  with pytest.raises(errors.DataError, match='score.always_ssim=True there, False in config'):
+    thresholds.check_score({'score': old['image'], 'score_config': old}, config.score, 'run')
+
+
 def test_f1_threshold_hand_cases():
   # Thresholds 0.1: P 2/4, R 1 -> F1 2/3; 0.35: P 2/3, R 1 -> 0.8; 0.4: P 1/2, R 1/2 -> 1/2;
   # 0.8: P 1, R 1/2 -> 2/3. Best: 0.35.
@@ -388,7 +405,6 @@ def test_the_runs_own_thresholds_json_decides(folder_run, tmp_path):
 
 def test_a_corrupt_json_file_is_named(folder_run, tmp_path):
   from vivano_jax import errors  # pylint: disable=g-import-not-at-top
-  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   for name, text, problem in (('run.json', '{"config": ', 'unreadable or corrupt'),
                               ('metrics.json', '[1, 2]', 'corrupt (not a JSON object)')):
     split = _copy_export(folder_run, tmp_path / name)
@@ -456,7 +472,6 @@ def test_atomic_directory_keeps_previous_content_on_error(tmp_path):
 def test_export_failing_halfway_leaves_no_complete_looking_split(folder_run, tmp_path,
                                                                   monkeypatch):
   from vivano_jax import export  # pylint: disable=g-import-not-at-top
-  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from vivano_jax import overlays  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns('export', 'report'))
@@ -513,7 +528,6 @@ def test_export_takes_an_equal_evaluation_and_recomputes_a_different_one(folder_
   from vivano_jax import export  # pylint: disable=g-import-not-at-top
   from vivano_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from vivano_jax import scorer as scorer_lib  # pylint: disable=g-import-not-at-top
-  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns('export', 'report'))
   config = workdir_lib.load_config(str(run))
@@ -546,7 +560,6 @@ def test_export_takes_an_equal_evaluation_and_recomputes_a_different_one(folder_
 def test_ensemble_score_is_standardised_on_the_heldout_normals(folder_run, tmp_path):
   from vivano_jax import export  # pylint: disable=g-import-not-at-top
   from vivano_jax import score_stats  # pylint: disable=g-import-not-at-top
-  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run)
   config = workdir_lib.load_config(str(run))

@@ -140,11 +140,10 @@ def check_score(record: dict[str, Any], score: Any, workdir: str) -> None:
   if saved is None:
     differ = [] if record.get('score') == current['image'] else ['image']
   else:
-    # A field added to config.score after the export counts at its default, which is what the
-    # export computed without it.
+    # A field added to config.score after the export counts as config.json's does (at its
+    # former default where that changed since, else today's): what the export computed.
     from vivano_jax import config_defaults  # pylint: disable=g-import-not-at-top
-    defaults = json.loads(json.dumps(config_defaults.base_config().score.to_dict()))
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    saved = json.loads(json.dumps(config_defaults.completed({'score': saved})['score']))
     differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
   if differ:
     fields = ', '.join(f'score.{k}={saved.get(k) if saved else record.get("score")!r} there, '
