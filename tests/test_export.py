@@ -405,6 +405,7 @@ def test_the_runs_own_thresholds_json_decides(folder_run, tmp_path):
 
 def test_a_corrupt_json_file_is_named(folder_run, tmp_path):
   from vivano_jax import errors  # pylint: disable=g-import-not-at-top
+  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   for name, text, problem in (('run.json', '{"config": ', 'unreadable or corrupt'),
                               ('metrics.json', '[1, 2]', 'corrupt (not a JSON object)')):
     split = _copy_export(folder_run, tmp_path / name)
@@ -473,6 +474,7 @@ def test_export_failing_halfway_leaves_no_complete_looking_split(folder_run, tmp
                                                                   monkeypatch):
   from vivano_jax import export  # pylint: disable=g-import-not-at-top
   from vivano_jax import overlays  # pylint: disable=g-import-not-at-top
+  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns('export', 'report'))
   thresholds_before = (run / 'thresholds.json').read_bytes()
@@ -528,6 +530,7 @@ def test_export_takes_an_equal_evaluation_and_recomputes_a_different_one(folder_
   from vivano_jax import export  # pylint: disable=g-import-not-at-top
   from vivano_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from vivano_jax import scorer as scorer_lib  # pylint: disable=g-import-not-at-top
+  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run, ignore=shutil.ignore_patterns('export', 'report'))
   config = workdir_lib.load_config(str(run))
@@ -560,6 +563,7 @@ def test_export_takes_an_equal_evaluation_and_recomputes_a_different_one(folder_
 def test_ensemble_score_is_standardised_on_the_heldout_normals(folder_run, tmp_path):
   from vivano_jax import export  # pylint: disable=g-import-not-at-top
   from vivano_jax import score_stats  # pylint: disable=g-import-not-at-top
+  from vivano_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   shutil.copytree(folder_run, run)
   config = workdir_lib.load_config(str(run))
