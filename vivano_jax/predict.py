@@ -71,7 +71,7 @@ def _files_under(folder: pathlib.Path, problems: list[str]) -> list[pathlib.Path
     for name in sorted(n for n in names if not image_files.is_ignored(n)):
       path = pathlib.Path(top, name)
       if not path.exists():  # A dangling or looping link.
-        problems.append(f'{path}: broken symlink; remove it or point it at an existing file')
+        problems.append(image_files.broken_link(path))
       elif path.is_file():
         files.append(path)
   return files
@@ -102,8 +102,8 @@ def find_images(spec: str, exclude: Sequence[str] = ()) -> list[pathlib.Path]:
   else:
     matches = [p for p in glob.glob(spec, recursive=True)
                if not image_files.is_ignored(os.path.basename(p))]
-    problems += [f'{p}: broken symlink; remove it or point it at an existing file'
-                 for p in sorted(matches) if os.path.islink(p) and not os.path.exists(p)]
+    problems += [image_files.broken_link(p) for p in sorted(matches)
+                 if os.path.islink(p) and not os.path.exists(p)]
     image_files.raise_problems(problems, f'--input={spec}')
     found = [pathlib.Path(p) for p in matches if os.path.isfile(p)]
   _check_names(found, spec)

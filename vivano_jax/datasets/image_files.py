@@ -52,6 +52,12 @@ def directory(path: str | os.PathLike, what: str) -> pathlib.Path:
   return root
 
 
+def broken_link(path, reason: str = '') -> str:
+  """The problem line for a link that leads nowhere (or round in a loop)."""
+  because = f' ({reason})' if reason else ''
+  return f'{path}: broken symlink{because}; remove it or point it at an existing file'
+
+
 def entries(folder: pathlib.Path, problems: list[str]) -> list[os.DirEntry]:
   """The entries of `folder` that are not ignored, sorted by name, each safe to stat.
 
@@ -64,15 +70,15 @@ def entries(folder: pathlib.Path, problems: list[str]) -> list[os.DirEntry]:
     for entry in it:
       if is_ignored(entry.name):
         continue
-      if image_io.name_problem(folder / entry.name):
-        problems.append(image_io.name_problem(folder / entry.name))
+      problem = image_io.name_problem(folder / entry.name)
+      if problem:
+        problems.append(problem)
         continue
       if entry.is_symlink():
         try:
           entry.stat()  # Follows the link; cached, so is_dir() below cannot raise.
         except OSError as e:
-          problems.append(f'{folder / entry.name}: broken symlink ({e.strerror or e}); remove it '
-                          'or point it at an existing file')
+          problems.append(broken_link(folder / entry.name, e.strerror or str(e)))
           continue
       found.append(entry)
   return sorted(found, key=lambda e: e.name)
