@@ -47,8 +47,9 @@ def directory(path: str | os.PathLike, what: str) -> pathlib.Path:
   if not root.is_dir():
     raise errors.DataError(f'{root}: {what} ' + ('is not a directory.' if root.exists()
                                                  else 'does not exist.'))
-  if image_io.name_problem(root):
-    raise errors.DataError(image_io.name_problem(root))
+  problem = image_io.name_problem(root)
+  if problem:
+    raise errors.DataError(problem)
   return root
 
 
