@@ -521,6 +521,18 @@ def test_image_and_mask_conversions(tmp_path):
   Image.fromarray(wide).save(tmp_path / 'wide.png')
   np.testing.assert_array_equal(image_files.read_image(tmp_path / 'wide.png', 1)[..., 0],
                                 [[0, 100, 255]])
+  # Every 16-bit file is scaled alike, however dark: PIL reads a PGM of maxval 65535 as mode 'I'.
+  dark = np.array([0, 128, 255], '>u2').tobytes()  # 16-bit values that would fit in 8 bits.
+  (tmp_path / 'dark.pgm').write_bytes(b'P5\n3 1\n65535\n' + dark)
+  with Image.open(tmp_path / 'dark.pgm') as image:
+    assert image.mode == 'I'
+  assert image_io.is_image_name('dark.pgm') and image_io.is_image_name('frame.PPM')
+  np.testing.assert_array_equal(image_files.read_image(tmp_path / 'dark.pgm', 1)[..., 0],
+                                [[0, 0, 1]])
+  # A 32-bit integer TIFF: 8- or 16-bit data alike in its container, so it is refused, by name.
+  Image.fromarray(np.array([[0, 200, 255]], np.int32)).save(tmp_path / 'wide32.tif')
+  with pytest.raises(errors.DataError, match=r'wide32\.tif: 32-bit integer TIFFs are not'):
+    image_files.read_image(tmp_path / 'wide32.tif', 1)
   rgba = np.zeros((2, 3, 4), np.uint8)
   rgba[..., 1], rgba[..., 3] = 77, 10  # Alpha is dropped, not composited.
   write_image(tmp_path / 'rgba.png', rgba)

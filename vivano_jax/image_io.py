@@ -14,7 +14,8 @@ from PIL import ImageOps
 
 from vivano_jax import errors
 
-IMAGE_EXTENSIONS = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp'})
+IMAGE_EXTENSIONS = frozenset(
+    {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.pgm', '.ppm', '.pnm'})
 MAX_LISTED_PROBLEMS = 20
 _LOSSY_FORMATS = ('JPEG', 'MPO', 'WEBP')  # WebP may be lossy; a lossless mask reads the same.
 _ORIENTATION = 0x0112  # The EXIF tag: how a viewer turns the stored pixels to show them.

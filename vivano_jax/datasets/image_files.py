@@ -111,18 +111,23 @@ def image_channels(image: Image.Image) -> int:
 
 
 def _to_uint8(image: Image.Image, channels: int) -> np.ndarray:
-  """The decoded PIL image as uint8 [H, W, channels]; 16-bit values are scaled by 1/257."""
+  """The decoded PIL image as uint8 [H, W, channels]; 16-bit values are scaled by 1/257, each file
+  alike (a 32-bit integer TIFF or a floating-point image is a DataError)."""
   if image.mode in ('I', 'F') or image.mode.startswith('I;16'):
     values = np.asarray(image)
     if image.mode == 'F':
       raise errors.DataError(f'{image.filename}: floating-point images are not supported '
                              '(their value range is unknown); save it as 8- or 16-bit.')
+    if image.mode == 'I' and image.format == 'TIFF':
+      # 8-, 12- or 16-bit data in a 32-bit container look alike: scaling each file by its own
+      # values would make one dark image of a folder 257 times brighter than its neighbours.
+      raise errors.DataError(
+          f'{image.filename}: 32-bit integer TIFFs are not supported (the range of their values '
+          'is unknown); save it as an 8- or 16-bit image.')
     if values.min() < 0 or values.max() > 65535:
       raise errors.DataError(f'{image.filename}: values outside 0..65535 in a {image.mode} image.')
-    if image.mode == 'I' and values.max() <= 255:  # 8-bit data stored in a 32-bit container.
-      gray = values.astype(np.uint8)
-    else:
-      gray = ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    # 16-bit data (PNG, TIFF; PIL scales a PGM's maxval to 65535 in mode 'I'), whatever its values.
+    gray = ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
     return np.repeat(gray[..., None], channels, axis=-1)
   array = np.asarray(image.convert('L' if channels == 1 else 'RGB'))  # Drops any alpha channel.
   return array.reshape(array.shape[:2] + (channels,))
