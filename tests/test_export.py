@@ -24,6 +24,7 @@ from tests.conftest import shared_tmp
 from vivano_jax import atomic_files
 from vivano_jax import cli
 from vivano_jax import evaluate
+from vivano_jax import export
 from vivano_jax import export_format
 from vivano_jax import tables
 from vivano_jax import thresholds
@@ -172,6 +173,14 @@ def test_choose_records_both_and_falls_back():
   rec = thresholds.choose(normal, 'train', 0.5, 'f1')  # No labelled anomalies: quantile, noted.
   assert rec['chosen'] == 'quantile' and rec['threshold'] == 3.0 and rec['f1'] is None
   assert 'note' in rec and rec['requested'] == 'f1'
+  # Fewer than 10 normals: a new normal exceeds the highest of 5 with probability 1/6.
+  assert rec['warning'].startswith('the threshold rests on 5 train normal images')
+  assert '1/6 (17 %)' in rec['warning'] and 'not 50 %' in rec['warning']
+  assert 'warning' not in thresholds.choose(np.arange(10.0), 'validation', 0.99, 'quantile')
+  printed = export.format_export({'thresholds': rec, 'splits': {}, 'workdir': 'run',
+                                  'checkpoint_step': 3, 'report': None})
+  assert printed.splitlines()[-1] == f"warning: {rec['warning']}"
+  assert '1/2 (50 %)' in thresholds.choose(np.ones(1), 'validation', 0.99, 'quantile')['warning']
   np.testing.assert_array_equal(thresholds.is_anomalous(np.array([2.9, 3.0, 3.1]), 3.0),
                                 [False, True, True])
   with pytest.raises(ValueError, match='export.threshold'):

@@ -214,6 +214,8 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
                 score_config=json.loads(json.dumps(config.score.to_dict())))
   logging.info('Thresholds (%s normals, step %d): %s %.6g', heldout, step, record['chosen'],
                record['threshold'])
+  if 'warning' in record:
+    logging.warning('%s', record['warning'])
   summary = {'workdir': workdir, 'checkpoint_step': step, 'thresholds': record, 'splits': {},
              'report': None}
   chief = jax.process_index() == 0
@@ -263,6 +265,8 @@ def format_export(summary: dict[str, Any]) -> str:
       f"{t['source']} normals, checkpoint step {summary['checkpoint_step']}) -> "
       f"{os.path.join(summary['workdir'], thresholds_lib.FILENAME)}",
   ]
+  if 'warning' in t:
+    lines.append(f"warning: {t['warning']}")
   if summary['report']:
     lines.append(f"report: {summary['report']}")
   return '\n'.join(lines)

@@ -31,6 +31,7 @@ from vivano_jax import errors
 KINDS = ('quantile', 'f1')
 FILENAME = 'thresholds.json'
 RULE = 'anomalous if score >= threshold'
+FEW_NORMALS = 10  # Below this many held-out normals a quantile threshold gets a warning.
 
 
 def quantile_threshold(normal_scores: np.ndarray, q: float) -> float:
@@ -90,8 +91,20 @@ def choose(normal_scores: np.ndarray, source: str, q: float, kind: str,
   }
   if chosen != kind:
     record['note'] = 'no labelled validation anomalies for an F1 threshold; using the quantile'
+  if chosen == 'quantile' and normal.size < FEW_NORMALS:
+    record['warning'] = few_normals_warning(normal.size, q, source)
   record['threshold'] = record[chosen]['threshold']
   return record
+
+
+def few_normals_warning(n: int, q: float, source: str) -> str:
+  """Why a quantile of n < FEW_NORMALS normal scores is a weak threshold: it is at most their
+  maximum, and a new normal image (exchangeable with them) scores above the highest of n with
+  probability 1 / (n + 1)."""
+  return (f'the threshold rests on {n} {source} normal image{"s" * (n != 1)}: a new normal image '
+          f'scores above the highest of {n} with probability 1/{n + 1} ({100 / (n + 1):.0f} %), '
+          f'so expect at least that many false alarms, not {100 * (1 - q):.2g} %; hold out more '
+          'normals (dataset.validation_fraction) or set the threshold in thresholds.json')
 
 
 def is_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
