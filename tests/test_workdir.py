@@ -324,3 +324,29 @@ def test_a_run_saved_before_a_default_changed_keeps_its_former_value(run):
   del saved['score']['always_ssim']
   path.write_text(json.dumps(saved))
   assert workdir_lib.load_config(str(run)).score.always_ssim
+
+
+@pytest.mark.parametrize('section,field,value,message', [
+    ('dataset', 'image_size', '32', "dataset.image_size must be an int >= 1, got '32'"),
+    ('dataset', 'channels', 2, 'dataset.channels must be 1 (gray) or 3 (RGB), got 2'),
+    ('model', 'widht', 64, 'has no field model.widht'),
+])
+def test_an_edited_config_json_is_named_not_blamed_on_the_checkpoint(run, tmp_path, capsys,
+                                                                      section, field, value,
+                                                                      message):
+  """A value no run could have trained with was restored into a model the checkpoint does not fit
+  and reported as a damaged checkpoint, with advice to delete that (intact) checkpoint."""
+  path = run / 'config.json'
+  saved = json.loads(path.read_text())
+  saved[section][field] = value
+  path.write_text(json.dumps(saved))
+  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
+  out = tmp_path / 'out'
+  for args in (['predict', f'--input={image}', f'--output={out}'], ['export']):
+    code, _, err = _vivano(capsys, *args, f'--workdir={run}')
+    assert code == errors.EXIT_DATA, err
+    assert err.startswith(f'error: {path}: edited or damaged') and message in err, err
+    assert 'checkpoint' not in err, err
+    assert err.count('\n') == 1
+  assert not out.exists()
+  assert (run / 'checkpoints' / '10').is_dir()

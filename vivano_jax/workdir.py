@@ -78,7 +78,22 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                            'a training run)')
   saved = atomic_files.read_json_object(path)
   saved.pop(EFFECTIVE, None)  # Derived from the config, not a section of it.
-  return ml_collections.ConfigDict(config_defaults.completed(saved, path))
+  config = ml_collections.ConfigDict(config_defaults.completed(saved, path))
+  _check_saved(config, path)
+  return config
+
+
+def _check_saved(config: ml_collections.ConfigDict, path: str) -> None:
+  """A config.json no run could have been trained with (edited by hand: a string for a size, an
+  image size the checkpoint was not trained at, a field the model does not take) is one DataError
+  naming the file and the field. Restoring the checkpoint with it would fail as a 'damaged
+  checkpoint', and that message says to delete a checkpoint that is intact."""
+  from vivano_jax import config_checks  # pylint: disable=g-import-not-at-top  (imports the model)
+  try:
+    config_checks.check_all(config)  # What main checked before the run wrote this file.
+  except errors.UsageError as e:
+    raise errors.DataError(f'{path}: edited or damaged ({e}); restore the values the run was '
+                           'trained with') from None
 
 
 def config_differs(config: ml_collections.ConfigDict, workdir: str) -> bool:
