@@ -350,3 +350,24 @@ def test_an_edited_config_json_is_named_not_blamed_on_the_checkpoint(run, tmp_pa
     assert err.count('\n') == 1
   assert not out.exists()
   assert (run / 'checkpoints' / '10').is_dir()
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('rule', 'anomalous if score <= threshold', "rule 'anomalous if score <= threshold', but "
+     "images are decided by the rule 'anomalous if score >= threshold' alone"),
+    ('pixel_display_range', [1.0, 0.0], 'the low end is above the high end'),
+])
+def test_an_edited_rule_or_colour_scale_in_thresholds_json_is_refused(run, tmp_path, capsys,
+                                                                      field, value, message):
+  """thresholds.json may be edited to move the threshold; a rule edited there was printed beside
+  every decision while the decisions kept score >= threshold, and a reversed colour scale drew
+  every map in one colour."""
+  path = run / thresholds.FILENAME
+  record = json.loads(path.read_text())
+  path.write_text(json.dumps(record | {field: value}))
+  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
+  out = tmp_path / 'out'
+  code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
+                         f'--output={out}')
+  assert code == errors.EXIT_DATA and err.startswith(f'error: {path}: ') and message in err, err
+  assert err.count('\n') == 1 and not out.exists()

@@ -139,10 +139,15 @@ def check_record(record: dict[str, Any], path: Any) -> None:
       for v in low_high)):
     raise errors.DataError(f'{path}: corrupt (pixel_display_range {low_high!r}, not two finite '
                            'numbers); export the model again')
-  for field in ('chosen', 'rule'):
-    if not isinstance(record.get(field), str):
-      raise errors.DataError(f'{path}: corrupt ({field} {record.get(field)!r}, not a string); '
-                             'export the model again')
+  if low_high[0] > low_high[1]:  # Every map would be drawn in the colour of its lowest value.
+    raise errors.DataError(f'{path}: corrupt (pixel_display_range {low_high!r}: the low end is '
+                           'above the high end); export the model again')
+  if not isinstance(record.get('chosen'), str):
+    raise errors.DataError(f'{path}: corrupt (chosen {record.get("chosen")!r}, not a string); '
+                           'export the model again')
+  if record.get('rule') != RULE:  # Printed beside every decision: it must be the one applied.
+    raise errors.DataError(f'{path}: rule {record.get("rule")!r}, but images are decided by the '
+                           f'rule {RULE!r} alone; restore it (edit threshold to move the decision)')
 
 
 def check_score(record: dict[str, Any], score: Any, workdir: str) -> None:
