@@ -476,10 +476,25 @@ def test_plot_draws_the_pooled_means_and_spreads_per_line_and_panel(tmp_path, ca
     ("def get_sweep():\n  return dict(base_config={tiny!r}, grids={{'seed': [1]}})\n",
      r"unknown sweep key\(s\) \['grids'\]"),
     ("raise RuntimeError('oops')\n", 'failed to load: RuntimeError: oops'),
+    # Before: a traceback (AttributeError, TypeError or the file's own exception).
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, grid=['seed'])\n",
+     r"grid must be a dict of field -> list of values, got \['seed'\]"),
+    ("def get_sweep():\n  return dict(base_config={tiny!r}, grid={{'seed': [1]}}, fixed='x')\n",
+     "fixed must be a dict of field -> value, got 'x'"),
+    ("def get_sweep():\n  return dict(base_config=5, grid={{'seed': [1]}})\n",
+     'base_config must be the path of a config file, got 5'),
+    ("def get_sweep():\n  raise KeyError('seed')\n", r"get_sweep\(\) failed: KeyError: 'seed'"),
+    ("def get_sweep():\n  return dict(base_config={base!r}, grid={{'seed': [1]}})\n",
+     r'base config .*base.py: get_config\(\) failed: ZeroDivisionError'),
+    ("def get_sweep():\n  return dict(base_config={none!r}, grid={{'seed': [1]}})\n",
+     r'none.py: get_config\(\) returned a value of type NoneType, not an ml_collections'),
 ])
 def test_bad_sweep_files_give_one_clear_error(tmp_path, body, match):
   path = tmp_path / 'bad_sweep.py'
-  path.write_text(body.format(tiny=TINY))
+  (tmp_path / 'base.py').write_text('def get_config():\n  return 1 / 0\n')
+  (tmp_path / 'none.py').write_text('def get_config():\n  return None\n')
+  path.write_text(body.format(tiny=TINY, base=str(tmp_path / 'base.py'),
+                              none=str(tmp_path / 'none.py')))
   # A SweepError (usage) or, for a file that does not load, a DataError: both ValueErrors.
   with pytest.raises(ValueError, match=match) as e:
     sweep_lib.load_sweep(str(path))
@@ -504,6 +519,15 @@ def test_cli_errors_exit_2_with_the_file_and_field(tmp_path, capsys):
   assert "'seed' is swept and also set in the command line" in capsys.readouterr().err
   assert sweep_lib.main(['run', f'--sweep={tmp_path / "missing.py"}', f'--root={root}']) == 1
   assert 'missing.py does not exist' in capsys.readouterr().err
+  broken = tmp_path / 'broken.py'
+  broken.write_text(f'def get_sweep():\n  return dict(base_config={TINY!r}, grid=[1])\n')
+  assert sweep_lib.main(['run', f'--sweep={broken}', f'--root={root}']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: {broken}: grid must be') and err.count('\n') == 1, err
+  broken.write_text('def get_sweep():\n  return {}["grid"]\n')
+  assert sweep_lib.main(['run', f'--sweep={broken}', f'--root={root}']) == 1
+  err = capsys.readouterr().err
+  assert err == f"error: sweep file {broken}: get_sweep() failed: KeyError: 'grid'\n", err
   assert not os.path.exists(root)  # Nothing written by failed or dry runs.
 
 

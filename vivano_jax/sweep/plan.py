@@ -123,7 +123,11 @@ def _read_spec(path: str) -> dict[str, Any]:
   """get_sweep()'s dict, its keys checked."""
   # A missing or broken file stays a DataError (exit code 1).
   get_sweep = config_files.load_function(path, 'get_sweep', 'sweep file')
-  spec = get_sweep()
+  try:
+    spec = get_sweep()
+  except Exception as e:  # pylint: disable=broad-except  (The file's own code: one line.)
+    raise errors.DataError(f'sweep file {path}: get_sweep() failed: {type(e).__name__}: '
+                           f'{e}') from e
   if isinstance(spec, ml_collections.ConfigDict):
     spec = {k: spec[k] for k in spec.keys()}
   if not isinstance(spec, Mapping):
@@ -137,6 +141,14 @@ def _read_spec(path: str) -> dict[str, Any]:
                      + ''.join(f'; {m}' for m in moved))
   if not spec.get('base_config'):
     raise SweepError(f'{path}: base_config is missing')
+  if not isinstance(spec['base_config'], (str, os.PathLike)):
+    raise SweepError(f'{path}: base_config must be the path of a config file, got '
+                     f'{spec["base_config"]!r}')
+  for key in ('grid', 'fixed'):  # A list or a string here failed with a traceback.
+    if spec.get(key) is not None and not isinstance(spec[key], (Mapping,
+                                                                ml_collections.ConfigDict)):
+      raise SweepError(f'{path}: {key} must be a dict of field -> '
+                       f'{"list of values" if key == "grid" else "value"}, got {spec[key]!r}')
   return dict(spec)
 
 
@@ -214,6 +226,12 @@ def load_sweep(path: str, extra_flags: Optional[Mapping[str, str]] = None) -> Sw
     base = config_files.load_config(base_path, what='base config')
   except errors.DataError as e:
     raise errors.DataError(f'{path}: {e}') from e
+  except Exception as e:  # pylint: disable=broad-except  (get_config's own code: one line.)
+    raise errors.DataError(f'{path}: base config {base_path}: get_config() failed: '
+                           f'{type(e).__name__}: {e}') from e
+  if not isinstance(base, ml_collections.ConfigDict):
+    raise errors.DataError(f'{path}: base config {base_path}: get_config() returned a value of '
+                           f'type {type(base).__name__}, not an ml_collections.ConfigDict')
   overrides = _expand(path, spec)
   fixed = flatten(spec.get('fixed') or {})
   swept = list(dict.fromkeys(f for o in overrides for f in o))
