@@ -371,3 +371,29 @@ def test_an_edited_rule_or_colour_scale_in_thresholds_json_is_refused(run, tmp_p
                          f'--output={out}')
   assert code == errors.EXIT_DATA and err.startswith(f'error: {path}: ') and message in err, err
   assert err.count('\n') == 1 and not out.exists()
+
+
+@pytest.mark.parametrize('edit,message', [
+    (('label', 'x'), "line 2: label 'x' is not an integer"),
+    (('score', 'high'), "line 2: score 'high' is not a number"),
+    (('has_mask', '2'), 'line 2: has_mask 2; it is 0 (no mask) or 1'),
+    (('nll_max', '1,5'), 'line 2: 11 fields, the header 10'),
+    ('cut', 'line 2: 4 fields, the header 10'),
+])
+def test_a_hand_edited_scores_csv_names_the_line_and_column(run, capsys, edit, message):
+  """A cell that is not a number was 'invalid literal for int() with base 10' (no column), a line
+  cut short an 'int() argument must be ... NoneType' line, and has_mask 2 counted as a mask."""
+  split = run / 'export' / 'test'
+  path = split / export_format.SCORES_CSV
+  lines = path.read_text().splitlines()
+  cells = lines[1].split(',')
+  if edit == 'cut':
+    cells = cells[:4]
+  else:
+    cells[lines[0].split(',').index(edit[0])] = edit[1]
+  lines[1] = ','.join(cells)
+  path.write_text('\n'.join(lines) + '\n')
+  code, _, err = _vivano(capsys, 'evaluate', f'--predictions={split}')
+  hint = ' (an unquoted comma, or a line cut short?)' if 'fields' in message else ''
+  assert code == errors.EXIT_DATA and err == f'error: {path}, {message}{hint}\n', err
+  assert not (split / 'evaluation.csv').exists()

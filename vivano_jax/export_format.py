@@ -117,6 +117,17 @@ def _read_scores(path: pathlib.Path, problems: list[str]) -> dict[str, list]:
     return {}
 
 
+def _cell(row: dict[str, str], column: str, kind: type) -> Any:
+  """row[column] as `kind` (int or float); a ValueError naming the column and its text (what
+  int() and float() raise names neither)."""
+  text = row[column]
+  try:
+    return kind(text)
+  except ValueError:
+    what = 'an integer' if kind is int else 'a number'
+    raise ValueError(f'{column} {text!r} is not {what}') from None
+
+
 def _read_score_rows(path: pathlib.Path, reader: csv.DictReader, problems: list[str]
                      ) -> dict[str, list]:
   header = reader.fieldnames or []
@@ -129,28 +140,37 @@ def _read_score_rows(path: pathlib.Path, reader: csv.DictReader, problems: list[
   seen = {}  # (defect type, filename) -> line: one image, one row (masks are found by them).
   for row_number, row in enumerate(reader, start=2):
     try:
+      # csv.DictReader fills a short line with None and keys a long line's extra fields None.
+      if None in row or None in row.values():
+        fields = sum(v is not None for v in row.values() if not isinstance(v, list)) + len(
+            row.get(None, ()))
+        raise ValueError(f'{fields} fields, the header {len(header)} (an unquoted comma, or a '
+                         'line cut short?)')
       key = (row['defect_type'], row['filename'])
       if key in seen:
         raise ValueError(f'{row["filename"]} ({row["defect_type"]}) is listed twice (line '
                          f'{seen[key]} too)')
       seen[key] = row_number
-      index = int(row['index'])
+      index = _cell(row, 'index', int)
       if index != len(cols['index']):
         raise ValueError(f'index {index}, expected {len(cols["index"])} (rows in split order)')
       cols['index'].append(index)
       cols['filename'].append(row['filename'])
-      label = int(row['label'])
+      label = _cell(row, 'label', int)
       if label not in (0, 1):
         raise ValueError(f'label {label}; labels are 0 (normal) or 1 (anomalous)')
       cols['label'].append(label)
       cols['defect_type'].append(row['defect_type'])
-      cols['has_mask'].append(bool(int(row['has_mask'])))
-      score = float(row['score'])
+      has_mask = _cell(row, 'has_mask', int)
+      if has_mask not in (0, 1):
+        raise ValueError(f'has_mask {has_mask}; it is 0 (no mask) or 1')
+      cols['has_mask'].append(bool(has_mask))
+      score = _cell(row, 'score', float)
       if not np.isfinite(score):
         raise ValueError(f'score {row["score"]!r} of {row["filename"]} is not a finite number')
       cols['score'].append(score)
       for c in components:
-        cols[c].append(float(row[c]) if row[c] else np.nan)
+        cols[c].append(_cell(row, c, float) if row[c] else np.nan)
       cols[OVERLAY_COLUMN].append(row.get(OVERLAY_COLUMN) or '')
     except (TypeError, ValueError) as e:
       problems.append(f'{path}, line {row_number}: {e}')
