@@ -397,3 +397,28 @@ def test_a_hand_edited_scores_csv_names_the_line_and_column(run, capsys, edit, m
   hint = ' (an unquoted comma, or a line cut short?)' if 'fields' in message else ''
   assert code == errors.EXIT_DATA and err == f'error: {path}, {message}{hint}\n', err
   assert not (split / 'evaluation.csv').exists()
+
+
+def test_evaluate_on_a_full_disk_leaves_no_partial_table(run, tmp_path, capsys, monkeypatch):
+  """evaluation.csv was written in place: a full disk left a table cut short, which reads as
+  one with fewer defect types."""
+  from vivano_jax import evaluate  # pylint: disable=g-import-not-at-top
+
+  def disk_full(path, mode='r', **kwargs):
+    stream = open(path, mode, **kwargs)  # pylint: disable=unspecified-encoding
+    if 'w' in mode:
+      real_write = stream.write
+      def write(text):
+        real_write(text[:len(text) // 2])
+        raise OSError(28, 'No space left on device', str(path))
+      stream.write = write
+    return stream
+
+  monkeypatch.setattr(evaluate, 'open', disk_full, raising=False)
+  split = run / 'export' / 'test'
+  out = tmp_path / 'evaluation'
+  for args in ([], [f'--output={out}']):
+    code, _, err = _vivano(capsys, 'evaluate', f'--predictions={split}', *args)
+    assert code == errors.EXIT_DATA and 'No space left on device' in err, err
+  assert not out.exists()
+  assert not [p.name for p in split.iterdir() if 'evaluation' in p.name]

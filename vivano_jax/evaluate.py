@@ -14,6 +14,7 @@ FOLDER/ground_truth/<defect type>/<stem>_mask.<ext> instead of masks.npz.
 """
 
 import csv
+import io
 import os
 import pathlib
 from typing import Any
@@ -43,16 +44,38 @@ def evaluate(export: export_format.Export) -> dict[str, dict[str, Any]]:
 
 
 def write_evaluation(per_type: dict[str, dict[str, Any]], output: str | os.PathLike) -> None:
-  """evaluation.csv (exact floats, empty = not available) and evaluation.md in `output`."""
+  """evaluation.csv (exact floats, empty = not available) and evaluation.md in `output`, each
+  written whole to a temporary file and renamed into place: a failure on the way (a full disk)
+  leaves no partial table, no temporary file and no folder this call made."""
   output = pathlib.Path(output)
-  output.mkdir(parents=True, exist_ok=True)
-  with open(output / EVALUATION_CSV, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(('defect_type', 'num_images') + tables.METRIC_NAMES)
-    for name, m in per_type.items():
-      writer.writerow([name, m.get('num_images', '')] + [
-          '' if m[k] is None else export_format.format_float(m[k]) for k in tables.METRIC_NAMES])
-  (output / EVALUATION_MD).write_text(tables.metrics_table(per_type, 'markdown'))
+  created = not output.exists()
+  rows = [('defect_type', 'num_images') + tables.METRIC_NAMES]
+  rows += [[name, m.get('num_images', '')] + [
+      '' if m[k] is None else export_format.format_float(m[k]) for k in tables.METRIC_NAMES]
+           for name, m in per_type.items()]
+  texts = {EVALUATION_CSV: _csv_text(rows), EVALUATION_MD: tables.metrics_table(per_type,
+                                                                                'markdown')}
+  temporaries = {name: output / f'.{name}.tmp{os.getpid()}' for name in texts}
+  try:
+    output.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+      with open(temporaries[name], 'w', newline='') as f:
+        f.write(text)
+    for name, tmp in temporaries.items():
+      os.replace(tmp, output / name)
+  except BaseException:
+    for tmp in temporaries.values():
+      tmp.unlink(missing_ok=True)
+    if created and output.is_dir() and not any(output.iterdir()):
+      output.rmdir()
+    raise
+
+
+def _csv_text(rows: list) -> str:
+  """`rows` as CSV text (csv.writer's quoting and line ends)."""
+  buffer = io.StringIO()
+  csv.writer(buffer).writerows(rows)
+  return buffer.getvalue()
 
 
 def read_evaluation_csv(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
