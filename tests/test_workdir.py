@@ -422,3 +422,19 @@ def test_evaluate_on_a_full_disk_leaves_no_partial_table(run, tmp_path, capsys, 
     assert code == errors.EXIT_DATA and 'No space left on device' in err, err
   assert not out.exists()
   assert not [p.name for p in split.iterdir() if 'evaluation' in p.name]
+
+
+def test_export_overrides_a_tuple_field_of_the_runs_config(run, capsys):
+  """config.json holds tuple fields (export.splits, score.combine) as JSON lists, which
+  ml_collections cannot override: each such flag failed with an UnsupportedOperationError
+  traceback."""
+  code, _, err = _vivano(capsys, 'export', f'--workdir={run}', '--config.export.splits=tset')
+  assert code == errors.EXIT_USAGE and err == (
+      "error: export.splits must name distinct splits of ('train', 'validation', 'test'), got "
+      "('tset',)\n"), err
+  assert workdir_lib.load_config(str(run)).export.splits == ('test',)
+  code, _, err = _vivano(capsys, 'export', f'--workdir={run}', "--config.score.combine=('recon',)",
+                         '--config.score.image=combined')
+  assert code == 0, err
+  assert json.loads((run / 'config.json').read_text())['score']['combine'] == ['recon']
+  assert json.loads((run / 'thresholds.json').read_text())['score_config']['combine'] == ['recon']

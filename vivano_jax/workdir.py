@@ -78,9 +78,26 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                            'a training run)')
   saved = atomic_files.read_json_object(path)
   saved.pop(EFFECTIVE, None)  # Derived from the config, not a section of it.
-  config = ml_collections.ConfigDict(config_defaults.completed(saved, path))
+  completed = config_defaults.completed(saved, path)
+  config = ml_collections.ConfigDict(_tuples_as_defaults(completed, config_defaults.base_config()))
   _check_saved(config, path)
   return config
+
+
+def _tuples_as_defaults(saved: dict, defaults: ml_collections.ConfigDict) -> dict:
+  """`saved` with the JSON lists of tuple fields (export.splits, score.combine, ...) as tuples
+  again: ml_collections cannot override a list field, so `vivano export
+  --config.export.splits=...` on a run's config failed with a traceback."""
+  out = {}
+  for key, value in saved.items():
+    default = defaults.get(key) if isinstance(defaults, ml_collections.ConfigDict) else None
+    if isinstance(value, dict):
+      out[key] = _tuples_as_defaults(value, default)
+    elif isinstance(value, list) and isinstance(default, tuple):
+      out[key] = tuple(value)
+    else:
+      out[key] = value
+  return out
 
 
 def _check_saved(config: ml_collections.ConfigDict, path: str) -> None:
