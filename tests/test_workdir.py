@@ -438,3 +438,36 @@ def test_export_overrides_a_tuple_field_of_the_runs_config(run, capsys):
   assert code == 0, err
   assert json.loads((run / 'config.json').read_text())['score']['combine'] == ['recon']
   assert json.loads((run / 'thresholds.json').read_text())['score_config']['combine'] == ['recon']
+
+
+@pytest.fixture(scope='module')
+def standardised(trained, tmp_path_factory):
+  """A copy of the run exported with a score standardised on held-out normals (score_stats.npz)."""
+  copy = tmp_path_factory.mktemp('standardised') / 'run'
+  shutil.copytree(trained, copy)
+  assert cli.main(['vivano', 'export', f'--workdir={copy}', '--config.score.image=combined']) == 0
+  return copy
+
+
+@pytest.mark.parametrize('damage,message', [
+    ('truncate', 'unreadable (BadZipFile: File is not a zip file)'),
+    ('nan', 'a mean or std that is not a finite number, or a negative std'),
+])
+def test_damaged_score_statistics_are_named(standardised, tmp_path, capsys, damage, message):
+  """A truncated score_stats.npz was a BadZipFile traceback; a NaN in it scored every image NaN
+  and decided each one normal."""
+  run = tmp_path / 'run'
+  shutil.copytree(standardised, run)
+  path = run / 'export' / 'score_stats.npz'
+  if damage == 'truncate':
+    path.write_bytes(path.read_bytes()[:300])
+  else:
+    with np.load(path) as npz:
+      arrays = {k: np.full_like(v, np.nan) if k.endswith('/std') else v for k, v in npz.items()}
+    np.savez(path, **arrays)
+  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
+  out = tmp_path / 'out'
+  code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
+                         f'--output={out}')
+  assert code == errors.EXIT_DATA and err.startswith(f'error: {path}: ') and message in err, err
+  assert err.count('\n') == 1 and not out.exists()

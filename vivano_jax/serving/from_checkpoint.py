@@ -56,9 +56,15 @@ def load_stats(workdir: str) -> scoring.ScoreStats:
     raise errors.DataError(f'{path}: missing; the configured score needs the statistics the '
                            'export writes (run vivano export)')
   try:
-    return score_stats.load_stats(path)
-  except (OSError, ValueError, KeyError) as e:
-    raise errors.DataError(f'{path}: unreadable ({e}); run vivano export again') from e
+    stats = score_stats.load_stats(path)
+  except Exception as e:  # pylint: disable=broad-except  (BadZipFile, EOFError, KeyError, ...)
+    raise errors.DataError(f'{path}: unreadable ({type(e).__name__}: {e}); run vivano export '
+                           'again') from e
+  for key, (mean, std) in stats.items():  # A NaN scored every image NaN, and decided it normal.
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (np.asarray(std) >= 0).all()):
+      raise errors.DataError(f'{path}: corrupt ({key}: a mean or std that is not a finite number, '
+                             'or a negative std); run vivano export again')
+  return stats
 
 
 def run_config(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
