@@ -273,3 +273,33 @@ def test_a_write_failing_midway_leaves_no_partial_predictions(tmp_path, monkeypa
   with pytest.raises(OSError, match='No space left'):
     predict.write_predictions(str(out), paths, result, predict.previous_outputs(str(out)))
   assert list(out.iterdir()) == []  # Neither the earlier results (replaced) nor a part of these.
+
+
+def test_an_image_scored_nan_is_named_not_decided_normal(tmp_path, monkeypatch, capsys):
+  """score >= threshold is false for NaN: an image scored NaN (a damaged checkpoint) was printed
+  and written as normal."""
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  for name in 'ab':
+    Image.fromarray(np.zeros((4, 5), np.uint8)).save(inputs / f'{name}.png')
+  scores = np.array([0.1, np.nan])
+
+  def scored(workdir, paths, step, batch_size):
+    del workdir, step, batch_size
+    return {'thresholds': {'threshold': 0.5, 'pixel_display_range': [0.0, 1.0], 'chosen': 'q',
+                           'rule': 'r'}, 'components': {}, 'scores': scores,
+            'anomalous': scores >= 0.5, 'images': [np.zeros((4, 5, 1), np.uint8)] * 2,
+            'maps': [np.zeros((4, 5), np.float32)] * 2, 'scored_by': 'checkpoint step 3'}
+
+  monkeypatch.setattr(predict, 'predict', scored)
+  out = tmp_path / 'out'
+  code = cli.main(['vivano', 'predict', f'--workdir={tmp_path}', f'--input={inputs}',
+                   f'--output={out}'])
+  captured = capsys.readouterr()
+  assert code == errors.EXIT_DATA and captured.out == '', captured.out
+  assert captured.err == (f'error: 1 of 2 image(s) scored NaN or infinite (e.g. {inputs / "b.png"})'
+                          ' by checkpoint step 3: its checkpoint or score statistics are damaged; '
+                          'nothing is written\n')
+  assert not out.exists()

@@ -246,6 +246,16 @@ def check_writable(output: str) -> None:
     pass
 
 
+def check_finite(paths: Sequence[pathlib.Path], result: dict[str, Any]) -> None:
+  """A DataError naming the images whose score is NaN or infinite: no threshold decides them
+  (score >= threshold is false for NaN, so each would be called normal)."""
+  bad = [str(p) for p, score in zip(paths, result['scores']) if not np.isfinite(score)]
+  if bad:
+    raise errors.DataError(f'{len(bad)} of {len(paths)} image(s) scored NaN or infinite (e.g. '
+                           f'{", ".join(bad[:3])}) by {result["scored_by"]}: its checkpoint or '
+                           'score statistics are damaged; nothing is written')
+
+
 def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string('workdir', None, 'A trained run (main --workdir); or --model.',
                       flag_values=fv)
@@ -284,6 +294,7 @@ def run(fv: flags.FlagValues) -> None:
       result = predict_with_model(model, paths, fv.batch_size)
     else:
       result = predict(fv.workdir, paths, fv.step, fv.batch_size)
+    check_finite(paths, result)
     csv_path = write_predictions(fv.output, paths, result, stale)
   except BaseException:
     if created and not any(os.scandir(fv.output)):
