@@ -163,6 +163,17 @@ def test_a_folder_flag_naming_a_file_is_a_usage_error(capsys, tmp_path):
   assert file.read_text() == 'x'
 
 
+def test_a_data_dir_that_is_a_file_is_named_before_anything_is_written(capsys, tmp_path):
+  """tfds failed on '<data_dir>/downloads: Not a directory', naming no field (exit 1)."""
+  file = tmp_path / 'tfds'
+  file.write_text('x')
+  code, _, err = _call(capsys, 'train', f'--config={TINY}', f'--workdir={tmp_path / "run"}',
+                       f'--config.dataset.data_dir={file}')
+  assert code == errors.EXIT_USAGE and _one_error_line(err) == (
+      f'error: dataset.data_dir={file}: is a file, not a folder (where prepared datasets are kept)')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['tfds'] and file.read_text() == 'x'
+
+
 @pytest.mark.parametrize('args', [
     ['train', f'--config={TINY}', '--workdir='],
     ['predict', '--workdir=run', '--input=', '--output=o'],  # Would score the current folder.

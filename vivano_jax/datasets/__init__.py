@@ -76,6 +76,11 @@ def resolve_config(config: 'ml_collections.ConfigDict') -> None:
     value = str(config.dataset.get(field) or '').strip()
     if value:
       config.dataset[field] = os.path.abspath(os.path.expanduser(value))
+  data_dir = config.dataset.get('data_dir')
+  if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    # Else tfds fails on '<data_dir>/downloads: Not a directory', naming no field.
+    raise errors.UsageError(f'dataset.data_dir={data_dir}: is a file, not a folder (where '
+                            'prepared datasets are kept)')
   module = BUILDER_MODULES.get(config.dataset.name.split('/')[0])
   resolve = getattr(importlib.import_module(module), 'resolve_config', None) if module else None
   if resolve is not None:
