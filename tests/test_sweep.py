@@ -280,6 +280,37 @@ def test_gather_writes_csv_and_markdown_from_hand_written_runs(tmp_path, capsys)
   assert 'missing (1 of 3, no metrics.json): run_c' in md
 
 
+def test_gather_on_a_full_disk_keeps_the_earlier_tables_whole(tmp_path, capsys, monkeypatch):
+  """results.csv was written in place: a full disk left a table cut short, which plot draws as
+  fewer points without a word."""
+  from vivano_jax.sweep import results  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'root'
+  for seed in range(3):
+    _write_run(root, f'seed={seed}', {'seed': seed}, {'metrics': {'overall': {
+        'image_auroc': 0.9 + seed / 100}}})
+  assert sweep_lib.main(['gather', f'--root={root}', '--over=seed']) == 0
+  before = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+  assert sorted(before) == ['results.csv', 'results.md', 'results_over_seed.csv',
+                            'results_over_seed.md']
+  _write_run(root, 'seed=3', {'seed': 3}, {'metrics': {'overall': {'image_auroc': 0.5}}})
+  capsys.readouterr()
+
+  def disk_full(path, mode='r', **kwargs):
+    stream = open(path, mode, **kwargs)  # pylint: disable=unspecified-encoding
+    real_write = stream.write
+    def write(text):
+      real_write(text[:len(text) // 2])
+      raise OSError(28, 'No space left on device', str(path))
+    stream.write = write
+    return stream
+
+  monkeypatch.setattr(results, 'open', disk_full, raising=False)
+  assert sweep_lib.main(['gather', f'--root={root}', '--over=seed']) == 1
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and 'No space left on device' in err and err.count('\n') == 1
+  assert {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()} == before
+
+
 def test_gather_lists_planned_runs_that_never_started(tmp_path, capsys):
   path = _grid_sweep(tmp_path, "{'model.depth': [1, 2]}")
   sweep = sweep_lib.load_sweep(path)

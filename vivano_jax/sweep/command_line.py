@@ -144,6 +144,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except errors.DataError as e:  # A missing or unreadable sweep or config file.
     print(f'error: {e}', file=sys.stderr)
     return errors.EXIT_DATA
+  except OSError as e:  # A full or read-only disk: one line, as the vivano command gives it.
+    print(f'error: {e.filename}: {e.strerror or e}' if e.filename else f'error: {e}',
+          file=sys.stderr)
+    return errors.EXIT_DATA
   except KeyboardInterrupt:
     return 130
   failed = [n for n, s in status.items() if s == 'failed']
