@@ -562,6 +562,26 @@ def test_cli_errors_exit_2_with_the_file_and_field(tmp_path, capsys):
   assert not os.path.exists(root)  # Nothing written by failed or dry runs.
 
 
+@pytest.mark.parametrize('args, flag', [
+    (['run', '--sweep={sweep}', '--root=', '--dry_run'], '--root'),
+    (['run', '--sweep={sweep}', '--root= ', '--print_commands'], '--root'),
+    (['run', '--sweep=', '--root=r', '--dry_run'], '--sweep'),
+    (['gather', '--root='], '--root'),
+    (['plot', '--root=r', '--x=seed', '--output='], '--output'),
+])
+def test_an_empty_path_argument_is_a_usage_error(tmp_path, capsys, monkeypatch, args, flag):
+  """--root= (an unset shell variable) ran the sweep into the current folder and gather wrote
+  its tables there; --sweep= was 'sweep file <cwd> does not exist'."""
+  sweep = _grid_sweep(tmp_path, "{'seed': [1]}")
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  assert sweep_lib.main([a.format(sweep=sweep) for a in args]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: {flag}=') and 'is empty' in err and err.count('\n') == 1, err
+  assert not any(cwd.iterdir())
+
+
 # --------------------------------------------------------------------------------------------------
 # The sweep files of sweeps/.
 
