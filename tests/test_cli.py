@@ -215,6 +215,22 @@ def test_os_error_is_one_line(capsys, folder_run, tmp_path):
   assert code == errors.EXIT_DATA and str(blocker) in _one_error_line(err)
 
 
+def test_a_path_flag_starting_with_a_tilde_is_in_the_home_folder(capsys, folder_run, tmp_path,
+                                                                 monkeypatch):
+  """The shell leaves the '~' of --output=~/eval as it is: the files went to a folder named '~'
+  in the current folder (which a later `rm -rf ~` meant for it would not spare)."""
+  home, cwd = tmp_path / 'home', tmp_path / 'cwd'
+  home.mkdir()
+  cwd.mkdir()
+  monkeypatch.setenv('HOME', str(home))
+  monkeypatch.chdir(cwd)
+  shutil.copytree(folder_run / 'export' / 'test', home / 'split')
+  code, out, err = _call(capsys, 'evaluate', '--predictions=~/split', '--output=~/eval')
+  assert code == 0, err
+  assert f'written: {home / "eval" / "evaluation.csv"}' in out
+  assert (home / 'eval' / 'evaluation.md').is_file() and not any(cwd.iterdir())
+
+
 def test_every_subcommand_succeeds(capsys, folder_run, tmp_path, tfds_dir):
   split = folder_run / 'export' / 'test'
   code, out, err = _call(capsys, 'evaluate', f'--predictions={split}', f'--output={tmp_path}')

@@ -104,6 +104,7 @@ def _parse(name: str, module, argv: list[str]):
   if len(rest) > 1:
     raise errors.UsageError(f'unexpected arguments: {" ".join(rest[1:])}')
   _check_empty_flags(fv)
+  _expand_home(fv)
   return fv, overrides
 
 
@@ -115,6 +116,17 @@ def _check_empty_flags(fv) -> None:
     if flag.present and flag.default is None and isinstance(flag.value, str) and (
         not flag.value.strip()):
       raise errors.UsageError(f'--{name}={flag.value} is empty: {flag.help}')
+
+
+def _expand_home(fv) -> None:
+  """A path flag starting with '~' is made the home folder's path: the shell leaves the '~' of
+  --workdir=~/runs/a as it is, and the run went to a folder named '~' in the current folder (as
+  dataset.manual_dir and data_dir do, datasets.resolve_config)."""
+  for name in fv:
+    flag = fv[name]
+    if flag.present and flag.default is None and isinstance(flag.value, str) and (
+        flag.value.startswith('~')):
+      flag.value = os.path.expanduser(flag.value)
 
 
 def _bare_overrides(name: str, module, argv: list[str]) -> tuple[list[str], dict[str, str]]:
