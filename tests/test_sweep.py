@@ -582,6 +582,20 @@ def test_an_empty_path_argument_is_a_usage_error(tmp_path, capsys, monkeypatch, 
   assert not any(cwd.iterdir())
 
 
+def test_a_root_starting_with_a_tilde_is_in_the_home_folder(tmp_path, capsys, monkeypatch):
+  """The shell leaves the '~' of --root=~/sweep as it is: the runs went to a folder named '~'."""
+  sweep = _grid_sweep(tmp_path, "{'seed': [1]}")
+  home, cwd = tmp_path / 'home', tmp_path / 'cwd'
+  home.mkdir()
+  cwd.mkdir()
+  monkeypatch.setenv('HOME', str(home))
+  monkeypatch.chdir(cwd)
+  assert sweep_lib.main(['run', f'--sweep={sweep}', '--root=~/sweep', '--print_commands']) == 0
+  assert f'--workdir={home / "sweep" / "seed=1"}' in capsys.readouterr().out
+  assert sweep_lib.main(['gather', '--root=~/sweep']) == 0
+  assert (home / 'sweep' / 'results.csv').is_file() and not any(cwd.iterdir())
+
+
 # --------------------------------------------------------------------------------------------------
 # The sweep files of sweeps/.
 

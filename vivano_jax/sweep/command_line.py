@@ -68,15 +68,18 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return args
 
 
-def _check_empty(args: argparse.Namespace) -> None:
+def _check_paths(args: argparse.Namespace) -> None:
   """A path argument given as '' (an unset shell variable) would run the sweep into, or write its
-  tables to, the current folder, or name the current folder as the sweep file: one SweepError."""
+  tables to, the current folder, or name the current folder as the sweep file: one SweepError.
+  One starting with '~' is made the home folder's path (not a folder named '~' here)."""
   for name in ('sweep', 'root', 'output'):
     value = getattr(args, name, None)
     if value is not None and not value.strip():
       raise SweepError(f'--{name}={value} is empty: give the '
                        + {'sweep': 'sweep file', 'root': 'folder holding one workdir per run',
                           'output': "PNG's path"}[name])
+    if value is not None and value.startswith('~'):  # Left as it is by the shell after '='.
+      setattr(args, name, os.path.expanduser(value))
 
 
 def _only(text):
@@ -132,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except SystemExit as e:
     return e.code if isinstance(e.code, int) else 2
   try:
-    _check_empty(args)
+    _check_paths(args)
     if args.command == 'gather':
       return _gather(args)
     if args.command == 'plot':
