@@ -471,3 +471,13 @@ def test_damaged_score_statistics_are_named(standardised, tmp_path, capsys, dama
                          f'--output={out}')
   assert code == errors.EXIT_DATA and err.startswith(f'error: {path}: ') and message in err, err
   assert err.count('\n') == 1 and not out.exists()
+
+
+def test_evaluate_on_a_run_folder_names_its_splits(run, capsys):
+  """--predictions=RUN (or RUN/export) listed four missing files, with no word of the splits."""
+  for given in (run, run / 'export'):
+    code, _, err = _vivano(capsys, 'evaluate', f'--predictions={given}')
+    assert code == errors.EXIT_USAGE and err == (
+        f'error: --predictions={given}: holds the exported split(s) test, not one split; give '
+        f'one, e.g. --predictions={run / "export" / "test"}\n'), err
+  assert not list(run.rglob('evaluation.*'))

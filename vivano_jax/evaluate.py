@@ -96,9 +96,26 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.mark_flag_as_required('predictions', flag_values=fv)
 
 
+def check_split_folder(predictions: str) -> None:
+  """A UsageError naming the splits when --predictions names a run folder or its export/ folder
+  instead of one exported split (else: four 'missing' files, with no word of where they are)."""
+  folder = pathlib.Path(predictions)
+  if (folder / export_format.SCORES_CSV).exists():
+    return
+  for parent in (folder / 'export', folder):
+    splits = sorted(p.parent.name for p in parent.glob(f'*/{export_format.SCORES_CSV}')
+                    if not p.parent.name.startswith('.'))  # Not an export's staging folder.
+    if splits:
+      split = 'test' if 'test' in splits else splits[0]
+      raise errors.UsageError(f'--predictions={predictions}: holds the exported split(s) '
+                              f'{", ".join(splits)}, not one split; give one, e.g. '
+                              f'--predictions={parent / split}')
+
+
 def run(fv: flags.FlagValues) -> None:
   output = fv.output or fv.predictions
   errors.check_folder_flag('--output' if fv.output else '--predictions', output)
+  check_split_folder(fv.predictions)
   export = export_format.read_export(fv.predictions, fv.ground_truth)
   per_type = evaluate(export)
   write_evaluation(per_type, output)
