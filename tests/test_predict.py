@@ -303,3 +303,28 @@ def test_an_image_scored_nan_is_named_not_decided_normal(tmp_path, monkeypatch, 
                           ' by checkpoint step 3: its checkpoint or score statistics are damaged; '
                           'nothing is written\n')
   assert not out.exists()
+
+
+def test_a_model_folder_given_as_workdir_and_a_run_as_model_are_named(tmp_path, capsys):
+  """--workdir and --model mixed up: each said only that a file was missing."""
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  model, run = tmp_path / 'model', tmp_path / 'run'
+  model.mkdir()
+  run.mkdir()
+  (model / 'model_card.json').write_text('{}')
+  (run / 'config.json').write_text('{}')
+  image = tmp_path / 'a.png'
+  Image.fromarray(np.zeros((4, 5), np.uint8)).save(image)
+  out = tmp_path / 'out'
+  for flag, folder, message in (
+      ('--workdir', model, f'--workdir={model}: a model folder written by vivano export-model, '
+       f'not a trained run; give --model={model}'),
+      ('--model', run, f'--model={run}: a trained run folder, not a model written by vivano '
+       f'export-model; give --workdir={run}')):
+    code = cli.main(['vivano', 'predict', f'{flag}={folder}', f'--input={image}',
+                     f'--output={out}'])
+    assert code == errors.EXIT_USAGE and capsys.readouterr().err == f'error: {message}\n'
+  assert cli.main(['vivano', 'export', f'--workdir={model}']) == errors.EXIT_DATA
+  assert 'it is a model written by vivano export-model (vivano predict --model takes it)' in (
+      capsys.readouterr().err)
+  assert not out.exists() and sorted(p.name for p in model.iterdir()) == ['model_card.json']

@@ -256,6 +256,18 @@ def check_finite(paths: Sequence[pathlib.Path], result: dict[str, Any]) -> None:
                            'score statistics are damaged; nothing is written')
 
 
+def check_folder_kinds(workdir: Optional[str], model: Optional[str]) -> None:
+  """A UsageError when --workdir names a model folder or --model a run folder (the two flags
+  mixed up): else only 'config.json does not exist' or 'model_card.json: missing'."""
+  has = lambda folder, name: os.path.isfile(os.path.join(folder, name))
+  if workdir is not None and not has(workdir, 'config.json') and has(workdir, model_dir.MODEL_CARD):
+    raise errors.UsageError(f'--workdir={workdir}: a model folder written by vivano export-model, '
+                            f'not a trained run; give --model={workdir}')
+  if model is not None and not has(model, model_dir.MODEL_CARD) and has(model, 'config.json'):
+    raise errors.UsageError(f'--model={model}: a trained run folder, not a model written by '
+                            f'vivano export-model; give --workdir={model}')
+
+
 def define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string('workdir', None, 'A trained run (main --workdir); or --model.',
                       flag_values=fv)
@@ -281,6 +293,7 @@ def run(fv: flags.FlagValues) -> None:
     raise errors.UsageError('--step applies to --workdir; an exported model has one checkpoint')
   if fv.workdir is not None and not os.path.isdir(fv.workdir):
     raise errors.DataError(f'--workdir={fv.workdir}: no such run folder')
+  check_folder_kinds(fv.workdir, fv.model)
   if fv.batch_size is not None and fv.batch_size <= 0:
     raise errors.UsageError(f'--batch_size must be positive, got {fv.batch_size}')
   model = model_dir.load(fv.model) if fv.model is not None else None

@@ -74,8 +74,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   default, or its former default where the default has changed since: config_defaults.completed)."""
   path = os.path.join(workdir, CONFIG_JSON)
   if not os.path.isfile(path):
+    model = os.path.isfile(os.path.join(workdir, 'model_card.json'))  # serving/model_dir.py's.
     raise errors.DataError(f'{path} does not exist: {workdir} is not a run folder (--workdir of '
-                           'a training run)')
+                           'a training run)' + ('; it is a model written by vivano export-model '
+                                               '(vivano predict --model takes it)') * model)
   saved = atomic_files.read_json_object(path)
   saved.pop(EFFECTIVE, None)  # Derived from the config, not a section of it.
   completed = config_defaults.completed(saved, path)
