@@ -142,6 +142,22 @@ def test_a_broken_config_file_is_one_line(capsys, tmp_path, body, arg, code, mes
   assert got == code and message in _one_error_line(err)
   assert not (tmp_path / 'w').exists()
 
+
+@pytest.mark.parametrize('body, message', [
+    (None, 'no such config file'),
+    ('def get_config():\n  raise RuntimeError("boom")\n',
+     'get_config() failed: RuntimeError: boom'),
+])
+def test_a_config_flag_spelt_with_a_space_is_checked_alike(capsys, tmp_path, body, message):
+  """`--config FILE` (absl's other spelling) skipped the file's checks: a missing file was
+  ml_collections' 'earlier failure to load' line, a failing get_config() a traceback."""
+  path = tmp_path / 'cfg.py'
+  if body is not None:
+    path.write_text(body)
+  got, _, err = _call(capsys, 'train', '--config', str(path), f'--workdir={tmp_path / "w"}')
+  assert got == errors.EXIT_DATA and _one_error_line(err) == f'error: --config={path}: {message}'
+  assert not (tmp_path / 'w').exists()
+
 @pytest.mark.parametrize('flag, message', [
     ('--sizes=0', 'image sizes must be positive'), ('--sizes=-32', 'image sizes must be positive'),
     ('--steps=0', '--steps'), ('--warmup=-1', '--warmup'), ('--matmul_size=-5', '--matmul_size'),

@@ -93,6 +93,7 @@ def _parse(name: str, module, argv: list[str]):
           'errors as one line, library logs in WORKDIR/vivano.log; 1: also library and debug logs '
           'on the console, errors with tracebacks')
     return None
+  argv = _joined_config_flag(argv)
   _check_config_files(argv[1:])
   argv, overrides = _bare_overrides(name, module, argv)
   try:
@@ -106,6 +107,21 @@ def _parse(name: str, module, argv: list[str]):
   _check_empty_flags(fv)
   _expand_home(fv)
   return fv, overrides
+
+
+def _joined_config_flag(argv: list[str]) -> list[str]:
+  """argv with '--config FILE' (absl's other spelling) as '--config=FILE', so the file is checked
+  as that form is (a missing file was ml_collections' 'earlier failure to load' line, a failing
+  get_config() a traceback)."""
+  out, i = [], 0
+  while i < len(argv):
+    if argv[i] == '--config' and i + 1 < len(argv) and i > 0:
+      out.append(f'--config={argv[i + 1]}')
+      i += 2
+    else:
+      out.append(argv[i])
+      i += 1
+  return out
 
 
 def _check_empty_flags(fv) -> None:
