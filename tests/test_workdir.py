@@ -481,3 +481,16 @@ def test_evaluate_on_a_run_folder_names_its_splits(run, capsys):
         f'error: --predictions={given}: holds the exported split(s) test, not one split; give '
         f'one, e.g. --predictions={run / "export" / "test"}\n'), err
   assert not list(run.rglob('evaluation.*'))
+
+
+@pytest.mark.parametrize('content', ['[1]', '{"host": "h", "pid": "12"}', '{"pid": true}'])
+def test_a_lock_of_another_shape_is_refused_in_one_line(run, capsys, content):
+  """A .lock holding a JSON list was an AttributeError traceback, a text pid an 'invalid literal
+  for int()' line: the lock is named, as a damaged one is."""
+  work = run
+  (work / workdir_lib.LOCK_FILE).write_text(content)
+  code, _, err = _vivano(capsys, 'export', f'--workdir={work}')
+  assert code == errors.EXIT_DATA and err == (
+      f'error: {work} is in use by another process: wait for it to end or use another --workdir; '
+      f'if that process is gone, delete {work / workdir_lib.LOCK_FILE}\n'), err
+  assert (work / workdir_lib.LOCK_FILE).read_text() == content

@@ -194,9 +194,13 @@ def _take(path: str) -> bool:
 def _holder(path: str) -> Optional[dict]:
   try:
     with open(path) as f:
-      return json.load(f)
+      holder = json.load(f)
   except (OSError, ValueError):
     return None  # Being written, or damaged.
+  # A lock of another shape (edited, or written by something else) is no holder this can judge.
+  valid = isinstance(holder, dict) and isinstance(holder.get('pid'), int) and not isinstance(
+      holder.get('pid'), bool)
+  return holder if valid else None
 
 
 @contextlib.contextmanager
@@ -215,7 +219,7 @@ def lock(workdir: str) -> Iterator[None]:
   if not _take(path):
     holder = _holder(path)
     stale = (holder is not None and holder.get('host') == socket.gethostname()
-             and not _alive(int(holder.get('pid', -1))))
+             and not _alive(holder['pid']))
     if not stale:
       who = (f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('started')})"
              if holder else 'another process')
