@@ -494,3 +494,15 @@ def test_a_lock_of_another_shape_is_refused_in_one_line(run, capsys, content):
       f'error: {work} is in use by another process: wait for it to end or use another --workdir; '
       f'if that process is gone, delete {work / workdir_lib.LOCK_FILE}\n'), err
   assert (work / workdir_lib.LOCK_FILE).read_text() == content
+
+
+def test_a_smoothing_wider_than_the_image_is_refused_before_scoring(run, capsys):
+  """score.smoothing_sigma=1000 unrolled 8001 kernel taps into the scoring step, which compiled
+  for minutes without a word (to flatten every map)."""
+  before = (run / 'config.json').read_bytes()
+  code, out, err = _vivano(capsys, 'export', f'--workdir={run}',
+                           '--config.score.smoothing_sigma=1000')
+  assert code == errors.EXIT_USAGE and err == (
+      'error: score.smoothing_sigma=1000 is wider than the image (dataset.image_size=32) and would '
+      'flatten every map; use at most 32\n'), err
+  assert out == '' and (run / 'config.json').read_bytes() == before

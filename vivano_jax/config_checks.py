@@ -96,7 +96,13 @@ def check_export(config: ml_collections.ConfigDict) -> None:
   _number('export.max_overlays', e.max_overlays, -1, integer=True)
   _number('export.report_images', e.report_images, 0, integer=True)
   _number('export.display_images', e.display_images, 0, integer=True)
-  _number('score.smoothing_sigma', config.score.smoothing_sigma, 0)
+  sigma, size = config.score.smoothing_sigma, config.dataset.image_size
+  _number('score.smoothing_sigma', sigma, 0)
+  if isinstance(size, int) and sigma > size:  # Its 8 sigma + 1 taps are unrolled into the scoring
+    # step: sigma=1000 compiled for minutes without a word, to flatten every map.
+    raise errors.UsageError(f'score.smoothing_sigma={sigma:g} is wider than the image '
+                            f'(dataset.image_size={size}) and would flatten every map; use at '
+                            f'most {size}')
 
 
 def check_run(config: ml_collections.ConfigDict) -> None:
