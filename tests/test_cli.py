@@ -179,6 +179,16 @@ def test_a_folder_flag_naming_a_file_is_a_usage_error(capsys, tmp_path):
   assert file.read_text() == 'x'
 
 
+def test_shifts_that_do_not_divide_the_patch_are_refused_before_training(capsys, tmp_path):
+  """score.shifts=3 with 8 px patches was refused when the run was first scored: after training."""
+  code, out, err = _call(capsys, 'train', f'--config={TINY}', f'--workdir={tmp_path / "run"}',
+                         f'--config.dataset.data_dir={tmp_path / "tfds"}',
+                         '--config.score.shifts=3')
+  assert code == errors.EXIT_USAGE and _one_error_line(err) == (
+      'error: score.shifts=3 must divide model.patch_size=8')
+  assert 'train' not in out and not any(tmp_path.iterdir())
+
+
 def test_a_data_dir_that_is_a_file_is_named_before_anything_is_written(capsys, tmp_path):
   """tfds failed on '<data_dir>/downloads: Not a directory', naming no field (exit 1)."""
   file = tmp_path / 'tfds'

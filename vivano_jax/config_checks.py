@@ -161,6 +161,8 @@ def synthetic_fields(config: ml_collections.ConfigDict):
 def check_score(config: ml_collections.ConfigDict) -> None:
   """The score fields, their components against the model's, and the score selection."""
   scoring.check_components(config)
+  # Else found when the run is first scored: after training, which may take hours.
+  scoring.check_shifts(config.score.shifts, config.model.patch_size)
   check_selection(config.score, segmenter=config.model.segmenter_features > 0)
 
 
