@@ -458,3 +458,18 @@ def test_a_folder_mixing_two_exports_is_refused(exported, workdir, tmp_path, cap
   code, line = _error(capsys, 'export-model', f'--workdir={workdir}', '--format=onnx',
                       f'--output={tmp_path / "m"}')
   assert code == errors.EXIT_USAGE and 'needs jax2onnx' in line and 'vivano_jax[export]' in line
+
+
+def test_a_file_browsers_droppings_do_not_keep_a_model_folder_from_being_replaced(tmp_path):
+  """A .DS_Store beside an earlier export (the folder opened in Finder) refused the next export
+  to it; a hidden folder of someone's (.git) still does."""
+  from vivano_jax import export_model  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'model'
+  out.mkdir()
+  for name in ('model.onnx', 'model_card.json', 'thresholds.json', '.DS_Store', '._model.onnx',
+               'Thumbs.db'):
+    (out / name).write_bytes(b'x')
+  assert export_model.check_output(str(out), str(tmp_path / 'run')) == out
+  (out / '.git').mkdir()
+  with pytest.raises(errors.UsageError, match=r'not an exported model alone \(it holds \.git\)'):
+    export_model.check_output(str(out), str(tmp_path / 'run'))

@@ -328,3 +328,19 @@ def test_a_model_folder_given_as_workdir_and_a_run_as_model_are_named(tmp_path, 
   assert 'it is a model written by vivano export-model (vivano predict --model takes it)' in (
       capsys.readouterr().err)
   assert not out.exists() and sorted(p.name for p in model.iterdir()) == ['model_card.json']
+
+
+def test_a_file_browsers_droppings_in_an_earlier_output_are_left_alone(tmp_path):
+  """Opening overlays/ in Finder or Explorer leaves .DS_Store or Thumbs.db there: the next call
+  on that --output was refused as if it held someone else's files."""
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'out'
+  for name in ('maps/000000_a.npy', 'maps/Thumbs.db', 'overlays/000000_a.png',
+               'overlays/.DS_Store'):
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    (out / name).write_bytes(b'x')
+  assert predict.previous_outputs(str(out)) == [out / 'maps' / '000000_a.npy',
+                                                out / 'overlays' / '000000_a.png']
+  (out / 'overlays' / 'notes.txt').write_text('mine')
+  with pytest.raises(errors.DataError, match=re.escape(f'(e.g. {out / "overlays" / "notes.txt"})')):
+    predict.previous_outputs(str(out))

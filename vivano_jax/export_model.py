@@ -139,6 +139,15 @@ def model_card(run: from_checkpoint.Run, sf: score_function.ScoreFunction, fmt: 
   }
 
 
+def _dropping(path: pathlib.Path) -> bool:
+  """A file a file browser leaves in a folder it shows (.DS_Store, ._name, Thumbs.db,
+  desktop.ini): no reason to keep an earlier export from being replaced. Other hidden files and
+  folders (.git) are someone's."""
+  name = path.name.lower()
+  return path.is_file() and (name in ('.ds_store', 'thumbs.db', 'desktop.ini')
+                             or name.startswith('._'))
+
+
 def check_output(output: str, workdir: str) -> pathlib.Path:
   """--output is replaced as a whole: only a new folder, an empty one or an earlier export."""
   path = pathlib.Path(output).absolute()
@@ -151,7 +160,7 @@ def check_output(output: str, workdir: str) -> pathlib.Path:
     raise errors.UsageError(f'--output={output}: holds the run folder {workdir}, and would be '
                             'replaced as a whole: choose a folder outside it')
   exported = {model_dir.MODEL_CARD, thresholds_lib.FILENAME, *model_dir.FILES.values()}
-  names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+  names = sorted(p.name for p in path.iterdir() if not _dropping(p)) if path.is_dir() else []
   others = [n for n in names if n not in exported]
   if names and (not (path / model_dir.MODEL_CARD).is_file() or others):
     raise errors.UsageError(f'--output={output}: a folder that is not an exported model alone '

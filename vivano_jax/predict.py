@@ -229,13 +229,15 @@ def previous_outputs(output: str) -> list[pathlib.Path]:
   out = pathlib.Path(output)
   folders = [out / d for d in OUTPUT_FOLDERS if (out / d).exists()]
   own = lambda p, d: p.is_file() and re.fullmatch(r'\d{6}_.*' + re.escape(OUTPUT_SUFFIX[d]), p.name)
+  # A file browser's droppings (.DS_Store, Thumbs.db) are no one's results: left where they are.
+  dropped = lambda p: p.is_file() and image_io.is_ignored(p.name) and p.parent.parent == out
   foreign = [d for d in folders if not d.is_dir()] or [
-      p for d in folders for p in sorted(d.rglob('*')) if not own(p, d.name)]
+      p for d in folders for p in sorted(d.rglob('*')) if not own(p, d.name) and not dropped(p)]
   if foreign:
     raise errors.DataError(f'--output={output} holds {", ".join(d.name + "/" for d in folders)} '
                            f'with files an earlier vivano predict did not write (e.g. '
                            f'{foreign[0]}); choose another --output')
-  return [p for d in folders for p in sorted(d.iterdir())]
+  return [p for d in folders for p in sorted(d.iterdir()) if not dropped(p)]
 
 
 def check_writable(output: str) -> None:
