@@ -379,6 +379,8 @@ def test_an_edited_rule_or_colour_scale_in_thresholds_json_is_refused(run, tmp_p
     (('has_mask', '2'), 'line 2: has_mask 2; it is 0 (no mask) or 1'),
     (('nll_max', '1,5'), 'line 2: 11 fields, the header 10'),
     ('cut', 'line 2: 4 fields, the header 10'),
+    (('defect_type', 'overall'), "line 2: defect type 'overall' is the name of the metrics' row "
+     "of all images, which would replace this type's row; rename it"),
 ])
 def test_a_hand_edited_scores_csv_names_the_line_and_column(run, capsys, edit, message):
   """A cell that is not a number was 'invalid literal for int() with base 10' (no column), a line

@@ -147,6 +147,9 @@ def _read_score_rows(path: pathlib.Path, reader: csv.DictReader, problems: list[
         raise ValueError(f'{fields} fields, the header {len(header)} (an unquoted comma, or a '
                          'line cut short?)')
       key = (row['defect_type'], row['filename'])
+      if row['defect_type'] == 'overall':  # metrics.per_defect_type's row of all images.
+        raise ValueError("defect type 'overall' is the name of the metrics' row of all images, "
+                         'which would replace this type\'s row; rename it')
       if key in seen:
         raise ValueError(f'{row["filename"]} ({row["defect_type"]}) is listed twice (line '
                          f'{seen[key]} too)')
