@@ -344,3 +344,33 @@ def test_a_file_browsers_droppings_in_an_earlier_output_are_left_alone(tmp_path)
   (out / 'overlays' / 'notes.txt').write_text('mine')
   with pytest.raises(errors.DataError, match=re.escape(f'(e.g. {out / "overlays" / "notes.txt"})')):
     predict.previous_outputs(str(out))
+
+
+def test_an_exported_split_as_output_is_refused_and_keeps_its_overlays(tmp_path, capsys):
+  """predict --output=RUN/export/test took the export's overlays (NNNNNN_<name>.png, the names
+  predict gives its own) for an earlier call's and deleted them: the report then failed."""
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  split = run / 'export' / 'test'
+  (split / 'overlays').mkdir(parents=True)
+  (split / 'scores.csv').write_text('index\n')
+  (split / 'overlays' / '000000_test_a.png').write_bytes(b'png')
+  (run / 'config.json').write_text('{}')
+  image = tmp_path / 'a.png'
+  Image.fromarray(np.zeros((4, 5), np.uint8)).save(image)
+  copy = tmp_path / 'copy'
+  shutil.copytree(split, copy)
+  for output, message in (
+      (split, 'an exported split (it holds scores.csv), whose overlays predict would take for its '
+       'own and delete; choose another folder'),
+      (copy, 'an exported split (it holds scores.csv)'),
+      (run / 'export' / 'new', "inside the run's export/, which holds exported overlays and is "
+       'replaced as a whole by the next export; choose another folder')):
+    code = cli.main(['vivano', 'predict', f'--workdir={run}', f'--input={image}',
+                     f'--output={output}'])
+    err = capsys.readouterr().err
+    assert code == errors.EXIT_USAGE and err.startswith(f'error: --output={output}: ') and (
+        message in err), err
+  assert (split / 'overlays' / '000000_test_a.png').read_bytes() == b'png'
+  assert (copy / 'overlays' / '000000_test_a.png').exists()
+  assert sorted(p.name for p in (run / 'export').iterdir()) == ['test']

@@ -248,6 +248,22 @@ def check_writable(output: str) -> None:
     pass
 
 
+def check_not_an_export(output: str, workdir: Optional[str]) -> None:
+  """A UsageError when --output is an exported split (it holds scores.csv) or lies in the run's
+  export/: its overlays/ carry the names predict gives its own (NNNNNN_<name>.png), so they were
+  deleted as an earlier call's, and the export left without them."""
+  out = pathlib.Path(output).absolute()
+  export_dir = pathlib.Path(workdir, 'export').absolute() if workdir is not None else None
+  if (out / export_format.SCORES_CSV).exists():
+    raise errors.UsageError(f'--output={output}: an exported split (it holds '
+                            f'{export_format.SCORES_CSV}), whose overlays predict would take for '
+                            'its own and delete; choose another folder')
+  if export_dir is not None and (out == export_dir or export_dir in out.parents):
+    raise errors.UsageError(f'--output={output}: inside the run\'s export/, which holds exported '
+                            'overlays and is replaced as a whole by the next export; choose '
+                            'another folder')
+
+
 def check_finite(paths: Sequence[pathlib.Path], result: dict[str, Any]) -> None:
   """A DataError naming the images whose score is NaN or infinite: no threshold decides them
   (score >= threshold is false for NaN, so each would be called normal)."""
@@ -301,6 +317,7 @@ def run(fv: flags.FlagValues) -> None:
   model = model_dir.load(fv.model) if fv.model is not None else None
   # Not this command's own earlier outputs (its maps and overlays under --output).
   paths = find_images(fv.input, exclude=[os.path.join(fv.output, d) for d in OUTPUT_FOLDERS])
+  check_not_an_export(fv.output, fv.workdir)
   created = not os.path.isdir(fv.output)
   check_writable(fv.output)
   stale = previous_outputs(fv.output)  # Refused before scoring when they are someone else's.
