@@ -582,6 +582,19 @@ def test_an_empty_path_argument_is_a_usage_error(tmp_path, capsys, monkeypatch, 
   assert not any(cwd.iterdir())
 
 
+def test_a_launcher_that_is_no_command_is_refused_before_any_run(tmp_path, capsys):
+  """--launcher='srun_typo launch/multihost.sh' wrote the plan, then every run failed with a bare
+  'srun_typo: No such file or directory' (a traceback under python -m vivano_jax.sweep)."""
+  sweep = _grid_sweep(tmp_path, "{'seed': [1, 2]}")
+  root = tmp_path / 'root'
+  assert sweep_lib.main(['run', f'--sweep={sweep}', f'--root={root}',
+                         '--launcher=srun_typo launch/multihost.sh']) == 2
+  assert capsys.readouterr().err == (
+      "error: --launcher=srun_typo launch/multihost.sh: 'srun_typo' is neither a command on PATH "
+      'nor an executable file\n')
+  assert not root.exists()
+
+
 def test_a_root_starting_with_a_tilde_is_in_the_home_folder(tmp_path, capsys, monkeypatch):
   """The shell leaves the '~' of --root=~/sweep as it is: the runs went to a folder named '~'."""
   sweep = _grid_sweep(tmp_path, "{'seed': [1]}")

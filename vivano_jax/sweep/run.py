@@ -5,6 +5,7 @@ from collections.abc import Iterable, Sequence
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -114,6 +115,10 @@ def run_sweep(sweep: Sweep, root: str, only: Optional[Iterable[int]] = None,
   out = out or sys.stdout
   root = os.path.abspath(root)
   runs = select(sweep, only)
+  if launcher and not dry_run and shutil.which(launcher[0]) is None:
+    # Else the first run fails with a bare '<name>: No such file or directory', the plan written.
+    raise SweepError(f'--launcher={shlex.join(launcher)}: {launcher[0]!r} is neither a command on '
+                     'PATH nor an executable file')
   if not dry_run:
     write_plan(sweep, root)
   status = {}
