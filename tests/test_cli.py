@@ -179,6 +179,20 @@ def test_a_folder_flag_naming_a_file_is_a_usage_error(capsys, tmp_path):
   assert file.read_text() == 'x'
 
 
+def test_a_folder_flag_below_a_file_names_the_file(capsys, tmp_path):
+  """--output=notes.txt/out was the system's bare 'Not a directory' or 'File exists' (exit 1)."""
+  file = tmp_path / 'notes.txt'
+  file.write_text('x')
+  for args in (['train', f'--config={TINY}', f'--workdir={file / "run"}'],
+               ['evaluate', f'--predictions={tmp_path}', f'--output={file / "a" / "b"}'],
+               ['predict', f'--model={tmp_path}', f'--input={file}', f'--output={file / "o"}'],
+               ['export-model', f'--workdir={tmp_path}', '--format=jax', f'--output={file / "m"}']):
+    code, _, err = _call(capsys, *args)
+    assert code == errors.EXIT_USAGE and _one_error_line(err) == (
+        f'error: {args[-1]}: {file} is a file, not a folder'), (args, err)
+  assert file.read_text() == 'x' and sorted(p.name for p in tmp_path.iterdir()) == ['notes.txt']
+
+
 def test_shifts_that_do_not_divide_the_patch_are_refused_before_training(capsys, tmp_path):
   """score.shifts=3 with 8 px patches was refused when the run was first scored: after training."""
   code, out, err = _call(capsys, 'train', f'--config={TINY}', f'--workdir={tmp_path / "run"}',
@@ -234,10 +248,10 @@ def test_an_image_over_pils_pixel_limits_is_named_not_warned_about_anonymously(
 
 
 def test_os_error_is_one_line(capsys, folder_run, tmp_path):
-  blocker = tmp_path / 'file'
-  blocker.write_text('')
+  blocker = tmp_path / 'link'  # A link that leads nowhere: no folder can be made there.
+  blocker.symlink_to(tmp_path / 'nowhere' / 'x')
   code, _, err = _call(capsys, 'evaluate', f'--predictions={folder_run / "export" / "test"}',
-                       f'--output={blocker / "sub"}')
+                       f'--output={blocker}')
   assert code == errors.EXIT_DATA and str(blocker) in _one_error_line(err)
 
 

@@ -237,7 +237,8 @@ def test_predict_checks_its_output_before_scoring(run, tmp_path, capsys):
   image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
   code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
                          f'--output={blocker / "out"}')
-  assert code == errors.EXIT_DATA and str(blocker) in err and 'Traceback' not in err
+  assert code == errors.EXIT_USAGE and f'{blocker} is a file, not a folder' in err
+  assert 'Traceback' not in err
 
 
 @pytest.mark.parametrize('damage,message', [

@@ -22,6 +22,12 @@ class DataError(ValueError):
 
 
 def check_folder_flag(flag: str, path: str) -> None:
-  """UsageError when the folder a flag names (--workdir, --output) exists as a file."""
+  """UsageError when the folder a flag names (--workdir, --output), or a folder above it, exists as
+  a file (the system's 'Not a directory' or 'File exists' names neither the flag nor the file)."""
   if os.path.exists(path) and not os.path.isdir(path):
     raise UsageError(f'{flag}={path}: is a file, not a folder')
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+    parent = os.path.dirname(parent)
+  if os.path.lexists(parent) and not os.path.isdir(parent):
+    raise UsageError(f'{flag}={path}: {parent} is a file, not a folder')

@@ -151,8 +151,7 @@ def _dropping(path: pathlib.Path) -> bool:
 def check_output(output: str, workdir: str) -> pathlib.Path:
   """--output is replaced as a whole: only a new folder, an empty one or an earlier export."""
   path = pathlib.Path(output).absolute()
-  if path.exists() and not path.is_dir():
-    raise errors.UsageError(f'--output={output}: is a file, not a folder')
+  errors.check_folder_flag('--output', output)
   run = pathlib.Path(workdir).absolute()
   if path == run or run in path.parents:
     raise errors.UsageError(f'--output={output}: inside the run folder; choose a folder outside')

@@ -312,6 +312,7 @@ def run(fv: flags.FlagValues) -> None:
   if fv.workdir is not None and not os.path.isdir(fv.workdir):
     raise errors.DataError(f'--workdir={fv.workdir}: no such run folder')
   check_folder_kinds(fv.workdir, fv.model)
+  errors.check_folder_flag('--output', fv.output)  # Before a model is loaded or an image read.
   if fv.batch_size is not None and fv.batch_size <= 0:
     raise errors.UsageError(f'--batch_size must be positive, got {fv.batch_size}')
   model = model_dir.load(fv.model) if fv.model is not None else None
