@@ -424,6 +424,20 @@ def test_mismatched_or_missing_files_are_named(exported, tmp_path):
     (folder / file).write_text(json.dumps(original))
 
 
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_a_card_naming_another_output_is_refused_by_every_format(exported, tmp_path, fmt):
+  """A SavedModel whose card lists an output it lacks scored into None.numpy(): an
+  AttributeError traceback (ONNX and JAX models named the mismatch already)."""
+  folder = tmp_path / fmt
+  shutil.copytree(exported[fmt], folder)
+  card = json.loads((folder / model_dir.MODEL_CARD).read_text())
+  card['outputs'] = [o if o != 'recon' else 'recon_error' for o in card['outputs']]
+  (folder / model_dir.MODEL_CARD).write_text(json.dumps(card))
+  with pytest.raises(errors.DataError, match=re.escape(str(folder / model_dir.FILES[fmt]))
+                     + r": (its )?outputs .*'recon'.* lists \[.*'recon_error'"):
+    model_dir.load(folder)
+
+
 def test_a_folder_mixing_two_exports_is_refused(exported, workdir, tmp_path, capsys, monkeypatch):
   """A model file, card and thresholds.json of different exports would score with one run and
   decide with another's threshold: each mix is named, as is an output that would swallow the

@@ -213,6 +213,9 @@ def _saved_model_runner(path: pathlib.Path, card: dict[str, Any]):
   spec = serve.structured_input_signature[1][INPUT_NAME]
   _check_input_shape(path, card, spec.shape.as_list(), spec.dtype.name)
   names = list(card['outputs'])
+  if sorted(serve.structured_outputs) != sorted(names):  # Else: None.numpy(), a traceback.
+    raise errors.DataError(f'{path}: its outputs are {sorted(serve.structured_outputs)}, but '
+                           f'{path.parent / MODEL_CARD} lists {names}; export the model again')
   return lambda images: [v.numpy() for v in map(serve(**{INPUT_NAME: tf.constant(images)}).get,
                                                  names)]
 
