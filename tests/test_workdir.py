@@ -71,9 +71,10 @@ def test_a_run_without_config_json_is_not_given_another_models_config(run, tfds_
                          '--config.train.num_steps=20', '--config.model.width=48')
   assert code == errors.EXIT_DATA
   line = [l for l in err.splitlines() if l.startswith('error:')][0]
-  assert 'no checkpoint restores ([10, 5])' in line and 'another model config' in line
-  assert 'delete' not in line and not (run / 'config.json').exists()
+  assert 'checkpoint step 10' in line and 'holds another model' in line, line
+  assert 'not damaged' in line and 'delete' not in line and not (run / 'config.json').exists()
   assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == steps  # None deleted.
+
 
 def test_rerun_with_another_model_or_data_is_refused(run, tfds_dir, capsys):
   before = (run / 'config.json').read_bytes()
@@ -351,6 +352,29 @@ def test_an_edited_config_json_is_named_not_blamed_on_the_checkpoint(run, tmp_pa
     assert err.count('\n') == 1
   assert not out.exists()
   assert (run / 'checkpoints' / '10').is_dir()
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+@pytest.mark.parametrize('field,value', [('width', 64), ('depth', 3)])
+def test_a_config_json_of_another_valid_model_is_not_called_a_damaged_checkpoint(
+    run, tmp_path, capsys, field, value):
+  """config.json edited to another model that could train (a wider or deeper one): Orbax refuses
+  the arrays, which was reported as a damaged checkpoint, with advice to delete that intact one."""
+  path = run / 'config.json'
+  saved = json.loads(path.read_text())
+  assert saved['model'][field] != value
+  saved['model'][field] = value
+  path.write_text(json.dumps(saved))
+  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
+  out = tmp_path / 'out'
+  for args in (['predict', f'--input={image}', f'--output={out}'], ['export']):
+    code, _, err = _vivano(capsys, *args, f'--workdir={run}')
+    assert code == errors.EXIT_DATA, err
+    line = [l for l in err.splitlines() if l.startswith('error:')][-1]
+    assert 'checkpoint step 10' in line and 'holds another model' in line, err
+    assert 'not damaged' in line and 'delete' not in line and 'damaged (' not in line, err
+  assert not out.exists()
+  assert sorted(p.name for p in (run / 'checkpoints').iterdir()) == ['10', '5']
 
 
 @pytest.mark.parametrize('field,value,message', [

@@ -58,6 +58,16 @@ def describe(e: BaseException) -> str:
   return f'{type(e).__name__}: {first[:200]}'
 
 
+# What Orbax says when the stored arrays are intact but of another model: a shape or a parameter
+# tree that differs from the configured one.
+_MISMATCH_SIGNS = ('is not compatible with the stored shape', 'tree structures do not match')
+
+
+def does_not_fit(e: BaseException) -> bool:
+  """Whether a restore error says the checkpoint holds another model, not damaged data."""
+  return any(sign in str(e) for sign in _MISMATCH_SIGNS)
+
+
 def restore(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh: Mesh,
             step: Optional[int] = None, total_steps: int = 1, fall_back: bool = False
             ) -> tuple[train_step.TrainState, dict[str, Any]]:
@@ -65,7 +75,9 @@ def restore(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh
 
   A checkpoint that does not restore is damaged: with `fall_back` (resuming training, latest step)
   the previous steps are tried in turn, with a warning; else one DataError names the damaged step
-  and the earlier ones to pass as --step.
+  and the earlier ones to pass as --step. One whose arrays are of another shape or parameter tree
+  (`does_not_fit`: config.json edited, another model's config) is not damaged: one DataError says
+  so, and nothing is deleted.
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   step = steps[0] if step is None else step
@@ -76,6 +88,11 @@ def restore(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict, mesh
     except Exception as e:  # pylint: disable=broad-except  (Orbax raises many kinds.)
       tried.append(candidate)
       problem = describe(e)
+      if does_not_fit(e):  # Every step would fail alike; none is damaged, none is deleted.
+        raise errors.DataError(
+            f'checkpoint step {candidate} in {mngr.directory} holds another model than the '
+            f'config describes ({problem}); the checkpoint is not damaged: use the model fields '
+            "the run was trained with (its config.json as written, or --config with them)") from e
       if not fall_back:
         earlier = [s for s in steps if s < candidate]
         hint = (f'; pass --step={earlier[0]} to use the previous one, or delete '
