@@ -464,6 +464,22 @@ def test_exclusive_lock_keeps_another_process_out_until_released(tmp_path):
   assert other_process_gets_it()
 
 
+def test_a_json_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+  path = tmp_path / 'thresholds.json'
+  atomic_files.write_json(path, {'threshold': 1.5})
+  real_dump = json.dump
+
+  def dump_then_disk_full(obj, f, **kwargs):
+    real_dump({'threshold': 2.0, 'cut': 'sh'}, f, **kwargs)  # Part of the file is written.
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(json, 'dump', dump_then_disk_full)
+  with pytest.raises(OSError, match='No space left'):
+    atomic_files.write_json(path, {'threshold': 2.0})
+  assert json.loads(path.read_text()) == {'threshold': 1.5}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['thresholds.json']
+
+
 def test_atomic_directory_keeps_previous_content_on_error(tmp_path):
   target = tmp_path / 'out'
   with atomic_files.atomic_directory(target) as d:

@@ -21,12 +21,18 @@ def _json_default(o: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes `obj` as indented JSON to `path` through a temporary file renamed over it."""
+  """Writes `obj` as indented JSON to `path` through a temporary file renamed over it; a failed
+  write (a full disk, an object JSON cannot hold) leaves `path` as it was and no temporary file."""
   path = os.fspath(path)
   tmp = f'{path}.tmp{os.getpid()}'  # Unique per process: array jobs may write the same file.
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, default=_json_default)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=2, default=_json_default)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 @contextlib.contextmanager
