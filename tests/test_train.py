@@ -365,3 +365,22 @@ def test_synthetic_anomalies_and_score_selection_end_to_end(tiny_config, tmp_pat
     (tmp_path / score_selection.FILENAME).write_text(json.dumps(damaged))
     with pytest.raises(errors.DataError, match='score_selection.json: corrupt'):
       score_selection.resolve(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('fields,error,match', [
+    ({'export.splits': ('test', 'validation')}, errors.UsageError,
+     r"names 'validation', but dataset 'digits/0' has no validation split"),
+    ({'score.select': 'synthetic', 'dataset.validation_fraction': 0.02}, errors.DataError,
+     r'score.select: 3 held-out normal images; at least 4 are needed'),
+])
+def test_what_would_fail_after_training_is_refused_before_it(tiny_config, tmp_path, fields, error,
+                                                             match):
+  """An export split the dataset lacks, or too few held-out normals to choose the score on, was
+  found only after the whole run had trained."""
+  for name, value in fields.items():
+    section, field = name.split('.')
+    tiny_config[section][field] = value
+  run = tmp_path / 'run'
+  with pytest.raises(error, match=match):
+    train.train_and_evaluate(tiny_config, str(run))
+  assert not run.exists()  # Nothing trained, nothing written.

@@ -82,6 +82,13 @@ def choose(results: dict[str, float]) -> str:
   return next(c for c, v in results.items() if v == best)
 
 
+def check_enough_normals(n: int) -> None:
+  """Selection splits the held-out normals into two halves, each with images to score."""
+  if n < 4:
+    raise errors.DataError(f'score.select: {n} held-out normal images; at least 4 are needed (set '
+                           'dataset.validation_fraction)')
+
+
 def select_score(state, heldout: input_pipeline.SplitData, config: ml_collections.ConfigDict,
                  mesh) -> dict[str, Any]:
   """Runs the selection on this process's held-out normals; returns the record saved to FILENAME:
@@ -91,9 +98,7 @@ def select_score(state, heldout: input_pipeline.SplitData, config: ml_collection
     raise errors.UsageError("score.select='synthetic' runs on one process; choose the score on one "
                             'host (vivano export) and copy score_selection.json')
   n = len(heldout)
-  if n < 4:
-    raise errors.DataError(f'score.select: {n} held-out normal images; at least 4 are needed (set '
-                     'dataset.validation_fraction)')
+  check_enough_normals(n)
   a, b = split_halves(n, config.seed)
   every = ml_collections.ConfigDict(config.to_dict())
   every.score.select = 'none'

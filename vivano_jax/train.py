@@ -161,6 +161,21 @@ def _start(config, workdir, model, mngr, latest, total_steps, mesh):
   return state, start_step, writer
 
 
+def _check_before_training(config: ml_collections.ConfigDict,
+                           data: dict[str, input_pipeline.SplitData]) -> None:
+  """Refuses, before anything is trained or written, what would otherwise fail after training: an
+  export of a split the dataset lacks, too few held-out normals to choose the score on."""
+  if (config.export.at_end and 'validation' in config.export.splits
+      and input_pipeline.heldout_split(config) != 'validation'):
+    raise errors.UsageError(
+        f"export.splits={tuple(config.export.splits)!r} names 'validation', but dataset "
+        f'{config.dataset.name!r} has no validation split: set dataset.validation_fraction to '
+        "carve one, or leave 'validation' out of export.splits")
+  if config.score.select != 'none':
+    score_selection.check_enough_normals(
+        int(sharding.sum_over_processes(len(scorer_lib.heldout_normals(data, config)))))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        return_evaluation: bool = False):
   """Trains (resuming from the latest checkpoint in `workdir`), evaluates on the test split.
@@ -175,6 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with console.stage(f'prepare data ({config.dataset.name})'):
     data = input_pipeline.load(config, tuple(dict.fromkeys(
         ('train', input_pipeline.heldout_split(config), 'test'))))
+  _check_before_training(config, data)
   total_steps = total_train_steps(config, int(sharding.sum_over_processes(len(data['train']))))
   mngr = checkpoints.manager(workdir, config)
   latest = mngr.latest_step()
