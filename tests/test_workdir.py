@@ -533,3 +533,22 @@ def test_a_smoothing_wider_than_the_image_is_refused_before_scoring(run, capsys)
       'error: score.smoothing_sigma=1000 is wider than the image (dataset.image_size=32) and would '
       'flatten every map; use at most 32\n'), err
   assert out == '' and (run / 'config.json').read_bytes() == before
+
+
+def test_an_export_keeps_a_hand_edited_thresholds_json_and_says_so(run, capsys):
+  """README: WORKDIR/thresholds.json may be edited to move the decision threshold; a later export
+  replaced that edit without a word."""
+  path = run / thresholds.FILENAME
+  record = json.loads(path.read_text())
+  code, out, _ = _vivano(capsys, 'export', f'--workdir={run}')  # Nothing edited: nothing kept.
+  assert code == 0 and 'note:' not in out and not (run / export.EDITED_THRESHOLDS).exists()
+  edited = json.loads(path.read_text()) | {'threshold': record['threshold'] + 1.0}
+  path.write_text(json.dumps(edited))
+  code, out, _ = _vivano(capsys, 'export', f'--workdir={run}')
+  assert code == 0
+  assert json.loads((run / export.EDITED_THRESHOLDS).read_text()) == edited
+  assert json.loads(path.read_text()) == json.loads(
+      (run / 'export' / thresholds.FILENAME).read_text())
+  note = [line for line in out.splitlines() if line.startswith('note: ')]
+  assert len(note) == 1 and f'{path} had been edited' in note[0], out
+  assert str(run / export.EDITED_THRESHOLDS) in note[0]

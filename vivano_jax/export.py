@@ -67,6 +67,7 @@ from vivano_jax import thresholds as thresholds_lib
 from vivano_jax import workdir as workdir_lib
 
 EXPORT_DIR = 'export'
+EDITED_THRESHOLDS = 'thresholds.edited.json'  # An edited WORKDIR/thresholds.json, kept by an export.
 
 
 def _display_range(state, scorer: scorer_lib.Scorer, local: input_pipeline.SplitData,
@@ -158,15 +159,37 @@ def _write_thresholds(directory: pathlib.Path, record: dict[str, Any], stats) ->
   atomic_files.write_json(directory / thresholds_lib.FILENAME, record)
 
 
-def _copy_to_workdir(workdir: str, summary: dict[str, Any], stats, report_images: int) -> None:
+def edited_thresholds(workdir: str) -> Optional[dict[str, Any]]:
+  """WORKDIR/thresholds.json when a person has edited it (to move the decision threshold): it
+  then differs from the export's own copy, and the next export would replace it."""
+  try:
+    with open(os.path.join(workdir, thresholds_lib.FILENAME)) as f:
+      mine = json.load(f)
+    with open(os.path.join(workdir, EXPORT_DIR, thresholds_lib.FILENAME)) as f:
+      exported = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return mine if isinstance(mine, dict) and mine != exported else None
+
+
+def _copy_to_workdir(workdir: str, summary: dict[str, Any], stats, report_images: int,
+                     edited: Optional[dict[str, Any]]) -> None:
   """After the export is committed: copies of its thresholds.json and score_stats.npz in the
-  workdir (where users look for them), and the report."""
+  workdir (where users look for them), and the report. An edited WORKDIR/thresholds.json is kept
+  as EDITED_THRESHOLDS, and the summary says so."""
   stats_path = os.path.join(workdir, score_stats.STATS_FILENAME)
   if stats:
     score_stats.save_stats(stats_path, stats)
   elif os.path.exists(stats_path):
     os.remove(stats_path)
-  atomic_files.write_json(os.path.join(workdir, thresholds_lib.FILENAME), summary['thresholds'])
+  path = os.path.join(workdir, thresholds_lib.FILENAME)
+  if edited is not None:
+    kept = os.path.join(workdir, EDITED_THRESHOLDS)
+    atomic_files.write_json(kept, edited)
+    summary['thresholds_note'] = (
+        f'{path} had been edited (threshold {edited.get("threshold")!r}); the export replaced it '
+        f'with its own and kept the edited one as {kept}: copy it back to use it')
+  atomic_files.write_json(path, summary['thresholds'])
   reported = [s for s, v in summary['splits'].items() if v['metrics'] is not None]
   if reported:
     split = 'test' if 'test' in reported else reported[0]
@@ -219,6 +242,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
   summary = {'workdir': workdir, 'checkpoint_step': step, 'thresholds': record, 'splits': {},
              'report': None}
   chief = jax.process_index() == 0
+  edited = edited_thresholds(workdir) if chief else None  # Before export/ is replaced.
   export_dir = pathlib.Path(workdir) / EXPORT_DIR
   with (atomic_files.atomic_directory(export_dir) if chief else contextlib.nullcontext()) as tmp:
     for split in config.export.splits:
@@ -236,7 +260,7 @@ def export_run(config: ml_collections.ConfigDict, workdir: str, step: Optional[i
     if chief:
       _write_thresholds(tmp, record, stats)
   if chief:
-    _copy_to_workdir(workdir, summary, stats, config.export.report_images)
+    _copy_to_workdir(workdir, summary, stats, config.export.report_images, edited)
   summary['seconds'] = time.perf_counter() - start
   return summary
 
@@ -267,6 +291,8 @@ def format_export(summary: dict[str, Any]) -> str:
   ]
   if 'warning' in t:
     lines.append(f"warning: {t['warning']}")
+  if 'thresholds_note' in summary:
+    lines.append(f"note: {summary['thresholds_note']}")
   if summary['report']:
     lines.append(f"report: {summary['report']}")
   return '\n'.join(lines)
