@@ -76,3 +76,18 @@ def pytest_unconfigure(config):
   del config
   if _OWN_CACHE:  # The process that made the cache (xdist's workers inherit the variable).
     shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+
+
+def disk_full_open(path, mode='r', **kwargs):
+  """`open` whose streams opened for writing write half of what they are given, then fail as a
+  full disk does; monkeypatch it over a module's `open`."""
+  stream = open(path, mode, **kwargs)  # pylint: disable=unspecified-encoding
+  if 'w' in mode or 'a' in mode:
+    real_write = stream.write
+
+    def write(text):
+      real_write(text[:len(text) // 2])
+      raise OSError(28, 'No space left on device', str(path))
+    stream.write = write
+  return stream
+

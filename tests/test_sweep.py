@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO, load_config
+from tests.conftest import REPO, disk_full_open, load_config
 from vivano_jax import sweep as sweep_lib
 
 TINY = str(REPO / 'configs' / 'tiny.py')
@@ -295,16 +295,7 @@ def test_gather_on_a_full_disk_keeps_the_earlier_tables_whole(tmp_path, capsys, 
   _write_run(root, 'seed=3', {'seed': 3}, {'metrics': {'overall': {'image_auroc': 0.5}}})
   capsys.readouterr()
 
-  def disk_full(path, mode='r', **kwargs):
-    stream = open(path, mode, **kwargs)  # pylint: disable=unspecified-encoding
-    real_write = stream.write
-    def write(text):
-      real_write(text[:len(text) // 2])
-      raise OSError(28, 'No space left on device', str(path))
-    stream.write = write
-    return stream
-
-  monkeypatch.setattr(results, 'open', disk_full, raising=False)
+  monkeypatch.setattr(results, 'open', disk_full_open, raising=False)
   assert sweep_lib.main(['gather', f'--root={root}', '--over=seed']) == 1
   err = capsys.readouterr().err
   assert err.startswith('error: ') and 'No space left on device' in err and err.count('\n') == 1

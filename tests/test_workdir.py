@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, disk_full_open
 from tests.test_export import NUM_TEST, folder_overrides, write_folder
 from vivano_jax import cli
 from vivano_jax import errors
@@ -328,6 +328,30 @@ def test_a_run_saved_before_a_default_changed_keeps_its_former_value(run):
   assert workdir_lib.load_config(str(run)).score.always_ssim
 
 
+def _assert_predict_refuses_naming(run, out, capsys, path, message):
+  """predict on one of the run's images fails with one line naming `path` and `message`, exit 1,
+  and writes nothing."""
+  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
+  code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
+                         f'--output={out}')
+  assert code == errors.EXIT_DATA and err.startswith(f'error: {path}: ') and message in err, err
+  assert err.count('\n') == 1 and not out.exists()
+
+
+def _predict_and_export_with_config_field(run, out, capsys, section, field, value):
+  """(exit code, stderr) of predict and of export on `run` after its config.json's field is set
+  to `value` (a hand edit)."""
+  path = run / 'config.json'
+  saved = json.loads(path.read_text())
+  assert saved[section].get(field) != value
+  saved[section][field] = value
+  path.write_text(json.dumps(saved))
+  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
+  for args in (['predict', f'--input={image}', f'--output={out}'], ['export']):
+    code, _, err = _vivano(capsys, *args, f'--workdir={run}')
+    yield code, err
+
+
 @pytest.mark.parametrize('section,field,value,message', [
     ('dataset', 'image_size', '32', "dataset.image_size must be an int >= 1, got '32'"),
     ('dataset', 'channels', 2, 'dataset.channels must be 1 (gray) or 3 (RGB), got 2'),
@@ -339,13 +363,8 @@ def test_an_edited_config_json_is_named_not_blamed_on_the_checkpoint(run, tmp_pa
   """A value no run could have trained with was restored into a model the checkpoint does not fit
   and reported as a damaged checkpoint, with advice to delete that (intact) checkpoint."""
   path = run / 'config.json'
-  saved = json.loads(path.read_text())
-  saved[section][field] = value
-  path.write_text(json.dumps(saved))
-  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
   out = tmp_path / 'out'
-  for args in (['predict', f'--input={image}', f'--output={out}'], ['export']):
-    code, _, err = _vivano(capsys, *args, f'--workdir={run}')
+  for code, err in _predict_and_export_with_config_field(run, out, capsys, section, field, value):
     assert code == errors.EXIT_DATA, err
     assert err.startswith(f'error: {path}: edited or damaged') and message in err, err
     assert 'checkpoint' not in err, err
@@ -360,15 +379,8 @@ def test_a_config_json_of_another_valid_model_is_not_called_a_damaged_checkpoint
     run, tmp_path, capsys, field, value):
   """config.json edited to another model that could train (a wider or deeper one): Orbax refuses
   the arrays, which was reported as a damaged checkpoint, with advice to delete that intact one."""
-  path = run / 'config.json'
-  saved = json.loads(path.read_text())
-  assert saved['model'][field] != value
-  saved['model'][field] = value
-  path.write_text(json.dumps(saved))
-  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
   out = tmp_path / 'out'
-  for args in (['predict', f'--input={image}', f'--output={out}'], ['export']):
-    code, _, err = _vivano(capsys, *args, f'--workdir={run}')
+  for code, err in _predict_and_export_with_config_field(run, out, capsys, 'model', field, value):
     assert code == errors.EXIT_DATA, err
     line = [l for l in err.splitlines() if l.startswith('error:')][-1]
     assert 'checkpoint step 10' in line and 'holds another model' in line, err
@@ -390,12 +402,7 @@ def test_an_edited_rule_or_colour_scale_in_thresholds_json_is_refused(run, tmp_p
   path = run / thresholds.FILENAME
   record = json.loads(path.read_text())
   path.write_text(json.dumps(record | {field: value}))
-  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
-  out = tmp_path / 'out'
-  code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
-                         f'--output={out}')
-  assert code == errors.EXIT_DATA and err.startswith(f'error: {path}: ') and message in err, err
-  assert err.count('\n') == 1 and not out.exists()
+  _assert_predict_refuses_naming(run, tmp_path / 'out', capsys, path, message)
 
 
 @pytest.mark.parametrize('edit,message', [
@@ -431,17 +438,7 @@ def test_evaluate_on_a_full_disk_leaves_no_partial_table(run, tmp_path, capsys, 
   one with fewer defect types."""
   from vivano_jax import evaluate  # pylint: disable=g-import-not-at-top
 
-  def disk_full(path, mode='r', **kwargs):
-    stream = open(path, mode, **kwargs)  # pylint: disable=unspecified-encoding
-    if 'w' in mode:
-      real_write = stream.write
-      def write(text):
-        real_write(text[:len(text) // 2])
-        raise OSError(28, 'No space left on device', str(path))
-      stream.write = write
-    return stream
-
-  monkeypatch.setattr(evaluate, 'open', disk_full, raising=False)
+  monkeypatch.setattr(evaluate, 'open', disk_full_open, raising=False)
   split = run / 'export' / 'test'
   out = tmp_path / 'evaluation'
   for args in ([], [f'--output={out}']):
@@ -492,12 +489,7 @@ def test_damaged_score_statistics_are_named(standardised, tmp_path, capsys, dama
     with np.load(path) as npz:
       arrays = {k: np.full_like(v, np.nan) if k.endswith('/std') else v for k, v in npz.items()}
     np.savez(path, **arrays)
-  image = sorted((run / 'export' / 'test' / 'overlays').iterdir())[0]
-  out = tmp_path / 'out'
-  code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
-                         f'--output={out}')
-  assert code == errors.EXIT_DATA and err.startswith(f'error: {path}: ') and message in err, err
-  assert err.count('\n') == 1 and not out.exists()
+  _assert_predict_refuses_naming(run, tmp_path / 'out', capsys, path, message)
 
 
 def test_evaluate_on_a_run_folder_names_its_splits(run, capsys):
