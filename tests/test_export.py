@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.conftest import subprocess_env
+from tests.conftest import disk_full_open
 from tests.conftest import shared_tmp
 from vivano_jax import atomic_files
 from vivano_jax import cli
@@ -467,15 +468,10 @@ def test_exclusive_lock_keeps_another_process_out_until_released(tmp_path):
 def test_a_json_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
   path = tmp_path / 'thresholds.json'
   atomic_files.write_json(path, {'threshold': 1.5})
-  real_dump = json.dump
-
-  def dump_then_disk_full(obj, f, **kwargs):
-    real_dump({'threshold': 2.0, 'cut': 'sh'}, f, **kwargs)  # Part of the file is written.
-    raise OSError(28, 'No space left on device')
-
-  monkeypatch.setattr(json, 'dump', dump_then_disk_full)
+  monkeypatch.setattr(atomic_files, 'open', disk_full_open, raising=False)  # Half, then full.
   with pytest.raises(OSError, match='No space left'):
     atomic_files.write_json(path, {'threshold': 2.0})
+  monkeypatch.undo()
   assert json.loads(path.read_text()) == {'threshold': 1.5}
   assert sorted(p.name for p in tmp_path.iterdir()) == ['thresholds.json']
 

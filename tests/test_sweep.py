@@ -15,6 +15,7 @@ import textwrap
 import pytest
 
 from tests.conftest import REPO, disk_full_open, load_config
+from vivano_jax import atomic_files
 from vivano_jax import sweep as sweep_lib
 
 TINY = str(REPO / 'configs' / 'tiny.py')
@@ -283,7 +284,6 @@ def test_gather_writes_csv_and_markdown_from_hand_written_runs(tmp_path, capsys)
 def test_gather_on_a_full_disk_keeps_the_earlier_tables_whole(tmp_path, capsys, monkeypatch):
   """results.csv was written in place: a full disk left a table cut short, which plot draws as
   fewer points without a word."""
-  from vivano_jax.sweep import results  # pylint: disable=g-import-not-at-top
   root = tmp_path / 'root'
   for seed in range(3):
     _write_run(root, f'seed={seed}', {'seed': seed}, {'metrics': {'overall': {
@@ -295,7 +295,7 @@ def test_gather_on_a_full_disk_keeps_the_earlier_tables_whole(tmp_path, capsys, 
   _write_run(root, 'seed=3', {'seed': 3}, {'metrics': {'overall': {'image_auroc': 0.5}}})
   capsys.readouterr()
 
-  monkeypatch.setattr(results, 'open', disk_full_open, raising=False)
+  monkeypatch.setattr(atomic_files, 'open', disk_full_open, raising=False)
   assert sweep_lib.main(['gather', f'--root={root}', '--over=seed']) == 1
   err = capsys.readouterr().err
   assert err.startswith('error: ') and 'No space left on device' in err and err.count('\n') == 1

@@ -20,19 +20,24 @@ def _json_default(o: Any) -> Any:
   return o.item() if hasattr(o, 'item') else str(o)  # numpy scalars -> Python numbers
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes `obj` as indented JSON to `path` through a temporary file renamed over it; a failed
-  write (a full disk, an object JSON cannot hold) leaves `path` as it was and no temporary file."""
+def write_text(path: str | os.PathLike, text: str, newline: str | None = None) -> None:
+  """Writes `text` to `path` through a temporary file renamed over it; a failed write (a full
+  disk) leaves `path` as it was (or absent) and no temporary file."""
   path = os.fspath(path)
   tmp = f'{path}.tmp{os.getpid()}'  # Unique per process: array jobs may write the same file.
   try:
-    with open(tmp, 'w') as f:
-      json.dump(obj, f, indent=2, default=_json_default)
+    with open(tmp, 'w', newline=newline) as f:
+      f.write(text)
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):
       os.remove(tmp)
     raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes `obj` as indented JSON to `path`, atomically (`write_text`)."""
+  write_text(path, json.dumps(obj, indent=2, default=_json_default))
 
 
 @contextlib.contextmanager

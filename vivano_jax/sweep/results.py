@@ -164,34 +164,20 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) ->
   return '\n'.join(lines) + '\n'
 
 
-def _write_text(path: str, text: str) -> None:
-  """`text` to `path` through a temporary file renamed over it: a full disk leaves the earlier
-  table or none, never one cut short (which `plot` would draw as fewer points, without a word)."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  try:
-    with open(tmp, 'w', newline='') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def _write_csv(path: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=list(columns))
   writer.writeheader()
   for r in rows:
     writer.writerow({c: '' if r[c] is None else r[c] for c in columns})
-  _write_text(path, buffer.getvalue())
+  atomic_files.write_text(path, buffer.getvalue(), newline='')
 
 
 def write_results(root: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
   """Writes ROOT/results.csv and ROOT/results.md; returns the Markdown."""
   _write_csv(os.path.join(root, 'results.csv'), columns, rows)
   md = markdown_table(columns, rows)
-  _write_text(os.path.join(root, 'results.md'), md)
+  atomic_files.write_text(os.path.join(root, 'results.md'), md)
   return md
 
 
@@ -277,5 +263,5 @@ def write_summary(root: str, over: str, columns: Sequence[str], rows: Sequence[M
   stem = os.path.join(root, f'results_over_{name_part(over)}')
   _write_csv(stem + '.csv', columns, rows)
   md = spread_table(columns, rows)
-  _write_text(stem + '.md', md)
+  atomic_files.write_text(stem + '.md', md)
   return md
