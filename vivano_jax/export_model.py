@@ -42,6 +42,7 @@ import numpy as np
 import vivano_jax
 from vivano_jax import atomic_files
 from vivano_jax import errors
+from vivano_jax import image_io
 from vivano_jax import sharding
 from vivano_jax import thresholds as thresholds_lib
 from vivano_jax import workdir as workdir_lib
@@ -139,15 +140,6 @@ def model_card(run: from_checkpoint.Run, sf: score_function.ScoreFunction, fmt: 
   }
 
 
-def _dropping(path: pathlib.Path) -> bool:
-  """A file a file browser leaves in a folder it shows (.DS_Store, ._name, Thumbs.db,
-  desktop.ini): no reason to keep an earlier export from being replaced. Other hidden files and
-  folders (.git) are someone's."""
-  name = path.name.lower()
-  return path.is_file() and (name in ('.ds_store', 'thumbs.db', 'desktop.ini')
-                             or name.startswith('._'))
-
-
 def check_output(output: str, workdir: str) -> pathlib.Path:
   """--output is replaced as a whole: only a new folder, an empty one or an earlier export."""
   path = pathlib.Path(output).absolute()
@@ -159,7 +151,8 @@ def check_output(output: str, workdir: str) -> pathlib.Path:
     raise errors.UsageError(f'--output={output}: holds the run folder {workdir}, and would be '
                             'replaced as a whole: choose a folder outside it')
   exported = {model_dir.MODEL_CARD, thresholds_lib.FILENAME, *model_dir.FILES.values()}
-  names = sorted(p.name for p in path.iterdir() if not _dropping(p)) if path.is_dir() else []
+  names = sorted(p.name for p in path.iterdir()  # A file browser's files are no one's.
+                 if not (p.is_file() and image_io.is_browser_file(p.name))) if path.is_dir() else []
   others = [n for n in names if n not in exported]
   if names and (not (path / model_dir.MODEL_CARD).is_file() or others):
     raise errors.UsageError(f'--output={output}: a folder that is not an exported model alone '

@@ -24,6 +24,13 @@ _ORIENTATION = 0x0112  # The EXIF tag: how a viewer turns the stored pixels to s
 IGNORED_NAMES = frozenset({'thumbs.db', 'desktop.ini', '__macosx'})  # Compared lower-case.
 
 
+def is_browser_file(name: str) -> bool:
+  """True for the files a file browser leaves in a folder it shows (.DS_Store, ._<name>,
+  Thumbs.db, desktop.ini): no one's data or results. Other hidden names (.git) are someone's."""
+  lower = name.lower()
+  return lower in ('.ds_store', 'thumbs.db', 'desktop.ini') or name.startswith('._')
+
+
 def is_ignored(name: str) -> bool:
   """True for hidden files and OS droppings (.DS_Store, ._x, __MACOSX/, Thumbs.db) that never hold
   data: every reader of image and mask folders skips them."""
