@@ -258,6 +258,27 @@ def test_depth_to_space_matches_tensorflow():
                                 tf.nn.depth_to_space(x, 2).numpy())
 
 
+def _subpixel_kernel(transposed, t_vars, cin, feats, size):
+  """The 3x3 low-resolution kernel [3, 3, cin, 4 * feats] of the sub-pixel form of a stride-2
+  transposed convolution, read from its response to unit impulses at an interior input pixel."""
+  weights = np.zeros((3, 3, cin, 4 * feats), np.float32)
+  centre = size // 2
+  for c in range(cin):
+    impulse = np.zeros((1, size, size, cin), np.float32)
+    impulse[0, centre, centre, c] = 1.0
+    response = np.asarray(transposed.apply(t_vars, jnp.asarray(impulse)))[0]
+    if 'bias' in t_vars['params']:
+      response = response - np.asarray(t_vars['params']['bias'])
+    for dy in (-1, 0, 1):
+      for dx in (-1, 0, 1):
+        for i in range(2):
+          for j in range(2):
+            # Output pixel (2y + i, 2x + j) with y = centre - dy reads input pixel y + dy.
+            out = response[2 * (centre - dy) + i, 2 * (centre - dx) + j]
+            weights[dy + 1, dx + 1, c, (i * 2 + j) * feats:(i * 2 + j + 1) * feats] = out
+  return weights
+
+
 @pytest.mark.parametrize('kernel', [3, 4])
 def test_subpixel_stage_computes_a_stride_2_transposed_convolution(kernel):
   # The reference is Flax's own nn.ConvTranspose (stride 2, SAME). Its weights are mapped onto the
@@ -268,24 +289,39 @@ def test_subpixel_stage_computes_a_stride_2_transposed_convolution(kernel):
   transposed = nn.ConvTranspose(feats, (kernel, kernel), strides=(2, 2), padding='SAME',
                                 use_bias=False)
   t_vars = transposed.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, cin)))
-  weights = np.zeros((3, 3, cin, 4 * feats), np.float32)
-  centre = size // 2
-  for c in range(cin):
-    impulse = np.zeros((1, size, size, cin), np.float32)
-    impulse[0, centre, centre, c] = 1.0
-    response = np.asarray(transposed.apply(t_vars, jnp.asarray(impulse)))[0]
-    for dy in (-1, 0, 1):
-      for dx in (-1, 0, 1):
-        for i in range(2):
-          for j in range(2):
-            # Output pixel (2y + i, 2x + j) with y = centre - dy reads input pixel y + dy.
-            out = response[2 * (centre - dy) + i, 2 * (centre - dx) + j]
-            weights[dy + 1, dx + 1, c, (i * 2 + j) * feats:(i * 2 + j + 1) * feats] = out
+  weights = _subpixel_kernel(transposed, t_vars, cin, feats, size)
   assert np.abs(weights).sum() > 0
   x = jnp.asarray(rng.normal(size=(2, size, size, cin)), jnp.float32)
   conv = nn.Conv(4 * feats, (3, 3), padding='SAME', use_bias=False)
   subpixel = decoder.depth_to_space(conv.apply({'params': {'kernel': jnp.asarray(weights)}}, x), 2)
   np.testing.assert_allclose(subpixel, transposed.apply(t_vars, x), rtol=1e-5, atol=1e-5)
+
+
+def test_subpixel_output_is_a_transposed_convolution_to_the_image():
+  # decoder_output='subpixel': the last x2 stage is the output layer. With its kernel set to the
+  # sub-pixel form of a stride-2 transposed convolution, the decoder's output is tanh of that
+  # transposed convolution (Flax's nn.ConvTranspose, the reference) of the features before it.
+  # features=(7, 5): the stem lifts to 7 channels, stage 0 (7 -> 4 x 7) doubles the grid, the
+  # output layer reads those 7 channels; features[-1] is not used.
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.normal(size=(2, 3, 3, 4)), jnp.float32)
+  dec = decoder.ConvDecoder(features=(7, 5), out_channels=2, norm='none', output='subpixel')
+  params = dec.init(jax.random.PRNGKey(0), z)['params']
+  assert set(params) == {'stem', 'up0', 'to_image'}
+  assert params['to_image']['kernel'].shape == (3, 3, 7, 8)
+  transposed = nn.ConvTranspose(2, (3, 3), strides=(2, 2), padding='SAME')
+  t_vars = transposed.init(jax.random.PRNGKey(1), jnp.zeros((1, 6, 6, 7)))
+  t_vars = {'params': {'kernel': t_vars['params']['kernel'],
+                       'bias': jnp.asarray(rng.normal(size=2), jnp.float32)}}
+  params = {**params, 'to_image': {
+      'kernel': jnp.asarray(_subpixel_kernel(transposed, t_vars, cin=7, feats=2, size=6)),
+      'bias': jnp.tile(t_vars['params']['bias'], 4)}}
+  out = dec.apply({'params': params}, z)
+  chex.assert_shape(out, (2, 12, 12, 2))
+  conv = lambda name, x: nn.Conv(params[name]['kernel'].shape[-1], (3, 3)).apply(
+      {'params': params[name]}, x)
+  before = jax.nn.relu(decoder.depth_to_space(conv('up0', jax.nn.relu(conv('stem', z))), 2))
+  np.testing.assert_allclose(out, np.tanh(transposed.apply(t_vars, before)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('upsample', ['subpixel', 'nearest'])
@@ -331,7 +367,8 @@ def test_a_config_field_the_model_does_not_take_is_an_error(section):
 
 @pytest.mark.parametrize('field,value', [
     ('model.encoder', 'resnet'), ('model.decoder_norm', 'layer'),
-    ('model.decoder_upsample', 'bicubic'), ('density.condition', 'image'),
+    ('model.decoder_upsample', 'bicubic'), ('model.decoder_output', 'shuffle'),
+    ('density.condition', 'image'),
     ('density.target', 'pixel'), ('train.compute_dtype', 'float16')])
 def test_a_bad_choice_is_a_usage_error_naming_the_field(field, value):
   config = load_config('tiny')

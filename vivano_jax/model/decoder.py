@@ -5,6 +5,15 @@ stages each double the resolution (x2 upsampling, BatchNorm, ReLU) up to [B, H, 
 a last 3x3 convolution with tanh gives [B, H, W, C] in [-1, 1], matching inputs normalised to
 [-1, 1].
 
+Two ways to produce the image (`model.decoder_output`):
+  * 'conv': as above, the last x2 stage's BatchNorm and ReLU and the 3x3 convolution to C channels
+    run at the full resolution over `features[-1]` channels.
+  * 'subpixel': the last x2 stage is the output layer itself (ESPCN, Shi et al. 2016): a 3x3
+    convolution at half the resolution into 4 x C channels, depth-to-space, tanh; `features[-1]`
+    is not used. Nothing but the tanh runs at the full resolution, where the few channels make
+    every pass memory-bound: the paper's 512 px decoder trains 1.5-1.8x faster
+    (BENCHMARKS.md).
+
 Two ways to upsample (`model.decoder_upsample`):
   * 'subpixel': a 3x3 convolution at the low resolution producing 4x the channels, then
     depth-to-space (pixel shuffle), ICNR-initialised (`icnr`). Every output pixel of a stride-2 transposed convolution (the
@@ -28,6 +37,8 @@ import jax.numpy as jnp
 from vivano_jax import errors
 
 Array = jax.Array
+
+OUTPUTS = ('conv', 'subpixel')
 
 
 def decoder_features(patch_size: int, base: int, minimum: int) -> tuple[int, ...]:
@@ -68,6 +79,7 @@ class ConvDecoder(nn.Module):
     norm: 'batch' (the paper) or 'none' (an ablation; also makes gradient accumulation exactly equal
       to one large batch, since BatchNorm statistics are per microbatch).
     upsample: 'subpixel' or 'nearest' (module docstring).
+    output: 'conv' or 'subpixel' (module docstring).
     bn_momentum: running-average momentum of the BatchNorm statistics.
     dtype: computation dtype.
   """
@@ -75,6 +87,7 @@ class ConvDecoder(nn.Module):
   out_channels: int
   norm: str
   upsample: str = 'subpixel'
+  output: str = 'conv'
   bn_momentum: float = 0.9
   dtype: jnp.dtype = jnp.float32
 
@@ -86,6 +99,9 @@ class ConvDecoder(nn.Module):
     if self.upsample not in ('subpixel', 'nearest'):
       raise errors.UsageError(
           f"model.decoder_upsample must be 'subpixel' or 'nearest'; got {self.upsample!r}")
+    if self.output not in OUTPUTS:
+      raise errors.UsageError(
+          f"model.decoder_output must be 'conv' or 'subpixel'; got {self.output!r}")
 
     def bn_relu(x, name):
       if self.norm == 'batch':
@@ -97,7 +113,8 @@ class ConvDecoder(nn.Module):
     x = nn.Conv(self.features[0], (3, 3), padding='SAME', use_bias=use_bias, dtype=self.dtype,
                 name='stem')(z.astype(self.dtype))
     x = bn_relu(x, 'stem_bn')
-    for i, feats in enumerate(self.features):
+    stages = self.features if self.output == 'conv' else self.features[:-1]
+    for i, feats in enumerate(stages):
       if self.upsample == 'subpixel':
         x = nn.Conv(4 * feats, (3, 3), padding='SAME', use_bias=use_bias, dtype=self.dtype,
                     kernel_init=icnr(nn.initializers.lecun_normal(), 4), name=f'up{i}')(x)
@@ -107,5 +124,10 @@ class ConvDecoder(nn.Module):
         x = nn.Conv(feats, (3, 3), padding='SAME', use_bias=use_bias, dtype=self.dtype,
                     name=f'up{i}')(x)
       x = bn_relu(x, f'up{i}_bn')
-    x = nn.Conv(self.out_channels, (3, 3), padding='SAME', dtype=self.dtype, name='to_image')(x)
+    if self.output == 'conv':
+      x = nn.Conv(self.out_channels, (3, 3), padding='SAME', dtype=self.dtype, name='to_image')(x)
+    else:
+      x = nn.Conv(4 * self.out_channels, (3, 3), padding='SAME', dtype=self.dtype,
+                  kernel_init=icnr(nn.initializers.lecun_normal(), 4), name='to_image')(x)
+      x = depth_to_space(x, 2)
     return jnp.tanh(x.astype(jnp.float32))

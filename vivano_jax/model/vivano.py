@@ -55,6 +55,7 @@ class ViVAno(nn.Module):
   decoder_min_features: int
   decoder_norm: str
   decoder_upsample: str
+  decoder_output: str
   remat: bool
   segmenter_features: int
   segmenter_resolution: str
@@ -93,7 +94,8 @@ class ViVAno(nn.Module):
       features = decoder_lib.decoder_features(self.patch_size, self.decoder_base_features,
                                               self.decoder_min_features)
       decoder = decoder_lib.ConvDecoder(features, self.image_channels, self.decoder_norm,
-                                        self.decoder_upsample, dtype=self.dtype, name='decoder')
+                                        self.decoder_upsample, self.decoder_output,
+                                        dtype=self.dtype, name='decoder')
       out['recon'] = decoder(post['z'], train=train)
       if self.segmenter_features:
         segmenter = segmenter_lib.Segmenter(self.segmenter_features, self.segmenter_resolution,
@@ -169,6 +171,7 @@ def check_sizes(config: ml_collections.ConfigDict) -> None:
   # The choices the parts check when the model is first traced, checked before any data is read.
   for field, choices in (('model.encoder', ('vit', 'cnn')), ('model.decoder_norm', ('batch', 'none')),
                          ('model.decoder_upsample', ('subpixel', 'nearest')),
+                         ('model.decoder_output', decoder_lib.OUTPUTS),
                          ('density.target', mixture.TARGETS),
                          ('density.condition', mixture.CONDITIONS)):
     section, name = field.split('.')
