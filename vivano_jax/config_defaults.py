@@ -93,8 +93,9 @@ def _density() -> ml_collections.ConfigDict:
 def _loss() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.recon_weight = 1.0
-  # beta, per input value: the KL of a patch is divided by the P * P * C values it covers (model/losses.py),
-  # so the weight means the same at every patch size. 0.25 at patch 16, gray, is 1e-3 nats per patch.
+  # beta, per input value: the KL of a patch is divided by the P * P * C values it covers
+  # (model/losses.py), so the weight means the same at every patch size. 0.25 at patch 16, gray,
+  # is 1e-3 nats per patch.
   c.kl_weight = 0.25
   c.nll_weight = 1.0  # lambda.
   c.ssim_weight = 0.0  # Weight of mean(1 - SSIM(x, x_hat)) beside the MSE (VT-ADL's loss).
@@ -295,7 +296,8 @@ def small_32px_config() -> ml_collections.ConfigDict:
   config.density.hidden_dim = 64
   config.density.position_embed_dim = 16
   config.score.smoothing_sigma = 1.0
-  config.loss.kl_weight = 0.064  # 1e-3 nats per 8 x 8 gray patch, the weight these were measured at.
+  # 1e-3 nats per 8 x 8 gray patch, the weight these were measured at.
+  config.loss.kl_weight = 0.064
   config.train.batch_size = 32
   config.train.eval_batch_size = 250
   config.train.num_steps = 300

@@ -5,7 +5,7 @@ stages each double the resolution (x2 upsampling, BatchNorm, ReLU) up to [B, H, 
 a last 3x3 convolution with tanh gives [B, H, W, C] in [-1, 1], matching inputs normalised to
 [-1, 1].
 
-Two ways to produce the image (`model.decoder_output`):
+Two ways to produce the image (`model.decoder_output`), after the stages below:
   * 'conv': as above, the last x2 stage's BatchNorm and ReLU and the 3x3 convolution to C channels
     run at the full resolution over `features[-1]` channels.
   * 'subpixel': the last x2 stage is the output layer itself (ESPCN, Shi et al. 2016): a 3x3
@@ -16,11 +16,11 @@ Two ways to produce the image (`model.decoder_output`):
 
 Two ways to upsample (`model.decoder_upsample`):
   * 'subpixel': a 3x3 convolution at the low resolution producing 4x the channels, then
-    depth-to-space (pixel shuffle), ICNR-initialised (`icnr`). Every output pixel of a stride-2 transposed convolution (the
-    PyTorch originals' decoder) with a kernel of at most 4 reads a 3x3 window of the input, so this
-    computes that layer exactly (tests/test_model.py maps `nn.ConvTranspose` weights onto it),
-    without the zero-dilated input XLA builds for a transposed convolution, and with its 3x3
-    window read at the low resolution.
+    depth-to-space (pixel shuffle), ICNR-initialised (`icnr`). Every output pixel of a stride-2
+    transposed convolution (the PyTorch originals' decoder) with a kernel of at most 4 reads a 3x3
+    window of the input, so this computes that layer exactly (tests/test_model.py maps
+    `nn.ConvTranspose` weights onto it), without the zero-dilated input XLA builds for a
+    transposed convolution, and with its 3x3 window read at the low resolution.
   * 'nearest': nearest-neighbour x2 upsampling, then a 3x3 convolution at the high resolution (the
     same FLOPs, 4x the bytes read; no checkerboard pattern).
 XLA runs `nn.ConvTranspose` itself as a convolution over a zero-dilated input, which on CPU cost 8x
@@ -64,7 +64,8 @@ def icnr(init, copies: int):
   copies * F]: one kernel of F outputs drawn by `init`, repeated for every sub-pixel position, so at
   initialisation the stage is a convolution followed by nearest-neighbour upsampling. A freely drawn
   kernel starts with a different filter at each of the 4 positions of every 2 x 2 block: a
-  checkerboard the model has to unlearn (measured: brick image AUROC 0.87 without ICNR, RESULTS.md)."""
+  checkerboard the model has to unlearn (measured: brick image AUROC 0.87 without ICNR,
+  RESULTS.md)."""
   def initialise(key, shape, dtype=jnp.float32):
     *window, c_in, c_out = shape
     one = init(key, (*window, c_in, c_out // copies), dtype)
