@@ -1,8 +1,8 @@
 """Where the train step's time goes: the ViT encoder and the conv decoder timed separately (not a test).
 
 Forward + backward of each module alone at the paper's sizes (batch 8, 512 px, patch 64, width 512,
-depth 6, 8 heads, MLP 1024; decoder 256 -> 8 channels, both upsampling options), with XLA's FLOP
-count, and a 2048^3 f32 matmul measured in the same process as the ceiling:
+depth 6, 8 heads, MLP 1024; decoder 256 -> 8 channels, both upsampling options and both output
+layers), with XLA's FLOP count, and a 2048^3 f32 matmul measured in the same process as the ceiling:
 
   python benchmarks/bench_model_parts.py [--batch=8] [--size=512] [--profile_dir=DIR]
 
@@ -73,9 +73,10 @@ def main():
   grid = args.size // 64
   z = jnp.asarray(rng.normal(size=(args.batch, grid, grid, 32)).astype(np.float32))
   features = decoder_lib.decoder_features(64, 256, 8)
-  for upsample in ('subpixel', 'nearest'):
-    _bench(decoder_lib.ConvDecoder(features, 3, 'batch', upsample), z,
-           f'{upsample}-decoder (batch {args.batch}, {args.size} px)', ceiling, args.profile_dir)
+  for upsample, output in (('subpixel', 'conv'), ('subpixel', 'subpixel'), ('nearest', 'conv')):
+    _bench(decoder_lib.ConvDecoder(features, 3, 'batch', upsample, output), z,
+           f'{upsample}-decoder,{output}-output (batch {args.batch}, {args.size} px)', ceiling,
+           args.profile_dir)
   print(f'matmul 2048^3 ceiling, measured again: {_matmul_ceiling() / 1e9:.0f} GFLOP/s')
 
 
