@@ -384,3 +384,32 @@ def test_what_would_fail_after_training_is_refused_before_it(tiny_config, tmp_pa
   with pytest.raises(error, match=match):
     train.train_and_evaluate(tiny_config, str(run))
   assert not run.exists()  # Nothing trained, nothing written.
+
+
+def test_images_smaller_than_a_patch_are_warned_of_once_when_training(tiny_config, tmp_path,
+                                                                      capsys):
+  """A folder of tiny photos (5 x 6 px at patch 8, upscaled to 32 px) was trained on without a
+  word, while predict warns of each such image: one line naming how many, the smallest and the
+  folders; again on a rerun that reads the prepared dataset."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  sizes = {'train/good': [(5, 6), (7, 30), (40, 40), (36, 44), (40, 38), (38, 40)],
+           'test/good': [(40, 40), (34, 36)], 'test/crack': [(6, 9), (40, 40)]}
+  for folder, shapes in sizes.items():
+    (tmp_path / 'parts' / folder).mkdir(parents=True)
+    for i, shape in enumerate(shapes):
+      Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(
+          tmp_path / 'parts' / folder / f'{i:03d}.png')
+  tiny_config.dataset.update(dict(name='folder', manual_dir=str(tmp_path / 'parts')))
+  # Refused after the data is prepared (no validation split to export), before any training.
+  tiny_config.export.splits = ('test', 'validation')
+  for _ in range(2):
+    with pytest.raises(errors.UsageError, match='no validation split'):
+      train.train_and_evaluate(tiny_config, str(tmp_path / 'run'))
+    warnings = [l for l in capsys.readouterr().err.splitlines() if 'patch' in l]
+    assert warnings == [
+        f'warning: 3 of 10 images of dataset folder are smaller than one 8 px patch at the model '
+        f'size images are upscaled to (32 px), the smallest 5 x 6 px '
+        f'({tmp_path / "parts" / "train" / "good" / "000.png"}), in '
+        f'{tmp_path / "parts" / "test" / "crack"}, {tmp_path / "parts" / "train" / "good"}: '
+        'the model learns little from them, and their scores say little'], warnings

@@ -58,6 +58,20 @@ def is_turned(image: Image.Image) -> bool:
   return image.getexif().get(_ORIENTATION, 1) not in (1, None)
 
 
+def smaller_than_patch(size: tuple[int, int], patch_size: int) -> bool:
+  """Whether an image of (H, W) px has a side shorter than one model patch: upscaled to the model
+  size, its few pixels are blurred over patches, so what the model learns from it (in training)
+  or says of it (its score) means little. Training and predict warn alike (`too_small`)."""
+  return min(size) < patch_size
+
+
+def too_small(patch_size: int, image_size: int) -> str:
+  """The words of the warnings about images `smaller_than_patch` (predict's per image, training's
+  per dataset)."""
+  return (f'smaller than one {patch_size} px patch at the model size images are upscaled to '
+          f'({image_size} px)')
+
+
 def check_single_frame(image: Image.Image, path) -> None:
   """DataError for an animation or a multi-page file (GIF, APNG, TIFF, WebP) at `path`: which of
   its frames is the picture is unknown, and reading the first would score it silently. A camera's

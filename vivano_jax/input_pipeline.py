@@ -63,6 +63,11 @@ class SplitData:
   def __len__(self):
     return len(self.labels)
 
+  def sizes(self) -> np.ndarray:
+    """int64 [n, 2]: each image's (H, W) at its native size, read from its PNG header."""
+    return np.array([Image.open(io.BytesIO(b)).size[::-1] for b in self.images],
+                    np.int64).reshape(-1, 2)
+
   def subset(self, keep: np.ndarray) -> 'SplitData':
     return SplitData(self.images[keep], self.masks[keep], self.labels[keep], self.defect_types[keep],
                      self.filenames[keep], self.has_mask[keep], self.channels)

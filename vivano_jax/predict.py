@@ -131,12 +131,12 @@ def decode_images(paths: list[pathlib.Path]) -> list[np.ndarray]:
 
 
 def warn_tiny(paths, sizes: list[tuple[int, int]], patch_size: int, image_size: int) -> None:
-  """A warning per image smaller than one patch: upscaled to the model size, it says little."""
+  """A warning per image smaller than one patch (image_io.smaller_than_patch): upscaled to the
+  model size, it says little. Training warns of such images in its dataset alike."""
   for path, (h, w) in zip(paths, sizes):
-    if min(h, w) < patch_size:
-      print(f'warning: {path} is {h} x {w} px, smaller than one {patch_size} px patch at the '
-            f'model size it is upscaled to ({image_size} px): its score says little',
-            file=sys.stderr)
+    if image_io.smaller_than_patch((h, w), patch_size):
+      print(f'warning: {path} is {h} x {w} px, {image_io.too_small(patch_size, image_size)}: its '
+            'score says little', file=sys.stderr)
 
 
 def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,

@@ -25,6 +25,7 @@ from vivano_jax import config_checks
 from vivano_jax import console
 from vivano_jax import datasets
 from vivano_jax import errors
+from vivano_jax import image_io
 from vivano_jax import input_pipeline
 from vivano_jax import model as model_lib
 from vivano_jax import score_selection
@@ -161,6 +162,33 @@ def _start(config, workdir, model, mngr, latest, total_steps, mesh):
   return state, start_step, writer
 
 
+def _warn_small_images(config: ml_collections.ConfigDict,
+                       data: dict[str, input_pipeline.SplitData]) -> None:
+  """One warning line for the dataset's images smaller than one patch, as predict warns of each
+  it is given (image_io.smaller_than_patch): how many, the smallest, and their folders. Only for
+  a user's images (datasets.USER_IMAGES): the catalog's small digits are upscaled by design."""
+  if config.dataset.name.split('/')[0] not in datasets.USER_IMAGES:
+    return
+  splits = list(data.values())
+  names = np.concatenate([d.filenames for d in splits])
+  sizes = sharding.gather_rows(np.concatenate([d.sizes() for d in splits]))  # Ours come first.
+  patch = config.model.patch_size
+  small = [i for i, size in enumerate(sizes) if image_io.smaller_than_patch(tuple(size), patch)]
+  if not small or jax.process_index() != 0:
+    return
+  root = str(config.dataset.get('manual_dir') or '')
+  path = lambda name: (os.path.join(root, name) if root and os.path.exists(
+      os.path.join(root, name)) else name)
+  first = min(small, key=lambda i: (min(sizes[i]), int(sizes[i].prod())))
+  folders = sorted({os.path.dirname(path(names[i])) for i in small if i < len(names)} - {''})
+  example = f' ({path(names[first])})' if first < len(names) else ''
+  where = f', in {", ".join(folders[:3])}{" ..." * (len(folders) > 3)}' if folders else ''
+  print(f'warning: {len(small)} of {len(sizes)} images of dataset {config.dataset.name} are '
+        f'{image_io.too_small(patch, config.dataset.image_size)}, the smallest {sizes[first][0]} '
+        f'x {sizes[first][1]} px{example}{where}: the model learns little from them, and their '
+        'scores say little', file=sys.stderr)
+
+
 def _check_before_training(config: ml_collections.ConfigDict,
                            data: dict[str, input_pipeline.SplitData]) -> None:
   """Refuses, before anything is trained or written, what would otherwise fail after training: an
@@ -190,6 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with console.stage(f'prepare data ({config.dataset.name})'):
     data = input_pipeline.load(config, tuple(dict.fromkeys(
         ('train', input_pipeline.heldout_split(config), 'test'))))
+  _warn_small_images(config, data)
   _check_before_training(config, data)
   total_steps = total_train_steps(config, int(sharding.sum_over_processes(len(data['train']))))
   mngr = checkpoints.manager(workdir, config)

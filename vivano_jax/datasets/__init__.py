@@ -35,6 +35,10 @@ BUILDER_MODULES = {
     'cifar10_one_class': 'vivano_jax.datasets.one_class',
 }
 
+# The builders of a user's own image files, whose sizes no config chose (train.py warns of those
+# smaller than one patch); the others' are fixed (8 px digits, 28 px MNIST: upscaled by design).
+USER_IMAGES = ('folder', 'mvtec_ad')
+
 
 def get_builder(cfg: 'ml_collections.ConfigDict') -> 'tfds.core.DatasetBuilder':
   """The prepared tfds builder for `cfg` (= config.dataset); data in `cfg.data_dir` ('' = default).
