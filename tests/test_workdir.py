@@ -502,6 +502,43 @@ def test_evaluate_on_a_run_folder_names_its_splits(run, capsys):
   assert not list(run.rglob('evaluation.*'))
 
 
+@pytest.mark.parametrize('command', ['report', 'export-model'])
+def test_report_and_export_model_are_refused_while_another_process_writes_the_run(run, capsys,
+                                                                                 tmp_path, command):
+  """Neither took WORKDIR/.lock: beside an export replacing export/ and thresholds.json they read
+  a half-updated run (report rewrote report/ from it, export-model deployed its threshold)."""
+  lock = run / workdir_lib.LOCK_FILE
+  report = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in (run / 'report').rglob('*'))
+  sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+  try:
+    lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': sleeper.pid}))
+    args = [] if command == 'report' else ['--format=jax', f'--output={tmp_path / "model"}']
+    code, out, err = _vivano(capsys, command, f'--workdir={run}', *args)
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  assert code == errors.EXIT_DATA and out == '' and err == (
+      f'error: {run} is in use by pid {sleeper.pid} on {socket.gethostname()} (since None): wait '
+      f'for it to end or use another --workdir; if that process is gone, delete {lock}\n'), err
+  assert sorted((p.relative_to(run), p.stat().st_mtime_ns)
+                for p in (run / 'report').rglob('*')) == report
+  assert not (tmp_path / 'model').exists() and lock.is_file()
+
+
+def test_a_read_only_run_is_read_without_its_lock_unless_a_process_holds_it(tmp_path,
+                                                                           monkeypatch):
+  """export-model only reads the run: a copy it may not write is read without taking .lock (it
+  cannot be created there), but a lock held by a running process is still refused."""
+  from vivano_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(workdir_lock.os, 'access', lambda path, mode: False)
+  with workdir_lock.lock(str(tmp_path), reads_only=True):
+    assert not (tmp_path / workdir_lib.LOCK_FILE).exists()
+  (tmp_path / workdir_lib.LOCK_FILE).write_text(json.dumps({'host': 'elsewhere', 'pid': 1}))
+  with pytest.raises(errors.DataError, match=r'in use by pid 1 on elsewhere'):
+    with workdir_lock.lock(str(tmp_path), reads_only=True):
+      pass
+
+
 @pytest.mark.parametrize('content', ['[1]', '{"host": "h", "pid": "12"}', '{"pid": true}'])
 def test_a_lock_of_another_shape_is_refused_in_one_line(run, capsys, content):
   """A .lock holding a JSON list was an AttributeError traceback, a text pid an 'invalid literal

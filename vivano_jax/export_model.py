@@ -4,7 +4,8 @@
   (or python -m vivano_jax.export_model with the same flags)
 
 The run must have been exported (`vivano export`, done at the end of training): its thresholds and
-the statistics of a standardised score come from there. DIR receives, all at once (written in a
+the statistics of a standardised score come from there. The run's lock (workdir_lock.py) is held
+while it is read, so no train or export rewrites it meanwhile (a read-only copy is read as it is). DIR receives, all at once (written in a
 hidden sibling folder renamed into place when complete; serving/model_dir.py describes them):
 
   model.onnx | saved_model/ | model.jax   the scoring function of the checkpoint: uint8 images
@@ -177,9 +178,11 @@ def export_model(workdir: str, fmt: str, output: str, step: Optional[int] = None
   check_output(output, workdir)
   converters.check_available(fmt)
   start = time.perf_counter()
-  run = from_checkpoint.load_run(workdir, step, sharding.make_mesh(jax.devices()[:1]))
-  sf = score_function.build(run.config, run.state, run.stats, all_components, input_dtype)
-  return write_model(run, sf, fmt, output, workdir, platforms, start)
+  # Not while another command rewrites the run (its thresholds, statistics, checkpoints).
+  with workdir_lib.lock(workdir, reads_only=True):
+    run = from_checkpoint.load_run(workdir, step, sharding.make_mesh(jax.devices()[:1]))
+    sf = score_function.build(run.config, run.state, run.stats, all_components, input_dtype)
+    return write_model(run, sf, fmt, output, workdir, platforms, start)
 
 
 def write_model(run: from_checkpoint.Run, sf: score_function.ScoreFunction, fmt: str,

@@ -5,6 +5,8 @@ ROC curve, the PRO curve (which AU-PRO integrates up to an FPR of 0.3) and the o
 and least anomalous images. Plots use matplotlib's Agg canvas (no display, no pyplot state); no JAX.
 
   vivano report --workdir=RUN [--split=test]   # rebuild from RUN/export/<split>
+
+It holds the run's lock (workdir_lock.py) meanwhile, as train and export do.
 """
 
 import html
@@ -24,6 +26,7 @@ from vivano_jax import errors
 from vivano_jax import export_format
 from vivano_jax import metrics as metrics_lib
 from vivano_jax import tables
+from vivano_jax import workdir_lock
 
 REPORT_DIR = 'report'
 _MAX_CURVE_POINTS = 4096  # Curves are thinned to this many points for plotting.
@@ -154,7 +157,11 @@ def run(fv: flags.FlagValues) -> None:
                             'not a path')
   if fv.num_images < 0:
     raise errors.UsageError(f'--num_images must be >= 0, got {fv.num_images}')
-  print(write_report(fv.workdir, os.path.join(fv.workdir, 'export', fv.split), fv.num_images))
+  if not os.path.isdir(fv.workdir):
+    raise errors.DataError(f'--workdir={fv.workdir}: no such run folder')
+  with workdir_lock.lock(fv.workdir):  # Not while another command rewrites export/.
+    page = write_report(fv.workdir, os.path.join(fv.workdir, 'export', fv.split), fv.num_images)
+  print(page)
 
 
 if __name__ == '__main__':

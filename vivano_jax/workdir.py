@@ -8,17 +8,11 @@
   score_stats.npz      held-out statistics of a standardised score (scoring.py)
   score_selection.json the chosen score under score.select (score_selection.py)
   export/<split>/      exported scores and maps (export_format.py); report/ (report.py)
-  .lock                the host and pid of the command writing the workdir (`lock`)
+  .lock                the host and pid of the command writing the workdir (workdir_lock.py)
 """
 
-import contextlib
 import json
 import os
-import shutil
-import socket
-import sys
-import time
-from typing import Iterator, Optional
 
 import jax
 import ml_collections
@@ -26,9 +20,12 @@ import ml_collections
 from vivano_jax import atomic_files
 from vivano_jax import config_defaults
 from vivano_jax import config_files
-from vivano_jax import console
 from vivano_jax import errors
 from vivano_jax import optimizer
+from vivano_jax import workdir_lock
+
+LOCK_FILE = workdir_lock.LOCK_FILE
+lock = workdir_lock.lock  # train, export, export-model and report hold it (workdir_lock.py).
 
 CONFIG_JSON = 'config.json'
 EFFECTIVE = 'effective'  # config.json's record of the scaled learning rate.
@@ -42,19 +39,6 @@ def previous_metric(workdir: str, key: str):
       return json.load(f).get(key)
   except (OSError, ValueError):
     return None
-
-
-def remove_stale_temporaries(workdir: str) -> list[str]:
-  """Deletes the hidden '.<name>.tmp-*' / '.<name>.old-*' folders a killed export leaves in the
-  workdir (only while holding its lock: no other export can be writing them); returns them."""
-  removed = []
-  if not os.path.isdir(workdir):
-    return removed
-  for name in sorted(os.listdir(workdir)):
-    if name.startswith('.') and ('.tmp-' in name or '.old-' in name):
-      shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-      removed.append(name)
-  return removed
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -162,81 +146,3 @@ def check_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise errors.UsageError(
         f'{workdir} was trained with another config ({"; ".join(diff)}); start a new --workdir '
         f'for it, or rerun with the values of {os.path.join(workdir, CONFIG_JSON)}')
-
-
-# --------------------------------------------------------------------------------------------------
-# One process at a time.
-
-LOCK_FILE = '.lock'
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True  # Another user's process.
-  return True
-
-
-def _take(path: str) -> bool:
-  try:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-  except FileExistsError:
-    return False
-  with os.fdopen(fd, 'w') as f:
-    json.dump({'host': socket.gethostname(), 'pid': os.getpid(),
-               'started': time.strftime('%Y-%m-%dT%H:%M:%S%z')}, f)
-  return True
-
-
-def _holder(path: str) -> Optional[dict]:
-  try:
-    with open(path) as f:
-      holder = json.load(f)
-  except (OSError, ValueError):
-    return None  # Being written, or damaged.
-  # A lock of another shape (edited, or written by something else) is no holder this can judge.
-  valid = isinstance(holder, dict) and isinstance(holder.get('pid'), int) and not isinstance(
-      holder.get('pid'), bool)
-  return holder if valid else None
-
-
-@contextlib.contextmanager
-def lock(workdir: str) -> Iterator[None]:
-  """Holds WORKDIR/.lock (this host and pid) while a command writes the workdir; a second process
-  is refused with one line. A lock left by a process that no longer runs on this host is stale and
-  taken over with a warning. With several processes, process 0 holds it for all. Meanwhile, the
-  command's library logs go to WORKDIR/vivano.log (console.py)."""
-  if jax.process_index() != 0:
-    yield
-    return
-  errors.check_folder_flag('--workdir', workdir)
-  created = not os.path.isdir(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILE)
-  if not _take(path):
-    holder = _holder(path)
-    stale = (holder is not None and holder.get('host') == socket.gethostname()
-             and not _alive(holder['pid']))
-    if not stale:
-      who = (f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('started')})"
-             if holder else 'another process')
-      raise errors.DataError(f'{workdir} is in use by {who}: wait for it to end or use another '
-                             f'--workdir; if that process is gone, delete {path}')
-    print(f"warning: {workdir}: removing the stale lock of pid {holder.get('pid')}, which no "
-          'longer runs', file=sys.stderr)
-    os.remove(path)
-    if not _take(path):
-      raise errors.DataError(f'{workdir} is in use by another process (it took {path} just now)')
-  for name in remove_stale_temporaries(workdir):
-    print(f'warning: {workdir}: removed {name}, left by an interrupted export', file=sys.stderr)
-  try:
-    with console.logs_in(workdir):  # Library logs go to WORKDIR/vivano.log meanwhile.
-      yield
-  finally:
-    if os.path.exists(path) and (_holder(path) or {}).get('pid') == os.getpid():
-      os.remove(path)
-    if created and set(os.listdir(workdir)) <= {console.LOG_FILE}:  # Failed before writing.
-      shutil.rmtree(workdir)
