@@ -462,6 +462,30 @@ def test_plot_draws_the_pooled_means_and_spreads_per_line_and_panel(tmp_path, ca
   assert not (tmp_path / 'bad.png').exists()
 
 
+def test_plot_writes_the_format_its_output_suffix_names_and_refuses_others(tmp_path, capsys):
+  """--output=a.txt (or .svg) held PNG bytes under that name: the suffix now names the format
+  written (matplotlib's), and one it cannot write is one line naming the flag and the suffixes."""
+  root = tmp_path / 'root'
+  for batch in (16, 64):
+    for seed in (0, 1):
+      _write_run(root, f'batch_size={batch},seed={seed}',
+                 {'seed': seed, 'train': {'batch_size': batch}},
+                 {'metrics': {'overall': {'image_auroc': 0.8, 'pixel_auroc': 0.5, 'au_pro': 0.3}}})
+  assert sweep_lib.main(['gather', f'--root={root}', '--over=seed']) == 0
+  plot = ['plot', f'--root={root}', '--x=train.batch_size']
+  heads = {'plot.svg': b'<?xml', 'plot.PDF': b'%PDF', 'plot.jpg': b'\xff\xd8\xff'}
+  for name, head in heads.items():
+    assert sweep_lib.main([*plot, f'--output={tmp_path / name}']) == 0, name
+    assert (tmp_path / name).read_bytes().startswith(head), name
+  capsys.readouterr()
+  for name in ('plot.txt', 'plot', 'plot.png.bak'):
+    assert sweep_lib.main([*plot, f'--output={tmp_path / name}']) == 2, name
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: --output={tmp_path / name}: ') and err.count('\n') == 1, err
+    assert 'matplotlib writes' in err and '.png' in err and '.svg' in err and '.pdf' in err, err
+  assert sorted(os.listdir(tmp_path)) == ['plot.PDF', 'plot.jpg', 'plot.svg', 'root']
+
+
 # --------------------------------------------------------------------------------------------------
 # Errors.
 

@@ -92,7 +92,7 @@ def test_plot_flags_that_name_nothing_drawable_are_usage_errors(tmp_path, capsys
   assert sweep_lib.main(['gather', f'--root={root}', '--over=seed']) == 0
   capsys.readouterr()
   (tmp_path / 'out').mkdir()
-  for flag, message in ((f'--output={tmp_path / "out"}', "is a folder; give the PNG's path"),
+  for flag, message in ((f'--output={tmp_path / "out"}', "is a folder; give the plot's path"),
                         ('--metrics=', 'name at least one of image_auroc'),
                         ('--metrics=,', 'name at least one of image_auroc')):
     args = ['plot', f'--root={root}', '--x=train.batch_size', f'--output={tmp_path / "p.png"}',

@@ -40,7 +40,7 @@ ROOT/results.csv and ROOT/results.md: one row per run with the swept fields as t
 a scaling rule), image AUROC, pixel AUROC, AU-PRO and train/score images/s. `gather --over=seed`
 also pools the runs that differ only in the seed into one row each: n, mean and sample standard
 deviation (ROOT/results_over_seed.{csv,md}). `plot` draws that table's metrics against a swept
-field as a PNG (plot.py), one line per value of the `--lines` fields.
+field as a PNG, SVG or PDF (plot.py), one line per value of the `--lines` fields.
 
 The package: plan.py reads and expands a sweep file, run.py runs it, results.py gathers it,
 plot.py plots it, command_line.py is the command line (`main(argv)`); config fields are read and

@@ -45,8 +45,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              help='with --over: fields (comma-separated) whose differences change '
                                   'nothing and may split no group, e.g. dataset.manual_dir written '
                                   'as two paths of one folder')
-  plot_parser = sub.add_parser('plot', help='plot metrics against a swept field (PNG) from '
-                               "gather --over's table")
+  plot_parser = sub.add_parser('plot', help='plot metrics against a swept field (PNG, SVG, PDF) '
+                               "from gather --over's table")
   plot_parser.add_argument('--root', required=True)
   plot_parser.add_argument('--over', default='seed', help="the table gather --over wrote")
   plot_parser.add_argument('--x', required=True, help='the swept field on the x axis, e.g. '
@@ -57,7 +57,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
                            'per value, e.g. dataset.name')
   plot_parser.add_argument('--metrics', default='image_auroc,au_pro',
                            help='one row of panels each: image_auroc, pixel_auroc, au_pro')
-  plot_parser.add_argument('--output', required=True, help='the PNG to write')
+  plot_parser.add_argument('--output', required=True, help='the plot to write, in the format '
+                           'its suffix names: .png, .svg, .pdf, ...')
   args, unknown = parser.parse_known_args(argv)
   args.extra = {}
   for arg in unknown:
@@ -77,7 +78,7 @@ def _check_paths(args: argparse.Namespace) -> None:
     if value is not None and not value.strip():
       raise SweepError(f'--{name}={value} is empty: give the '
                        + {'sweep': 'sweep file', 'root': 'folder holding one workdir per run',
-                          'output': "PNG's path"}[name])
+                          'output': "plot's path (e.g. plot.png)"}[name])
     if value is not None and value.startswith('~'):  # Left as it is by the shell after '='.
       setattr(args, name, os.path.expanduser(value))
 
@@ -116,6 +117,7 @@ def _plot(args: argparse.Namespace) -> int:
   if not metrics:
     raise SweepError(f'--metrics={args.metrics!r}: name at least one of '
                      f'{", ".join(SPREAD_METRICS)}')
+  plot_lib.output_format(args.output)  # Before the table is read.
   rows = plot_lib.read_summary(args.root, args.over)
   for group, metric in plot_lib.not_finite(rows, metrics):
     print(f'warning: group {group}: {metric} is not finite; left out of the plot', file=sys.stderr)

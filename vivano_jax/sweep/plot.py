@@ -1,4 +1,5 @@
-"""`sweep plot`: a metric against a swept field from `gather --over=...`'s table, as a PNG.
+"""`sweep plot`: a metric against a swept field from `gather --over=...`'s table, as a PNG (or
+the format --output's suffix names: .svg, .pdf, ...; one matplotlib cannot write is refused).
 
 One row of panels per metric, one column per value of `--panels` (e.g. dataset.name), one line
 per combination of the `--lines` fields (e.g. train.optimizer,train.lr_scaling): points are the
@@ -88,14 +89,30 @@ def series(rows: Sequence[dict[str, str]], x: str, lines: Sequence[str],
   return out
 
 
-def plot(data: Series, x: str, output: str, metrics: Sequence[str] = ('image_auroc', 'au_pro')):
-  """Draws `series`' data and writes it to the PNG `output`; returns the matplotlib Figure."""
+def output_format(output: str) -> str:
+  """The format `output`'s suffix names ('png', 'svg', 'pdf', ...), checked before anything is
+  read or drawn: a SweepError naming --output when it is a folder, its folder is missing, or
+  matplotlib writes no file of its suffix (PNG bytes were written under any name, e.g. a.txt)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   folder = os.path.dirname(os.path.abspath(output))
   if os.path.isdir(output):
-    raise SweepError(f"--output={output}: is a folder; give the PNG's path (e.g. "
+    raise SweepError(f"--output={output}: is a folder; give the plot's path (e.g. "
                      f'{output}/plot.png)')
   if not os.path.isdir(folder):
     raise SweepError(f'--output={output}: the folder {folder} does not exist')
+  suffix = os.path.splitext(output)[1].lower()
+  formats = FigureCanvasAgg.get_supported_filetypes()
+  if suffix[1:] not in formats:
+    raise SweepError(f'--output={output}: ' + (f'matplotlib writes no {suffix} file' if suffix
+                                                else 'no suffix to name the format')
+                     + f'; matplotlib writes {", ".join("." + f for f in sorted(formats))}')
+  return suffix[1:]
+
+
+def plot(data: Series, x: str, output: str, metrics: Sequence[str] = ('image_auroc', 'au_pro')):
+  """Draws `series`' data and writes it to `output`, in the format its suffix names (PNG, SVG,
+  PDF, ...: `output_format`); returns the matplotlib Figure."""
+  fmt = output_format(output)
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from matplotlib.ticker import ScalarFormatter  # pylint: disable=g-import-not-at-top
@@ -121,9 +138,9 @@ def plot(data: Series, x: str, output: str, metrics: Sequence[str] = ('image_aur
       ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=7)
   fig.tight_layout()
-  tmp = f'{output}.tmp{os.getpid()}.png'  # Renamed over `output`: never a half-written PNG.
+  tmp = f'{output}.tmp{os.getpid()}'  # Renamed over `output`: never a half-written file.
   try:
-    fig.savefig(tmp)
+    fig.savefig(tmp, format=fmt)
     os.replace(tmp, output)
   finally:
     if os.path.exists(tmp):
