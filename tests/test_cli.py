@@ -5,6 +5,7 @@ exits 0, a bad flag 2 (usage), a missing file 1 (data), a correct call 0; each e
 stderr without a traceback unless --verbosity=1.
 """
 
+import re
 import shutil
 import warnings
 
@@ -15,6 +16,7 @@ import pytest
 from tests.conftest import REPO
 from tests.test_export import trained_folder_run
 from vivano_jax import cli
+from vivano_jax import config_files
 from vivano_jax import errors
 
 TINY = str(REPO / 'configs' / 'tiny.py')
@@ -86,6 +88,22 @@ def test_unknown_config_field_names_it_and_a_close_match(capsys, tmp_path):
   line = _one_error_line(err)
   assert '--config.model.depthh' in line and "'depth'" in line
   assert not (tmp_path / 'config.json').exists()  # Nothing written.
+
+
+@pytest.mark.parametrize('flag,words', [
+    ('--config.train.num_epochs=0.5', "train.num_epochs takes a whole number, not '0.5' (for "
+                                      'part of an epoch, set train.num_steps)'),
+    ('--config.train.learning_rate=fast', "train.learning_rate takes a number, not 'fast'"),
+    ('--config.export.at_end=maybe', "export.at_end takes true or false, not 'maybe'"),
+])
+def test_a_config_value_of_the_wrong_type_is_named_in_words(capsys, tmp_path, flag, words):
+  """--config.train.num_epochs=0.5 said "invalid literal for int() with base 10: '0.5'"."""
+  code, _, err = _call(capsys, 'train', f'--config={TINY}', f'--workdir={tmp_path / "run"}', flag)
+  assert code == errors.EXIT_USAGE and err == f'error: {flag}: {words}\n', err
+  assert not (tmp_path / 'run').exists()
+  with pytest.raises(errors.UsageError, match=re.escape(f'{flag}: {words}')):
+    config_files.apply_overrides(config_files.load_config(TINY),
+                                 {flag[len('--config.'):].split('=')[0]: flag.split('=')[1]})
 
 
 def test_verbosity_1_shows_the_traceback(capsys):

@@ -99,7 +99,8 @@ def _parse(name: str, module, argv: list[str]):
   try:
     rest = fv(argv)
   except flags.Error as e:
-    raise errors.UsageError(str(e)) from e
+    from vivano_jax import config_files  # pylint: disable=g-import-not-at-top
+    raise errors.UsageError(config_files.override_error(str(e))) from e
   except (AttributeError, KeyError) as e:  # ml_collections: an unknown config field.
     raise errors.UsageError(_unknown_field(argv[1:], str(e))) from e
   if len(rest) > 1:

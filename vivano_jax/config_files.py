@@ -16,6 +16,7 @@ import copy
 import difflib
 import importlib.util
 import os
+import re
 import types
 from typing import Any, Callable
 
@@ -101,6 +102,28 @@ def get_field(config: ml_collections.ConfigDict, field: str) -> Any:
   return value
 
 
+# absl's words for text that is not of a field's type -> what the field takes; and a hint for
+# the fields whose type surprises (no fraction of an epoch).
+_TYPE_WORDS = (('invalid literal for int()', 'a whole number'),
+               ('could not convert string to float', 'a number'),
+               ('Non-boolean argument to boolean flag', 'true or false'))
+_TYPE_HINTS = {'train.num_epochs': 'for part of an epoch, set train.num_steps'}
+
+
+def override_error(message: str) -> str:
+  """absl's message for a `--config.<field>=<text>` of another type than the field's, in words:
+  "flag --config.train.num_epochs=0.5: invalid literal for int() with base 10: '0.5'" ->
+  "--config.train.num_epochs=0.5: train.num_epochs takes a whole number, not '0.5' (for part of
+  an epoch, set train.num_steps)". Any other message is returned as it is."""
+  match = re.fullmatch(r'flag --config\.([\w.]+)=(.*?): (.*)', message, re.S)
+  words = match and next((w for text, w in _TYPE_WORDS if text in match.group(3)), None)
+  if not words:
+    return message
+  field, text = match.group(1), match.group(2)
+  hint = f' ({_TYPE_HINTS[field]})' if field in _TYPE_HINTS else ''
+  return f'--config.{field}={text}: {field} takes {words}, not {text!r}{hint}'
+
+
 def parse_override(config: ml_collections.ConfigDict, field: str, text: str) -> Any:
   """`text` parsed as `--config.<field>=<text>` would be, against the field's current type
   (int, float, bool, tuple, str, ...). UnknownFieldError or UsageError naming the field."""
@@ -113,7 +136,7 @@ def parse_override(config: ml_collections.ConfigDict, field: str, text: str) -> 
   try:
     values(argv)
   except (flags.Error, ValueError, TypeError) as e:
-    raise errors.UsageError(str(e)) from None  # absl's message names the flag and the value.
+    raise errors.UsageError(override_error(str(e))) from None  # Names the flag and the value.
   return config_flags.get_override_values(values['config'])[field]
 
 
