@@ -394,6 +394,28 @@ def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
   with pytest.raises(errors.DataError, match='EXIF orientation tag'):
     mvtec_layout.validate_images(mvtec_layout.scan_layout(root, masks_required=True))
 
+@pytest.mark.parametrize('mode', ['L', 'I;16', 'P', 'RGBA', 'CMYK', 'RGB'])
+def test_a_turned_uncompressed_tiff_is_read_as_shown(tmp_path, mode):
+  """Pillow 13 maps an uncompressed TIFF from its file at the size its orientation tag turns it
+  to: one turned a quarter (tags 5-8) in 8-bit gray, a palette, 16 bits, RGBA or CMYK came out with
+  its rows scrambled, for training, predict and masks alike (RGB was read right)."""
+  rng = np.random.default_rng(0)
+  stored = (Image.fromarray(rng.integers(0, 65535, (24, 40), np.uint16)) if mode == 'I;16' else
+            Image.fromarray(rng.integers(0, 256, (24, 40, 3), np.uint8)).convert(mode))
+  stored.save(tmp_path / 'plain.tif')
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Shown turned 90 degrees clockwise from the stored pixels.
+  stored.save(tmp_path / 'turned.tif', exif=exif.tobytes())
+  shown = np.rot90(image_files.read_image(tmp_path / 'plain.tif'), k=-1)
+  assert shown.shape[:2] == (40, 24)
+  np.testing.assert_array_equal(image_files.read_image(tmp_path / 'turned.tif'), shown)
+  data, shape = image_files.image_png(tmp_path / 'turned.tif', shown.shape[-1])  # As stored.
+  assert shape == (40, 24)
+  np.testing.assert_array_equal(tf.io.decode_png(data, channels=shown.shape[-1]).numpy(), shown)
+  np.testing.assert_array_equal(image_io.read_mask(tmp_path / 'turned.tif'),
+                                np.rot90(image_io.read_mask(tmp_path / 'plain.tif'), k=-1))
+
+
 def test_broken_symlinks_are_one_error_naming_the_file(tmp_path):
   root = write_layout(tmp_path / 'parts')
   dangling = root / 'train' / 'good' / '007.png'

@@ -5,6 +5,7 @@ builders (datasets/image_files.py) and the evaluator read masks with the same `r
 mask means the same pixels when a dataset is built and when an export is scored.
 """
 
+import io
 import os
 from typing import Sequence
 
@@ -72,6 +73,21 @@ def too_small(patch_size: int, image_size: int) -> str:
           f'({image_size} px)')
 
 
+def open_image(path) -> Image.Image:
+  """`Image.open(path)` (a path or a file object), but a TIFF file turned a quarter by its
+  orientation tag (5-8) is opened from its bytes: Pillow 13 maps an uncompressed one (8-bit gray,
+  palette, 16-bit, RGBA, CMYK) from the file at its turned size, which scrambles its rows; read
+  from memory, it is turned as shown (Pillow turns TIFFs itself when it loads them). Its
+  `filename` is then empty (with one, Pillow would map the file again)."""
+  image = Image.open(path)
+  if (image.format == 'TIFF' and isinstance(path, (str, os.PathLike))
+      and image.tag_v2.get(_ORIENTATION) in (5, 6, 7, 8)):
+    image.close()
+    with open(path, 'rb') as f:
+      image = Image.open(io.BytesIO(f.read()))
+  return image
+
+
 def check_single_frame(image: Image.Image, path) -> None:
   """DataError for an animation or a multi-page file (GIF, APNG, TIFF, WebP) at `path`: which of
   its frames is the picture is unknown, and reading the first would score it silently. A camera's
@@ -121,7 +137,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
   Raises what PIL raises for a missing, corrupt or truncated file (OSError, SyntaxError, ...),
   which callers turn into their own one-line message, and DataError for a file of several frames.
   """
-  with Image.open(path) as image:
+  with open_image(path) as image:
     check_single_frame(image, path)
     image.load()  # Open only parses the header; load() decodes and catches truncated data.
     return mask_values(oriented(image))

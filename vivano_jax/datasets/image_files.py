@@ -110,22 +110,23 @@ def image_channels(image: Image.Image) -> int:
   return 3
 
 
-def _to_uint8(image: Image.Image, channels: int) -> np.ndarray:
-  """The decoded PIL image as uint8 [H, W, channels]; 16-bit values are scaled by 1/257, each file
-  alike (a 32-bit integer TIFF or a floating-point image is a DataError)."""
+def _to_uint8(image: Image.Image, channels: int, where: str) -> np.ndarray:
+  """The decoded PIL image (of the file `where`) as uint8 [H, W, channels]; 16-bit values are
+  scaled by 1/257, each file alike (a 32-bit integer TIFF or a floating-point image is a
+  DataError)."""
   if image.mode in ('I', 'F') or image.mode.startswith('I;16'):
     values = np.asarray(image)
     if image.mode == 'F':
-      raise errors.DataError(f'{image.filename}: floating-point images are not supported '
+      raise errors.DataError(f'{where}: floating-point images are not supported '
                              '(their value range is unknown); save it as 8- or 16-bit.')
     if image.mode == 'I' and image.format == 'TIFF':
       # 8-, 12- or 16-bit data in a 32-bit container look alike: scaling each file by its own
       # values would make one dark image of a folder 257 times brighter than its neighbours.
       raise errors.DataError(
-          f'{image.filename}: 32-bit integer TIFFs are not supported (the range of their values '
+          f'{where}: 32-bit integer TIFFs are not supported (the range of their values '
           'is unknown); save it as an 8- or 16-bit image.')
     if values.min() < 0 or values.max() > 65535:
-      raise errors.DataError(f'{image.filename}: values outside 0..65535 in a {image.mode} image.')
+      raise errors.DataError(f'{where}: values outside 0..65535 in a {image.mode} image.')
     # 16-bit data (PNG, TIFF; PIL scales a PGM's maxval to 65535 in mode 'I'), whatever its values.
     gray = ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
     return np.repeat(gray[..., None], channels, axis=-1)
@@ -141,10 +142,11 @@ def read_image(path, channels: int | None = None) -> np.ndarray:
   by its EXIF orientation tag), as its mask is drawn. An animation or a multi-page file is a
   DataError (image_io.check_single_frame).
   """
-  with Image.open(path) as image:
+  where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else 'image'
+  with image_io.open_image(path) as image:
     image_io.check_single_frame(image, path)
     image.load()  # Open only parses the header; load() decodes and catches truncated data.
-    return _to_uint8(image_io.oriented(image), channels or image_channels(image))
+    return _to_uint8(image_io.oriented(image), channels or image_channels(image), where)
 
 
 def _check_file(path: pathlib.Path, is_mask: bool) -> tuple[tuple[int, int], int]:
