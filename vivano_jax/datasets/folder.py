@@ -59,8 +59,9 @@ class Folder(tfds.core.GeneratorBasedBuilder):
   """A local folder in the MVTec AD layout; make_builder makes its config (see `config_name`)."""
 
   name = 'folder'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.0.1')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.0.1': 'TIFFs turned by their orientation tag read as shown.'}
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)

@@ -241,8 +241,9 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
   """MVTec AD, one category per config, read from `manual_dir/<category>`."""
 
   name = 'mvtec_ad'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release: native-size images, 0/1 masks.'}
+  VERSION = tfds.core.Version('1.0.1')
+  RELEASE_NOTES = {'1.0.0': 'Initial release: native-size images, 0/1 masks.',
+                   '1.0.1': 'TIFFs turned by their orientation tag read as shown.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
       MvtecAdConfig(name=c, description=f'MVTec AD category {c!r}.',
