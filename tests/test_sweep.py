@@ -174,7 +174,8 @@ def test_command_line_fields_reach_the_runs_that_do_not_set_them(tmp_path):
   # Set by every run, the command line's value would do nothing: an error.
   with pytest.raises(sweep_lib.SweepError, match="'dataset.name' is swept and also set in the c"):
     sweep_lib.load_sweep(path, {'dataset.name': 'digits/3'})
-  with pytest.raises(sweep_lib.SweepError, match=r"flag --config\.train\.num_steps=many"):
+  with pytest.raises(sweep_lib.SweepError,
+                     match=r"--config\.train\.num_steps=many: train\.num_steps takes a whole num"):
     sweep_lib.load_sweep(path, {'train.num_steps': 'many'})
 
 
