@@ -22,8 +22,9 @@ TEXTURES = {'image_auroc': 0.7544, 'pixel_auroc': 0.9351984384035279, 'au_pro': 
 @pytest.mark.parametrize('case', ['digits', 'textures'])
 def test_tiny_config_metrics_are_unchanged(tiny_config, tmp_path, case):
   config = tiny_config
-  # Recorded with the nearest-upsampling decoder, the default then (sub-pixel is now).
-  config.model.decoder_upsample = 'nearest'
+  # Recorded with the nearest-upsampling decoder and the conv output layer, the defaults then
+  # (sub-pixel upsampling and output are now).
+  config.model.decoder_upsample, config.model.decoder_output = 'nearest', 'conv'
   expected = DIGITS
   if case == 'textures':
     config.dataset.name = 'textures/brick'

@@ -321,6 +321,11 @@ def test_a_run_saved_before_a_default_changed_keeps_its_former_value(run):
   del saved['model']['decoder_upsample']
   path.write_text(json.dumps(saved))
   assert workdir_lib.load_config(str(run)).model.decoder_upsample == 'nearest'
+  # The conv output layer, the only one before model.decoder_output existed.
+  assert saved['model']['decoder_output'] == 'subpixel'
+  del saved['model']['decoder_output']
+  path.write_text(json.dumps(saved))
+  assert workdir_lib.load_config(str(run)).model.decoder_output == 'conv'
   # Runs from before score.always_ssim computed the SSIM components always: their exports keep them.
   assert not workdir_lib.load_config(str(run)).score.always_ssim
   del saved['score']['always_ssim']
