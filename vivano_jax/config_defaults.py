@@ -64,7 +64,7 @@ def _model() -> ml_collections.ConfigDict:
   # channels, depth-to-space, tanh), so nothing runs at the full resolution but the tanh;
   # 'conv': the last stage's BatchNorm + ReLU and a 3x3 conv to the image at the full resolution.
   # Same quality over 3 seeds on brick and Magnetic Tile (RESULTS.md 1i); the paper's 512 px
-  # decoder trains 1.5-1.8x faster with 'subpixel' (BENCHMARKS.md).
+  # train step is 1.4-1.6x faster with 'subpixel' (BENCHMARKS.md).
   c.decoder_output = 'subpixel'
   c.remat = False  # Rematerialise encoder blocks (less memory, more compute).
   # > 0: a discriminative head (model/segmenter.py, DRAEM's), a U-Net of this many channels at
@@ -270,7 +270,7 @@ def small_128px_config() -> ml_collections.ConfigDict:
   config.model.segmenter_features = 16
   # Every figure of this recipe (RESULTS.md 1e-1h) was measured with the conv output layer. The
   # sub-pixel one was level within the seed spread on Magnetic Tile (RESULTS.md 1i) but put its
-  # AU-PRO mean just under the 0.70 target; at 128 px, with the segmenter, it saves little time.
+  # AU-PRO mean just under the 0.70 target; at 128 px, with the segmenter, it saves 13 % a step.
   config.model.decoder_output = 'conv'
   config.score.update(dict(image='ensemble', ensemble=('seg_max', 'map_max:recon+nll:pixel'),
                            pixel='combined', normalize='pixel', combine=('recon', 'nll', 'seg'),

@@ -11,8 +11,8 @@ Two ways to produce the image (`model.decoder_output`), after the stages below:
   * 'subpixel': the last x2 stage is the output layer itself (ESPCN, Shi et al. 2016): a 3x3
     convolution at half the resolution into 4 x C channels, depth-to-space, tanh; `features[-1]`
     is not used. Nothing but the tanh runs at the full resolution, where the few channels make
-    every pass memory-bound: the paper's 512 px decoder trains 1.5-1.8x faster
-    (BENCHMARKS.md).
+    every pass memory-bound: the paper's 512 px decoder runs 1.6x faster forward and backward,
+    its train step 1.4-1.6x (BENCHMARKS.md).
 
 Two ways to upsample (`model.decoder_upsample`):
   * 'subpixel': a 3x3 convolution at the low resolution producing 4x the channels, then
