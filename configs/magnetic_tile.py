@@ -10,7 +10,8 @@ the other dataset configs.
 Differs from `configs/magnetic_tile_paper.py` (the paper's Section 4.1 recipe), to fit 2 CPU cores:
   * 128 px instead of 512, 1 channel (the photos are grayscale) instead of 3;
   * patch 16 instead of 64 (the same 8 x 8 patch grid), ViT width 128 instead of 512, depth 3
-    instead of 6, 4 heads instead of 8, MLP 256 instead of 1024, decoder 64 channels;
+    instead of 6, 4 heads instead of 8, MLP 256 instead of 1024, decoder 64 channels with the
+    conv output layer, with which this recipe was measured (RESULTS.md 1i);
   * 1500 steps of batch 16 (about 35 epochs) at learning rate 1e-3 with warmup and cosine decay,
     instead of 200 epochs at 1e-5 (1e-5 barely moves a model in a few hundred steps).
 Trained with the recipe of `config_defaults.small_128px_config` (the segmenter, DRAEM's
