@@ -23,6 +23,7 @@ from vivano_jax import export
 from vivano_jax import export_format
 from vivano_jax import thresholds
 from vivano_jax import workdir as workdir_lib
+from vivano_jax import workdir_lock
 
 TINY = str(REPO / 'configs' / 'tiny.py')
 
@@ -185,7 +186,7 @@ def test_test_split_with_one_class_exports_without_metrics(tmp_path, tfds_dir, c
 
 
 def test_second_process_on_a_workdir_is_refused_and_stale_locks_are_taken(run, tfds_dir, capsys):
-  lock = run / workdir_lib.LOCK_FILE
+  lock = run / workdir_lock.LOCK_FILE
   sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
   try:
     lock.write_text(json.dumps({'host': socket.gethostname(), 'pid': sleeper.pid}))
@@ -512,7 +513,7 @@ def test_report_and_export_model_are_refused_while_another_process_writes_the_ru
                                                                                  tmp_path, command):
   """Neither took WORKDIR/.lock: beside an export replacing export/ and thresholds.json they read
   a half-updated run (report rewrote report/ from it, export-model deployed its threshold)."""
-  lock = run / workdir_lib.LOCK_FILE
+  lock = run / workdir_lock.LOCK_FILE
   report = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in (run / 'report').rglob('*'))
   sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
   try:
@@ -534,11 +535,10 @@ def test_a_read_only_run_is_read_without_its_lock_unless_a_process_holds_it(tmp_
                                                                            monkeypatch):
   """export-model only reads the run: a copy it may not write is read without taking .lock (it
   cannot be created there), but a lock held by a running process is still refused."""
-  from vivano_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(workdir_lock.os, 'access', lambda path, mode: False)
   with workdir_lock.lock(str(tmp_path), reads_only=True):
-    assert not (tmp_path / workdir_lib.LOCK_FILE).exists()
-  (tmp_path / workdir_lib.LOCK_FILE).write_text(json.dumps({'host': 'elsewhere', 'pid': 1}))
+    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
+  (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps({'host': 'elsewhere', 'pid': 1}))
   with pytest.raises(errors.DataError, match=r'in use by pid 1 on elsewhere'):
     with workdir_lock.lock(str(tmp_path), reads_only=True):
       pass
@@ -549,12 +549,12 @@ def test_a_lock_of_another_shape_is_refused_in_one_line(run, capsys, content):
   """A .lock holding a JSON list was an AttributeError traceback, a text pid an 'invalid literal
   for int()' line: the lock is named, as a damaged one is."""
   work = run
-  (work / workdir_lib.LOCK_FILE).write_text(content)
+  (work / workdir_lock.LOCK_FILE).write_text(content)
   code, _, err = _vivano(capsys, 'export', f'--workdir={work}')
   assert code == errors.EXIT_DATA and err == (
       f'error: {work} is in use by another process: wait for it to end or use another --workdir; '
-      f'if that process is gone, delete {work / workdir_lib.LOCK_FILE}\n'), err
-  assert (work / workdir_lib.LOCK_FILE).read_text() == content
+      f'if that process is gone, delete {work / workdir_lock.LOCK_FILE}\n'), err
+  assert (work / workdir_lock.LOCK_FILE).read_text() == content
 
 
 def test_a_smoothing_wider_than_the_image_is_refused_before_scoring(run, capsys):

@@ -65,6 +65,7 @@ from vivano_jax import sharding
 from vivano_jax import tables
 from vivano_jax import thresholds as thresholds_lib
 from vivano_jax import workdir as workdir_lib
+from vivano_jax import workdir_lock
 
 EXPORT_DIR = 'export'
 EDITED_THRESHOLDS = 'thresholds.edited.json'  # An edited WORKDIR/thresholds.json, kept by an export.
@@ -322,7 +323,7 @@ def run(fv: flags.FlagValues, overrides: Optional[dict[str, str]] = None) -> Non
       config_files.apply_overrides(config, {field: text})
     except config_files.UnknownFieldError as e:
       raise errors.UsageError(f'--config.{field}: no such config field{e.hint}') from None
-  with workdir_lib.lock(fv.workdir):
+  with workdir_lock.lock(fv.workdir):
     exported = export_run(config, fv.workdir, step=fv.step)
     if jax.process_index() == 0 and workdir_lib.config_differs(config, fv.workdir):
       # The score and export settings of this export become the run's, as a rerun of main with

@@ -5,8 +5,9 @@
 
 The run must have been exported (`vivano export`, done at the end of training): its thresholds and
 the statistics of a standardised score come from there. The run's lock (workdir_lock.py) is held
-while it is read, so no train or export rewrites it meanwhile (a read-only copy is read as it is). DIR receives, all at once (written in a
-hidden sibling folder renamed into place when complete; serving/model_dir.py describes them):
+while it is read, so no train or export rewrites it meanwhile (a read-only copy is read as it is).
+DIR receives, all at once (written in a hidden sibling folder renamed into place when complete;
+serving/model_dir.py describes them):
 
   model.onnx | saved_model/ | model.jax   the scoring function of the checkpoint: uint8 images
                [N, S, S, C] at the model size, any N (--input_dtype=float32: float32 in
@@ -47,6 +48,7 @@ from vivano_jax import image_io
 from vivano_jax import sharding
 from vivano_jax import thresholds as thresholds_lib
 from vivano_jax import workdir as workdir_lib
+from vivano_jax import workdir_lock
 from vivano_jax.serving import converters
 from vivano_jax.serving import from_checkpoint
 from vivano_jax.serving import model_dir
@@ -179,7 +181,7 @@ def export_model(workdir: str, fmt: str, output: str, step: Optional[int] = None
   converters.check_available(fmt)
   start = time.perf_counter()
   # Not while another command rewrites the run (its thresholds, statistics, checkpoints).
-  with workdir_lib.lock(workdir, reads_only=True):
+  with workdir_lock.lock(workdir, reads_only=True):
     run = from_checkpoint.load_run(workdir, step, sharding.make_mesh(jax.devices()[:1]))
     sf = score_function.build(run.config, run.state, run.stats, all_components, input_dtype)
     return write_model(run, sf, fmt, output, workdir, platforms, start)

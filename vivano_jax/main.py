@@ -27,6 +27,7 @@ from vivano_jax import export
 from vivano_jax import tables
 from vivano_jax import train
 from vivano_jax import workdir as workdir_lib
+from vivano_jax import workdir_lock
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -75,7 +76,7 @@ def run(fv: flags.FlagValues) -> None:
   logging.info('JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   config, exported = fv.config, None
-  with workdir_lib.lock(fv.workdir):
+  with workdir_lock.lock(fv.workdir):
     if fv.mode == 'train':
       summary, evaluation = train.train_and_evaluate(config, fv.workdir, return_evaluation=True)
       if jax.process_index() == 0:

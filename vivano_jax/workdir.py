@@ -22,10 +22,6 @@ from vivano_jax import config_defaults
 from vivano_jax import config_files
 from vivano_jax import errors
 from vivano_jax import optimizer
-from vivano_jax import workdir_lock
-
-LOCK_FILE = workdir_lock.LOCK_FILE
-lock = workdir_lock.lock  # train, export, export-model and report hold it (workdir_lock.py).
 
 CONFIG_JSON = 'config.json'
 EFFECTIVE = 'effective'  # config.json's record of the scaled learning rate.
