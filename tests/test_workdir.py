@@ -341,7 +341,7 @@ def _assert_predict_refuses_naming(run, out, capsys, path, message):
   code, _, err = _vivano(capsys, 'predict', f'--workdir={run}', f'--input={image}',
                          f'--output={out}')
   assert code == errors.EXIT_DATA and err.startswith(f'error: {path}: ') and message in err, err
-  assert err.count('\n') == 1 and not out.exists()
+  assert err.count('\n') == 1 and not out.exists(), err
 
 
 def _predict_and_export_with_config_field(run, out, capsys, section, field, value):
