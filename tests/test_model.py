@@ -41,6 +41,28 @@ def test_vit_encoder_shapes_and_tokens():
   chex.assert_shape(p['block0']['msa']['qkv']['kernel'], (16, 48))  # fused U_qkv
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_patch_embedding_is_the_strided_convolution(dtype):
+  """PatchEmbedding against nn.Conv(kernel = stride = P): the same parameters at initialisation
+  (so checkpoints of either load into the other) and the same output and kernel gradient."""
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 24, 16, 3), minval=-1, maxval=1)
+  ours = encoder.PatchEmbedding(features=5, patch_size=8, dtype=dtype)
+  conv = nn.Conv(5, (8, 8), strides=(8, 8), padding='VALID', dtype=dtype)
+  variables = ours.init(jax.random.PRNGKey(0), x)
+  chex.assert_trees_all_equal(variables, conv.init(jax.random.PRNGKey(0), x))
+  variables = jax.tree.map(lambda v: v + 0.1, variables)  # A non-zero bias.
+  y, y_conv = ours.apply(variables, x), conv.apply(variables, x)
+  chex.assert_shape(y, (2, 3, 2, 5))
+  assert y.dtype == y_conv.dtype == dtype
+  tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
+  np.testing.assert_allclose(np.float32(y), np.float32(y_conv), rtol=tolerance, atol=tolerance)
+  grads = [jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x).astype(jnp.float32))))(variables)
+           for m in (ours, conv)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=10 * tolerance,
+                               atol=10 * tolerance)
+
+
 def test_attention_matches_reference_formula():
   """MSA (eqs. 4-6) against a direct numpy computation with the module's own weights."""
   rng = np.random.default_rng(0)
