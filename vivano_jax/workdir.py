@@ -22,6 +22,7 @@ from vivano_jax import config_defaults
 from vivano_jax import config_files
 from vivano_jax import errors
 from vivano_jax import optimizer
+from vivano_jax.serving import model_dir
 
 CONFIG_JSON = 'config.json'
 EFFECTIVE = 'effective'  # config.json's record of the scaled learning rate.
@@ -54,7 +55,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   default, or its former default where the default has changed since: config_defaults.completed)."""
   path = os.path.join(workdir, CONFIG_JSON)
   if not os.path.isfile(path):
-    model = os.path.isfile(os.path.join(workdir, 'model_card.json'))  # serving/model_dir.py's.
+    model = os.path.isfile(os.path.join(workdir, model_dir.MODEL_CARD))
     raise errors.DataError(f'{path} does not exist: {workdir} is not a run folder (--workdir of '
                            'a training run)' + ('; it is a model written by vivano export-model '
                                                '(vivano predict --model takes it)') * model)
