@@ -442,9 +442,9 @@ def test_a_hand_edited_scores_csv_names_the_line_and_column(run, capsys, edit, m
 def test_evaluate_on_a_full_disk_leaves_no_partial_table(run, tmp_path, capsys, monkeypatch):
   """evaluation.csv was written in place: a full disk left a table cut short, which reads as
   one with fewer defect types."""
-  from vivano_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from vivano_jax import atomic_files  # pylint: disable=g-import-not-at-top
 
-  monkeypatch.setattr(evaluate, 'open', disk_full_open, raising=False)
+  monkeypatch.setattr(atomic_files, 'open', disk_full_open, raising=False)
   split = run / 'export' / 'test'
   out = tmp_path / 'evaluation'
   for args in ([], [f'--output={out}']):
@@ -452,6 +452,37 @@ def test_evaluate_on_a_full_disk_leaves_no_partial_table(run, tmp_path, capsys, 
     assert code == errors.EXIT_DATA and 'No space left on device' in err, err
   assert not out.exists()
   assert not [p.name for p in split.iterdir() if 'evaluation' in p.name]
+
+
+@pytest.mark.parametrize('failure', ['disk full', 'rename'])
+def test_evaluate_failing_between_its_two_tables_leaves_both_as_they_were(run, capsys, monkeypatch,
+                                                                          failure):
+  """evaluation.csv was renamed into place before evaluation.md was: a failure in between (a full
+  disk, a failed rename) left a new csv beside the md of an earlier evaluation."""
+  from vivano_jax import atomic_files  # pylint: disable=g-import-not-at-top
+  from vivano_jax import evaluate  # pylint: disable=g-import-not-at-top
+
+  split = run / 'export' / 'test'
+  for name in (evaluate.EVALUATION_CSV, evaluate.EVALUATION_MD):
+    (split / name).write_text(f'an earlier {name}\n')
+  before = sorted((p.name, p.read_bytes()) for p in split.iterdir() if p.is_file())
+  md = str(split / evaluate.EVALUATION_MD)
+  if failure == 'disk full':  # Writing evaluation.md, once evaluation.csv is in place.
+    opener = lambda path, *a, **k: (disk_full_open if os.fspath(path).startswith(md) else open)(
+        path, *a, **k)
+    monkeypatch.setattr(atomic_files, 'open', opener, raising=False)
+  else:
+    real_replace = os.replace
+
+    def replace(src, dst):
+      if os.fspath(dst) == md:
+        raise OSError(5, 'Input/output error', md)
+      real_replace(src, dst)
+    monkeypatch.setattr(os, 'replace', replace)
+  code, _, err = _vivano(capsys, 'evaluate', f'--predictions={split}')
+  monkeypatch.undo()
+  assert code == errors.EXIT_DATA and err.startswith(f'error: {md}') and err.count('\n') == 1, err
+  assert sorted((p.name, p.read_bytes()) for p in split.iterdir() if p.is_file()) == before
 
 
 def test_export_overrides_a_tuple_field_of_the_runs_config(run, capsys):

@@ -17,11 +17,13 @@ import csv
 import io
 import os
 import pathlib
+import shutil
 from typing import Any
 
 from absl import flags
 import numpy as np
 
+from vivano_jax import atomic_files
 from vivano_jax import errors
 from vivano_jax import export_format
 from vivano_jax import metrics as metrics_lib
@@ -44,9 +46,9 @@ def evaluate(export: export_format.Export) -> dict[str, dict[str, Any]]:
 
 
 def write_evaluation(per_type: dict[str, dict[str, Any]], output: str | os.PathLike) -> None:
-  """evaluation.csv (exact floats, empty = not available) and evaluation.md in `output`, each
-  written whole to a temporary file and renamed into place: a failure on the way (a full disk)
-  leaves no partial table, no temporary file and no folder this call made."""
+  """evaluation.csv (exact floats, empty = not available) and evaluation.md in `output`, both or
+  neither (`_replace_together`): a failure on the way (a full disk) leaves the earlier tables as
+  they were (or none), no temporary file and no folder this call made."""
   output = pathlib.Path(output)
   created = not output.exists()
   rows = [('defect_type', 'num_images') + tables.METRIC_NAMES]
@@ -55,20 +57,43 @@ def write_evaluation(per_type: dict[str, dict[str, Any]], output: str | os.PathL
            for name, m in per_type.items()]
   texts = {EVALUATION_CSV: _csv_text(rows), EVALUATION_MD: tables.metrics_table(per_type,
                                                                                 'markdown')}
-  temporaries = {name: output / f'.{name}.tmp{os.getpid()}' for name in texts}
   try:
     output.mkdir(parents=True, exist_ok=True)
-    for name, text in texts.items():
-      with open(temporaries[name], 'w', newline='') as f:
-        f.write(text)
-    for name, tmp in temporaries.items():
-      os.replace(tmp, output / name)
+    _replace_together(output, texts)
   except BaseException:
-    for tmp in temporaries.values():
-      tmp.unlink(missing_ok=True)
     if created and output.is_dir() and not any(output.iterdir()):
       output.rmdir()
     raise
+
+
+def _replace_together(folder: pathlib.Path, texts: dict[str, str]) -> None:
+  """Each file `folder`/<name> of `texts` replaced by its text, whole (atomic_files.write_text),
+  and all or none: when one fails, those already replaced get their earlier content back (or are
+  removed), so the two tables never come from two evaluations. The earlier files are kept aside
+  as hard links meanwhile: putting them back is a rename, which a full disk allows."""
+  aside, done = {}, []
+  try:
+    for name in texts:
+      if (folder / name).is_file():
+        aside[name] = folder / f'.{name}.old{os.getpid()}'
+        aside[name].unlink(missing_ok=True)
+        try:
+          os.link(folder / name, aside[name])
+        except OSError:  # A file system without hard links.
+          shutil.copyfile(folder / name, aside[name])
+    for name, text in texts.items():
+      atomic_files.write_text(folder / name, text, newline='')
+      done.append(name)
+  except BaseException:
+    for name in done:
+      if name in aside:
+        os.replace(aside.pop(name), folder / name)
+      else:
+        (folder / name).unlink(missing_ok=True)
+    raise
+  finally:
+    for path in aside.values():
+      path.unlink(missing_ok=True)
 
 
 def _csv_text(rows: list) -> str:
