@@ -754,6 +754,31 @@ def test_mvtec_ad_bad_input(tmp_path):
   assert leftovers(tmp_path / 'data') == []
 
 
+def test_mvtec_ad_mask_without_its_image_is_one_error_naming_it(tmp_path, capsys):
+  """MVTec AD has an image for every mask: a mask whose image is gone (deleted, renamed) is one
+  error naming the mask and the image it expects, as an image without its mask is (it was a
+  warning, then a count error naming only the folder; a stray extra mask was built without a
+  word but that warning). The folder builder, whose masks are optional, still warns."""
+  manual_dir = tmp_path / 'mvtec'
+  root = write_category(manual_dir, 'toothbrush')
+  gt, images = root / 'ground_truth' / 'defective', root / 'test' / 'defective'
+  (images / '007.png').unlink()
+  cfg = make_cfg('mvtec_ad/toothbrush', manual_dir)
+  with pytest.raises(errors.DataError) as e:
+    mvtec_ad.make_builder(cfg, data_dir=tmp_path / 'data')
+  assert str(e.value) == (f'{gt / "007_mask.png"}: a mask without its image (expected '
+                          f'{images / "007.png"}, or another image extension)')
+  write_image(images / '007.png', np.zeros((12, 16, 3)))
+  shutil.copy(gt / '007_mask.png', gt / '030_mask.png')  # A stray one beside the full set.
+  with pytest.raises(errors.DataError, match=re.escape(f'{gt / "030_mask.png"}: a mask without')):
+    mvtec_ad.make_builder(cfg, data_dir=tmp_path / 'data')
+  assert leftovers(tmp_path / 'data') == []
+  capsys.readouterr()
+  folder.make_builder(make_cfg('folder', root), data_dir=tmp_path / 'data')
+  assert (f'warning: 1 mask(s) without an image are ignored, e.g. {gt / "030_mask.png"}'
+          in capsys.readouterr().err)
+
+
 def test_mvtec_ad_official_counts_total():
   assert sum(c['train/good'] for c in mvtec_ad.OFFICIAL_COUNTS.values()) == 3629
   assert sum(n for c in mvtec_ad.OFFICIAL_COUNTS.values() for k, n in c.items()

@@ -18,7 +18,8 @@ Splits `train` (good only) and `test`, examples as in `features.py`:
 
 Before anything is written, the copy is compared with the official per-folder file counts
 (`OFFICIAL_COUNTS`; `cfg.check_counts = False` builds a partial copy anyway, with a warning), every
-defective image must have its mask, and every file is fully decoded (see `mvtec_layout`).
+defective image must have its mask and every mask its image, and every file is fully decoded (see
+`mvtec_layout`).
 """
 
 import dataclasses
@@ -213,9 +214,10 @@ def validate_category(root: str | os.PathLike, category: str,
   """Scans and fully validates one extracted category folder; nothing is written.
 
   Raises:
-    DataError naming the folder or file: layout problems, a defective image without its mask,
-    a corrupt image, a mask of the wrong size, or (with `check_counts`) a count that differs from
-    `OFFICIAL_COUNTS` (the message lists every short folder and by how many).
+    DataError naming the folder or file: layout problems, a defective image without its mask or
+    a mask without its image, a corrupt image, a mask of the wrong size, or (with `check_counts`)
+    a count that differs from `OFFICIAL_COUNTS` (the message lists every short folder and by how
+    many).
   """
   layout = mvtec_layout.scan_layout(root, masks_required=True)
   problems = count_problems(layout, category)

@@ -132,7 +132,8 @@ def _scan_train(root: pathlib.Path, problems: list[str]) -> tuple[Entry, ...]:
 
 def _scan_defect(root: pathlib.Path, defect: str, names: list[str], masks_required: bool,
                  problems: list[str]) -> tuple[list[Entry], list[str]]:
-  """The entries of test/<defect>/ (images `names`) with their masks, and the unused masks."""
+  """The entries of test/<defect>/ (images `names`) with their masks, and the unused masks (each
+  with the image it would be the mask of)."""
   class_dir, gt_dir = root / TEST / defect, root / GROUND_TRUTH / defect
   if not gt_dir.is_dir():
     if masks_required and names:
@@ -152,11 +153,12 @@ def _scan_defect(root: pathlib.Path, defect: str, names: list[str], masks_requir
     else:
       test.append(Entry(f'{TEST}/{defect}/{name}', defect,
                         f'{GROUND_TRUTH}/{defect}/{masks[stem]}', True))
-  return test, [f'{gt_dir / m}' for s, m in masks.items() if s not in stems]
+  return test, [(gt_dir / m, class_dir / f'{s}.png') for s, m in masks.items() if s not in stems]
 
 
 def _scan_test(root: pathlib.Path, masks_required: bool, problems: list[str]) -> list[Entry]:
-  """The entries of test/<defect_type>/ folders, sorted by path; warns about unused masks."""
+  """The entries of test/<defect_type>/ folders, sorted by path. A mask without its image is a
+  problem when `masks_required` (MVTec AD: its image was deleted or renamed), else a warning."""
   test_dir, gt_root = root / TEST, root / GROUND_TRUTH
   if not test_dir.is_dir():
     raise errors.DataError(f'{test_dir}: {_missing(test_dir)}; test images must be in '
@@ -189,8 +191,12 @@ def _scan_test(root: pathlib.Path, masks_required: bool, problems: list[str]) ->
       if not (test_dir / entry.name).is_dir() or entry.name == GOOD:
         _warn(f'{gt_root / entry.name}: no defective test folder {TEST}/{entry.name}/ for these '
               'masks; ignored')
-  if orphans:
-    _warn(f'{len(orphans)} mask(s) without an image are ignored, e.g. {", ".join(orphans[:3])}')
+  if orphans and masks_required:
+    problems += [f'{mask}: a mask without its image (expected {image}, or another image '
+                 'extension)' for mask, image in orphans]
+  elif orphans:
+    _warn(f'{len(orphans)} mask(s) without an image are ignored, e.g. '
+          f'{", ".join(str(mask) for mask, _ in orphans[:3])}')
   return test
 
 
@@ -199,9 +205,10 @@ def scan_layout(root: str | os.PathLike, *, masks_required: bool) -> Layout:
 
   Args:
     root: the dataset folder holding train/, test/ and optionally ground_truth/.
-    masks_required: every defective test image must have a mask (MVTec AD). When False, a defect
-      type without a ground_truth/<defect> folder gets has_mask False; one WITH that folder must
-      still have a mask for each of its images.
+    masks_required: every defective test image must have a mask, and every mask its image (MVTec
+      AD). When False, a defect type without a ground_truth/<defect> folder gets has_mask False;
+      one WITH that folder must still have a mask for each of its images (a mask without its
+      image is warned of and ignored).
 
   Returns:
     The Layout, entries sorted by path.
@@ -209,7 +216,7 @@ def scan_layout(root: str | os.PathLike, *, masks_required: bool) -> Layout:
   Raises:
     DataError naming the folder or file: missing root, train/good or test; an empty train/good;
     a non-image file, a subfolder or a broken symlink in a class folder; a defective image
-    without its mask.
+    without its mask (or, with `masks_required`, a mask without its image).
   """
   root = image_files.directory(root, 'dataset folder')
   problems = []
