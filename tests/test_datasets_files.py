@@ -731,6 +731,15 @@ def test_mvtec_ad_category_is_found_in_manual_dir(tmp_path):
   assert mvtec_ad.category(None) == mvtec_ad.category('') == ''
 
 
+def test_mvtec_ad_category_is_recognised_past_hidden_folders(tmp_path):
+  """A renamed category folder is recognised by its defect folders; hidden and OS folders in
+  test/ (a notebook's checkpoints, a Mac's __MACOSX), which the builder skips, do not count."""
+  root = write_category(tmp_path, 'toothbrush').rename(tmp_path / 'toothbrush_copy')
+  for hidden in ('.ipynb_checkpoints', '__MACOSX'):
+    (root / 'test' / hidden).mkdir()
+  assert mvtec_ad.find_category(root) == 'toothbrush'
+
+
 def test_mvtec_ad_bad_input(tmp_path):
   manual_dir = tmp_path / 'mvtec'
   root = write_layout(manual_dir / 'grid', masks=False, test={'good': 1, 'bent': 1})

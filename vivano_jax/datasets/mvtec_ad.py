@@ -113,12 +113,13 @@ def category(arg) -> str:
 
 def _identify(folder: pathlib.Path) -> str | None:
   """The category whose folder `folder` (holding train/) is: by its name, else the one category
-  whose official defect folders include all of its test/ folders."""
+  whose official defect folders include all of its test/ folders (hidden ones aside, as the
+  builder skips them)."""
   if folder.name in CATEGORIES:
     return folder.name
   test = folder / mvtec_layout.TEST
-  defects = ({p.name for p in test.iterdir() if p.is_dir()} - {mvtec_layout.GOOD}
-             if test.is_dir() else set())
+  defects = ({p.name for p in test.iterdir() if p.is_dir() and not image_files.is_ignored(p.name)}
+             - {mvtec_layout.GOOD} if test.is_dir() else set())
   matches = [c for c in CATEGORIES
              if defects and defects <= {k.split('/')[1] for k in OFFICIAL_COUNTS[c]}]
   return matches[0] if len(matches) == 1 else None
