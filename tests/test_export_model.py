@@ -484,6 +484,8 @@ def test_a_file_browsers_droppings_do_not_keep_a_model_folder_from_being_replace
                'Thumbs.db'):
     (out / name).write_bytes(b'x')
   assert export_model.check_output(str(out), str(tmp_path / 'run')) == out
-  (out / '.git').mkdir()
-  with pytest.raises(errors.UsageError, match=r'not an exported model alone \(it holds \.git\)'):
-    export_model.check_output(str(out), str(tmp_path / 'run'))
+  for kind in ('folder', 'file'):  # A git worktree's .git is a file: as much someone's.
+    (out / '.git').mkdir() if kind == 'folder' else (out / '.git').write_text('gitdir: /x\n')
+    with pytest.raises(errors.UsageError, match=r'not an exported model alone \(it holds \.git\)'):
+      export_model.check_output(str(out), str(tmp_path / 'run'))
+    (out / '.git').rmdir() if kind == 'folder' else (out / '.git').unlink()

@@ -178,6 +178,27 @@ def test_input_folders_and_globs_name_each_image_once(tmp_path, capsys):
   assert 'file(s) again through links; each file is scored once' in capsys.readouterr().err
 
 
+def test_hidden_and_system_files_among_the_input_images_are_skipped(tmp_path, capsys):
+  """The two rules at their boundary: reading --input skips every hidden name and system folder
+  (image_io.is_ignored), a hidden .x.png too, while only a file browser's own files are no one's
+  data when a folder is replaced (image_io.is_browser_file: .git is someone's)."""
+  from vivano_jax import image_io  # pylint: disable=g-import-not-at-top
+  from vivano_jax import predict  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'in'
+  for name in ('a.png', '.x.png', '__MACOSX/b.png', '.git/c.png', 'sub/.d.png'):
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(folder / name)
+  for name in ('._a.png', 'Thumbs.db', 'desktop.ini', '.DS_Store'):
+    (folder / name).write_bytes(b'not an image')
+  assert predict.find_images(str(folder)) == [folder / 'a.png']
+  assert predict.find_images(f'{folder}/**/*.png') == [folder / 'a.png']
+  assert capsys.readouterr().err == ''  # Skipped without a word.
+  for name in ('.DS_Store', '._a.png', 'Thumbs.db', 'desktop.ini'):
+    assert image_io.is_ignored(name) and image_io.is_browser_file(name), name
+  for name in ('.git', '.gitkeep', '.x.png', '.env', '__MACOSX'):
+    assert image_io.is_ignored(name) and not image_io.is_browser_file(name), name
+
+
 def test_predict_output_keeps_what_it_did_not_write(folder_run, tmp_path, capsys):
   """--output may be the folder holding --input (only predict's own maps/ and overlays/ there
   are not inputs); files of someone else's maps/ are never deleted; a rerun replaces exactly the

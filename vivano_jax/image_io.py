@@ -27,14 +27,24 @@ IGNORED_NAMES = frozenset({'thumbs.db', 'desktop.ini', '__macosx'})  # Compared 
 
 def is_browser_file(name: str) -> bool:
   """True for the files a file browser leaves in a folder it shows (.DS_Store, ._<name>,
-  Thumbs.db, desktop.ini): no one's data or results. Other hidden names (.git) are someone's."""
+  Thumbs.db, desktop.ini).
+
+  The question it answers: may a folder holding this file be deleted, replaced as a whole (vivano
+  export-model --output)? These are no one's data. Any other hidden name (.git, .env, .gitkeep) is
+  someone's, and keeps the folder from being replaced: do not merge this rule with `is_ignored`,
+  which skips every hidden name when reading a folder and deletes nothing."""
   lower = name.lower()
   return lower in ('.ds_store', 'thumbs.db', 'desktop.ini') or name.startswith('._')
 
 
 def is_ignored(name: str) -> bool:
-  """True for hidden files and OS droppings (.DS_Store, ._x, __MACOSX/, Thumbs.db) that never hold
-  data: every reader of image and mask folders skips them."""
+  """True for hidden names (every name starting with '.': .DS_Store, ._x, .git/, .x.png) and OS
+  droppings (__MACOSX/, Thumbs.db, desktop.ini).
+
+  The question it answers: is this entry of a folder being read for images or masks (a dataset,
+  ground_truth/, predict --input) not an image to read? Readers skip it; predict also leaves such
+  a file where it is in its --output's maps/ and overlays/. It never decides what may be deleted:
+  a hidden .git is someone's data (`is_browser_file` answers that question)."""
   return name.startswith('.') or name.lower() in IGNORED_NAMES
 
 

@@ -77,6 +77,18 @@ def _files_under(folder: pathlib.Path, problems: list[str]) -> list[pathlib.Path
   return files
 
 
+def _ignored_below(spec: str, match: str) -> bool:
+  """Whether a name the glob `spec` matched in the path `match` (below the folders it names
+  literally) is hidden or a system file (image_files.is_ignored): '**/*.png' reached into a
+  __MACOSX/ folder, which a folder --input skips as _files_under does."""
+  literal = 0
+  for part in pathlib.Path(spec).parts:
+    if any(c in part for c in '*?['):
+      break
+    literal += 1
+  return any(image_files.is_ignored(part) for part in pathlib.Path(match).parts[literal:])
+
+
 def _check_names(paths: Sequence[pathlib.Path], spec: str) -> None:
   """One DataError listing the paths whose names are not UTF-8 text: predictions.csv could not
   hold them."""
@@ -100,8 +112,7 @@ def find_images(spec: str, exclude: Sequence[str] = ()) -> list[pathlib.Path]:
             f'({", ".join(sorted(image_io.IMAGE_EXTENSIONS))}) and are skipped, e.g. '
             f'{", ".join(others[:3])}', file=sys.stderr)
   else:
-    matches = [p for p in glob.glob(spec, recursive=True)
-               if not image_files.is_ignored(os.path.basename(p))]
+    matches = [p for p in glob.glob(spec, recursive=True) if not _ignored_below(spec, p)]
     problems += [image_files.broken_link(p) for p in sorted(matches)
                  if os.path.islink(p) and not os.path.exists(p)]
     image_files.raise_problems(problems, f'--input={spec}')
@@ -229,7 +240,8 @@ def previous_outputs(output: str) -> list[pathlib.Path]:
   out = pathlib.Path(output)
   folders = [out / d for d in OUTPUT_FOLDERS if (out / d).exists()]
   own = lambda p, d: p.is_file() and re.fullmatch(r'\d{6}_.*' + re.escape(OUTPUT_SUFFIX[d]), p.name)
-  # A file browser's droppings (.DS_Store, Thumbs.db) are no one's results: left where they are.
+  # A file browser's droppings (.DS_Store, Thumbs.db) and other hidden files are no one's results:
+  # left where they are, never deleted (image_io.is_ignored, not is_browser_file).
   dropped = lambda p: p.is_file() and image_io.is_ignored(p.name) and p.parent.parent == out
   foreign = [d for d in folders if not d.is_dir()] or [
       p for d in folders for p in sorted(d.rglob('*')) if not own(p, d.name) and not dropped(p)]
