@@ -740,6 +740,37 @@ def test_mvtec_ad_category_is_recognised_past_hidden_folders(tmp_path):
   assert mvtec_ad.find_category(root) == 'toothbrush'
 
 
+def test_a_product_of_ones_own_in_the_mvtec_layout_is_pointed_to_the_folder_builder(tmp_path):
+  """configs/mvtec_ad.py on a folder of another product in MVTec AD's layout: the errors say how to
+  read it (dataset.name=folder). Named as a category, such a folder (or a renamed copy too partial
+  to be recognised) is checked as that category's copy, not called 'another category (unknown)'."""
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  root = write_layout(tmp_path / 'widget', test={'good': 1, 'crack': 1, 'scratch': 1})
+  config = load_config('mvtec_ad')
+  config.dataset.manual_dir = str(root)  # crack and scratch: capsule's and pill's defects alike.
+  with pytest.raises(errors.UsageError, match=re.escape(
+      'e.g. --config=configs/mvtec_ad.py:bottle, or read a product of your own in this layout '
+      'with --config.dataset.name=folder')):
+    datasets.resolve_config(config)
+  with pytest.raises(errors.DataError) as e:
+    mvtec_ad.make_builder(make_cfg('mvtec_ad/capsule', root), data_dir=tmp_path / 'data')
+  assert f'{root / "test/squeeze"}: 20 image(s) short (0 of 20)' in str(e.value)
+  assert ('set dataset.check_counts = False to build from an incomplete copy anyway; if it is not '
+          'a copy of MVTec AD capsule, read a product of your own in this layout with '
+          '--config.dataset.name=folder') in str(e.value)
+  # A generic defect name that is one category's alone ('defective': toothbrush) is taken for it.
+  (root / 'test' / 'crack').rename(root / 'test' / 'defective')
+  (root / 'ground_truth' / 'crack').rename(root / 'ground_truth' / 'defective')
+  shutil.rmtree(root / 'test' / 'scratch')
+  shutil.rmtree(root / 'ground_truth' / 'scratch')
+  config.dataset.name = 'mvtec_ad'
+  datasets.resolve_config(config)
+  assert config.dataset.name == 'mvtec_ad/toothbrush'
+  with pytest.raises(errors.DataError, match='not a copy of MVTec AD toothbrush, read a product'):
+    mvtec_ad.make_builder(config.dataset, data_dir=tmp_path / 'data')
+  assert leftovers(tmp_path / 'data') == []
+
+
 def test_mvtec_ad_bad_input(tmp_path):
   manual_dir = tmp_path / 'mvtec'
   root = write_layout(manual_dir / 'grid', masks=False, test={'good': 1, 'bent': 1})

@@ -125,6 +125,10 @@ def _identify(folder: pathlib.Path) -> str | None:
   return matches[0] if len(matches) == 1 else None
 
 
+# A folder in this layout that is not a copy of an MVTec AD category is read by the folder builder.
+OWN_PRODUCT = 'read a product of your own in this layout with --config.dataset.name=folder'
+
+
 def find_category(manual_dir: pathlib.Path) -> str:
   """The category in `manual_dir` when the config names none: manual_dir is one category's folder
   (named after it, or recognised by its defect folders), or holds exactly one category folder."""
@@ -134,7 +138,7 @@ def find_category(manual_dir: pathlib.Path) -> str:
       raise errors.UsageError(
           f'dataset.manual_dir={manual_dir} holds train/, but neither its name nor its test/ '
           'folders are those of an MVTec AD category: name the category in the config argument, '
-          'e.g. --config=configs/mvtec_ad.py:bottle')
+          f'e.g. --config=configs/mvtec_ad.py:bottle, or {OWN_PRODUCT}')
     return found
   present = [c for c in CATEGORIES if (manual_dir / c).is_dir()]
   if len(present) > 1:
@@ -149,9 +153,11 @@ def find_category(manual_dir: pathlib.Path) -> str:
 
 
 def category_root(manual_dir: pathlib.Path, category: str) -> pathlib.Path:
-  """`category`'s folder: manual_dir/<category>, or manual_dir itself when it is that folder."""
+  """`category`'s folder: manual_dir/<category>, or manual_dir itself when it holds train/ and is
+  not recognised as another category's (the count check then says how it differs from this one's:
+  a renamed copy that lacks a defect folder is recognised as none)."""
   if (not (manual_dir / category).is_dir() and (manual_dir / mvtec_layout.TRAIN).is_dir()
-      and _identify(manual_dir) == category):
+      and _identify(manual_dir) in (category, None)):
     return manual_dir
   return manual_dir / category
 
@@ -224,9 +230,11 @@ def validate_category(root: str | os.PathLike, category: str,
   problems = count_problems(layout, category)
   if problems and check_counts:
     total, expected = sum(layout.counts().values()), sum(OFFICIAL_COUNTS[category].values())
+    own = (f'; if it is not a copy of MVTec AD {category}, {OWN_PRODUCT}'
+           if layout.root.name != category else '')  # Taken for it by its defect folders.
     image_files.raise_problems(
         problems + [f'{total} of the official {expected} images found; set dataset.check_counts = '
-                    'False to build from an incomplete copy anyway'],
+                    f'False to build from an incomplete copy anyway{own}'],
         f'mvtec_ad/{category} (file counts differ from the official release)')
   for problem in problems:
     logging.warning('mvtec_ad/%s: %s', category, problem)
@@ -298,7 +306,7 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
   if not root.is_dir():
     hint = f'dataset.manual_dir must be {EXPECTED}, or the category\'s own folder'
     if (manual_dir / mvtec_layout.TRAIN).is_dir():
-      other = _identify(manual_dir) or 'unknown'
+      other = _identify(manual_dir)  # Another category's: else root is manual_dir.
       hint = (f'{manual_dir} is the folder of another category ({other}): dataset.manual_dir '
               f"must be the folder holding the category folders, or {category}'s own folder")
     raise errors.DataError(f'{root}: missing category folder; {hint}.')
