@@ -740,6 +740,19 @@ def test_mvtec_ad_category_is_recognised_past_hidden_folders(tmp_path):
   assert mvtec_ad.find_category(root) == 'toothbrush'
 
 
+def test_mvtec_ad_category_given_as_the_dataset_name_gets_its_augmentation(tmp_path):
+  """configs/mvtec_ad.py leaves dataset.augment to the category; given as
+  --config.dataset.name=mvtec_ad/screw instead of the config's argument, screw was trained with
+  no quarter turns (the fields stayed None) and scored without its test-time views."""
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config('mvtec_ad')
+  config.dataset.name, config.dataset.manual_dir = 'mvtec_ad/screw', str(tmp_path)
+  config.dataset.augment.hflip = True  # Given: kept.
+  datasets.resolve_config(config)
+  assert config.dataset.name == 'mvtec_ad/screw'
+  assert config.dataset.augment.to_dict() == dict(hflip=True, vflip=False, rot90=True)
+
+
 def test_a_product_of_ones_own_in_the_mvtec_layout_is_pointed_to_the_folder_builder(tmp_path):
   """configs/mvtec_ad.py on a folder of another product in MVTec AD's layout: the errors say how to
   read it (dataset.name=folder). Named as a category, such a folder (or a renamed copy too partial

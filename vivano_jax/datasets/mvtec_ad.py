@@ -164,16 +164,16 @@ def category_root(manual_dir: pathlib.Path, category: str) -> pathlib.Path:
 
 def resolve_config(config) -> None:
   """Names the category of a config that leaves it to the data (`configs/mvtec_ad.py` without an
-  argument: dataset.name 'mvtec_ad'), in place: dataset.name becomes 'mvtec_ad/<category>' and
-  each dataset.augment field still None takes the category's `AUGMENT` value."""
-  if config.dataset.name != 'mvtec_ad':
-    return
-  name = find_category(builder_lib.manual_root(config.dataset, EXPECTED))
-  config.dataset.name = f'mvtec_ad/{name}'
-  for field, value in AUGMENT[name].items():
+  argument: dataset.name 'mvtec_ad'), in place: dataset.name becomes 'mvtec_ad/<category>'. Each
+  dataset.augment field still None then takes the category's `AUGMENT` value, also when the
+  category came as --config.dataset.name=mvtec_ad/<category> (it was trained with none)."""
+  if config.dataset.name == 'mvtec_ad':
+    found = find_category(builder_lib.manual_root(config.dataset, EXPECTED))
+    config.dataset.name = f'mvtec_ad/{found}'
+    logging.info('MVTec AD category %r, found in dataset.manual_dir', found)
+  for field, value in AUGMENT.get(config.dataset.name.split('/', 1)[-1], {}).items():
     if config.dataset.augment.get(field) is None:
       config.dataset.augment[field] = value
-  logging.info('MVTec AD category %r, found in dataset.manual_dir', name)
 
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
