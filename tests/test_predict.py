@@ -199,6 +199,35 @@ def test_hidden_and_system_files_among_the_input_images_are_skipped(tmp_path, ca
     assert image_io.is_ignored(name) and not image_io.is_browser_file(name), name
 
 
+def test_predict_at_another_checkpoint_than_its_thresholds_is_refused(folder_run, tmp_path,
+                                                                      capsys):
+  """thresholds.json holds the threshold chosen for the scores of one checkpoint (step 10 here):
+  predict --step=5 warned, then decided step 5's scores by it, a wrong answer. predict has no mode
+  that scores without deciding, so it is refused."""
+  from vivano_jax import cli  # pylint: disable=g-import-not-at-top
+  run, image, out = tmp_path / 'run', tmp_path / 'a.png', tmp_path / 'out'
+  shutil.copytree(folder_run, run)
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+  path = run / 'thresholds.json'
+  argv = ['vivano', 'predict', f'--workdir={run}', f'--input={image}', f'--output={out}']
+  assert cli.main([*argv, '--step=5']) == errors.EXIT_USAGE
+  assert capsys.readouterr().err == (
+      f'error: --step=5: {path} was chosen at checkpoint step 10 and decides the scores of that '
+      f'checkpoint only; export step 5 first (vivano export --workdir={run} --step=5) or drop '
+      '--step\n')
+  assert not out.exists()
+  # Exported at step 5 (vivano export --step=5): the latest checkpoint, step 10, is refused alike.
+  path.write_text(json.dumps(json.loads(path.read_text()) | {'checkpoint_step': 5}))
+  assert cli.main(argv) == errors.EXIT_DATA
+  assert capsys.readouterr().err == (
+      f'error: {path} was chosen at checkpoint step 5, but the latest checkpoint is step 10, whose '
+      f'scores it does not decide; export step 10 (vivano export --workdir={run}) or give '
+      '--step=5\n')
+  assert not out.exists()
+  assert cli.main([*argv, '--step=5']) == 0
+  assert 'checkpoint step 5' in capsys.readouterr().out and (out / 'predictions.csv').is_file()
+
+
 def test_predict_output_keeps_what_it_did_not_write(folder_run, tmp_path, capsys):
   """--output may be the folder holding --input (only predict's own maps/ and overlays/ there
   are not inputs); files of someone else's maps/ are never deleted; a rerun replaces exactly the

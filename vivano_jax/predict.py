@@ -15,7 +15,8 @@ input pipeline and the scorer (scorer.py), batched and sharded over all devices 
 up to a multiple of the device count, the last one padded). The run's config comes from
 RUN/config.json (fields added to the code since then take their defaults), its checkpoint from
 RUN/checkpoints and the threshold, score statistics and heatmap colour scale from
-RUN/thresholds.json (written by the export).
+RUN/thresholds.json (written by the export), which decides the scores of the checkpoint it was
+chosen at only: --step (default the latest checkpoint) must be that step.
 
 --model scores with a folder written by `vivano export-model` (serving/model_dir.py): images are
 converted and resized in numpy as training does (serving/preprocess.py) and, for a model with
@@ -46,6 +47,7 @@ from vivano_jax import errors
 from vivano_jax import export_format
 from vivano_jax import image_io
 from vivano_jax import overlays
+from vivano_jax import thresholds as thresholds_lib
 from vivano_jax.datasets import image_files
 from vivano_jax.serving import model_dir
 from vivano_jax.serving import preprocess
@@ -158,8 +160,37 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   [H_i, W_i] at native size), 'images' (n uint8 [H_i, W_i, C_i]), 'anomalous' [n] bool,
   'thresholds' (the thresholds.json record), 'checkpoint_step', 'scored_by' (a line for people)}.
   """
+  check_thresholds_step(workdir, step)
   from vivano_jax.serving import from_checkpoint  # pylint: disable=g-import-not-at-top  (JAX)
   return from_checkpoint.predict(workdir, paths, step, batch_size, warn_tiny)
+
+
+def check_thresholds_step(workdir: str, step: Optional[int]) -> None:
+  """The checkpoint predict scores with (`step`, default the latest) must be the one the run's
+  thresholds.json was chosen at: its threshold decides the scores of that checkpoint only (another
+  one scores on another scale). A UsageError (--step given) or DataError naming the file, both
+  steps and the export to run. A step that is no checkpoint, and a missing or corrupt
+  thresholds.json, are left to the restore to name, in its order."""
+  from vivano_jax import checkpoints  # pylint: disable=g-import-not-at-top  (JAX, Orbax)
+  folder = checkpoints.directory(workdir)
+  steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+  used = steps[-1] if step is None and steps else step
+  path = pathlib.Path(workdir, thresholds_lib.FILENAME)  # As thresholds_lib.load finds it.
+  path = path if path.is_file() else pathlib.Path(workdir, 'export', thresholds_lib.FILENAME)
+  try:
+    chosen = thresholds_lib.load(workdir).get('checkpoint_step')
+  except errors.DataError:
+    return
+  if used not in steps or chosen is None or chosen == used:
+    return
+  if step is not None:
+    raise errors.UsageError(f'--step={step}: {path} was chosen at checkpoint step {chosen} and '
+                            'decides the scores of that checkpoint only; export step '
+                            f'{step} first (vivano export --workdir={workdir} --step={step}) or '
+                            'drop --step')
+  raise errors.DataError(f'{path} was chosen at checkpoint step {chosen}, but the latest '
+                         f'checkpoint is step {used}, whose scores it does not decide; export step '
+                         f'{used} (vivano export --workdir={workdir}) or give --step={chosen}')
 
 
 def predict_with_model(model: model_dir.ExportedModel, paths: list[pathlib.Path],
@@ -307,8 +338,8 @@ def define_flags(fv: flags.FlagValues) -> None:
                       flag_values=fv)
   flags.DEFINE_string('output', None, 'Folder for maps/, overlays/ and predictions.csv.',
                       flag_values=fv)
-  flags.DEFINE_integer('step', None, 'Checkpoint step, with --workdir (default: the latest).',
-                       flag_values=fv)
+  flags.DEFINE_integer('step', None, 'Checkpoint step, with --workdir (default: the latest); '
+                       'the step thresholds.json was chosen at.', flag_values=fv)
   flags.DEFINE_integer('batch_size', None, 'Images per batch; with --workdir rounded up to a '
                        'multiple of the device count (default: the run\'s '
                        'train.eval_batch_size).', flag_values=fv)
