@@ -753,6 +753,25 @@ def test_mvtec_ad_category_given_as_the_dataset_name_gets_its_augmentation(tmp_p
   assert config.dataset.augment.to_dict() == dict(hflip=True, vflip=False, rot90=True)
 
 
+def test_mvtec_ad_config_on_another_dataset_says_it_augments_nothing(tmp_path, capsys):
+  """configs/mvtec_ad.py read through the folder builder (a product of one's own, as its errors
+  advise) has no category to take dataset.augment from: the fields stay unset (off), as before,
+  and the console says so (it said nothing)."""
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config('mvtec_ad')
+  config.dataset.name, config.dataset.manual_dir = 'folder', str(tmp_path)
+  config.dataset.augment.rot90 = True  # Given: not named.
+  datasets.resolve_config(config)
+  assert config.dataset.augment.to_dict() == dict(hflip=None, vflip=None, rot90=True)
+  assert capsys.readouterr().err == (
+      "warning: dataset 'folder' has no MVTec AD category to take dataset.augment.hflip, vflip "
+      'from: off in training; set --config.dataset.augment.<field>=True for each flip or turn '
+      'under which the product still looks normal\n')
+  config.dataset.name = 'mvtec_ad/toothbrush'  # A category's fills them, without a word.
+  datasets.resolve_config(config)
+  assert capsys.readouterr().err == '' and None not in config.dataset.augment.values()
+
+
 def test_a_product_of_ones_own_in_the_mvtec_layout_is_pointed_to_the_folder_builder(tmp_path):
   """configs/mvtec_ad.py on a folder of another product in MVTec AD's layout: the errors say how to
   read it (dataset.name=folder). Named as a category, such a folder (or a renamed copy too partial

@@ -16,9 +16,11 @@ import contextlib
 import importlib
 import os
 import shutil
+import sys
 import tempfile
 from typing import TYPE_CHECKING
 
+from vivano_jax import console
 from vivano_jax import errors
 
 if TYPE_CHECKING:  # Each builder module imports tfds itself: image_files alone needs neither.
@@ -72,8 +74,9 @@ def _scratch_tempdir():
 
 def resolve_config(config: 'ml_collections.ConfigDict') -> None:
   """Fills in, in place, what a config leaves to the data: the MVTec AD category of
-  `configs/mvtec_ad.py` without an argument, found in dataset.manual_dir (with its augmentation).
-  Other datasets are left as they are. A relative dataset.manual_dir or data_dir becomes absolute:
+  `configs/mvtec_ad.py` without an argument, found in dataset.manual_dir (with its augmentation);
+  augmentation it leaves unset on another dataset is warned of (off). Other datasets are left as
+  they are. A relative dataset.manual_dir or data_dir becomes absolute:
   config.json must name the same folders from any working directory (an export run elsewhere
   would read another folder of that name). Runs before anything of the run is written."""
   for field in ('manual_dir', 'data_dir'):
@@ -89,3 +92,18 @@ def resolve_config(config: 'ml_collections.ConfigDict') -> None:
   resolve = getattr(importlib.import_module(module), 'resolve_config', None) if module else None
   if resolve is not None:
     resolve(config)
+  _warn_unset_augmentation(config)
+
+
+def _warn_unset_augmentation(config: 'ml_collections.ConfigDict') -> None:
+  """configs/mvtec_ad.py leaves dataset.augment to the MVTec AD category; another dataset (a
+  product of one's own: dataset.name=folder) has none to give. The fields left None are off, in
+  training and in the test-time views, and stay None (a run's config.json holds them so, and its
+  reruns and exports are compared with it); the console says so, and how to turn them on."""
+  augment = config.dataset.get('augment') or {}
+  unset = [field for field, value in augment.items() if value is None]
+  if unset:
+    console.say(f'warning: dataset {config.dataset.name!r} has no MVTec AD category to take '
+                f'dataset.augment.{", ".join(unset)} from: off in training; set '
+                '--config.dataset.augment.<field>=True for each flip or turn under which the '
+                'product still looks normal', sys.stderr)
