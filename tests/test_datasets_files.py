@@ -803,6 +803,71 @@ def test_a_product_of_ones_own_in_the_mvtec_layout_is_pointed_to_the_folder_buil
   assert leftovers(tmp_path / 'data') == []
 
 
+def test_mvtec_ad_as_extracted_on_a_mac(tmp_path):
+  """The archive's root keeps license.txt, readme.txt and the .tar.xz beside the categories; a Mac
+  adds .DS_Store, AppleDouble ._<name> files beside every file and folder, and __MACOSX/: none is
+  read or refused, with the category named or found."""
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  manual_dir = tmp_path / 'mvtec_anomaly_detection'
+  root = write_category(manual_dir, 'toothbrush')
+  for name, data in (('license.txt', b'CC BY-NC-SA 4.0'), ('readme.txt', b'MVTec AD'),
+                     ('mvtec_anomaly_detection.tar.xz', b'\xfd7zXZ\0'), ('.DS_Store', b'Bud1')):
+    (manual_dir / name).write_bytes(data)
+  (root / 'license.txt').write_text('CC BY-NC-SA 4.0')  # A single category's archive has them.
+  (manual_dir / '__MACOSX' / 'toothbrush' / 'train').mkdir(parents=True)
+  (manual_dir / '__MACOSX' / 'toothbrush' / 'train' / '._good').write_bytes(b'\0\5\26\7')
+  for folder_path in [root, *root.rglob('*')]:
+    if folder_path.is_dir():
+      (folder_path / '.DS_Store').write_bytes(b'Bud1')
+      for entry in list(folder_path.iterdir()):
+        if not entry.name.startswith('.'):
+          (folder_path / f'._{entry.name}').write_bytes(b'\0\5\26\7')  # AppleDouble.
+  config = load_config('mvtec_ad')
+  config.dataset.manual_dir = str(manual_dir)
+  datasets.resolve_config(config)
+  assert config.dataset.name == 'mvtec_ad/toothbrush'
+  builder = mvtec_ad.make_builder(make_cfg('mvtec_ad/toothbrush', manual_dir),
+                                  data_dir=tmp_path / 'data')
+  names = [e['filename'] for s in ('train', 'test') for e in load_split(builder, s)]
+  assert len(names) == 102 and not [n for n in names if '/.' in n or 'MACOSX' in n]
+
+
+def test_mvtec_ad_reads_the_pixel_formats_a_copy_may_hold(tmp_path):
+  """Images saved as RGBA, palette or gray in a color category are read as their RGB pixels;
+  masks of values 0/1 or 0/254, or 1-bit, as their nonzero pixels (as numpy reads them)."""
+  manual_dir = tmp_path / 'mvtec'
+  root = write_layout(manual_dir / 'toothbrush', rgb=True, size=(12, 16),
+                      test={'good': 1, 'defective': 3})
+  rng = np.random.default_rng(3)
+  rgb = rng.integers(0, 256, (12, 16, 3)).astype(np.uint8)
+  alpha = rng.integers(0, 256, (12, 16, 1)).astype(np.uint8)
+  good = root / 'train' / 'good'
+  write_image(good / '000.png', np.concatenate([rgb, alpha], -1))  # RGBA: alpha is dropped.
+  palette = rng.integers(0, 256, (256, 3)).astype(np.uint8)
+  indices = rng.integers(0, 256, (12, 16)).astype(np.uint8)
+  indexed = Image.fromarray(indices, 'P')
+  indexed.putpalette(palette.ravel().tolist())
+  indexed.save(good / '001.png')
+  write_image(good / '002.png', rgb[..., 0])  # Gray: copied into the three channels.
+  expected_images = {'000.png': rgb, '001.png': palette[indices],
+                     '002.png': np.repeat(rgb[..., :1], 3, -1)}
+  drawn = rng.random((12, 16)) < 0.3
+  gt = root / 'ground_truth' / 'defective'
+  write_image(gt / '000_mask.png', drawn * 1)
+  write_image(gt / '001_mask.png', drawn * 254)
+  Image.fromarray(drawn).convert('1').save(gt / '002_mask.png')
+  with Image.open(gt / '002_mask.png') as image:
+    assert image.mode == '1'
+  builder = mvtec_ad.make_builder(make_cfg('mvtec_ad/toothbrush', manual_dir, check_counts=False),
+                                  data_dir=tmp_path / 'data')
+  train = {e['filename']: e['image'] for e in load_split(builder, 'train')}
+  for name, expected in expected_images.items():
+    np.testing.assert_array_equal(train[f'train/good/{name}'], expected, err_msg=name)
+  test = {e['filename']: e['mask'] for e in load_split(builder, 'test')}
+  for i in range(3):
+    np.testing.assert_array_equal(test[f'test/defective/{i:03d}.png'][..., 0], drawn)
+
+
 def test_mvtec_ad_bad_input(tmp_path):
   manual_dir = tmp_path / 'mvtec'
   root = write_layout(manual_dir / 'grid', masks=False, test={'good': 1, 'bent': 1})
