@@ -261,11 +261,11 @@ def validate_images(layout: Layout) -> int:
   for e in entries:
     image, mask = layout.root / e.relpath, e.mask_relpath and layout.root / e.mask_relpath
     if mask and image in info and mask in info and info[image][0] != info[mask][0]:
-      turned = info[image][0] == info[mask][0][::-1]
+      turned = (' as shown (images and masks are read turned by their EXIF orientation tag: draw '
+                'the mask on the image as a viewer shows it)'
+                if info[image][0] == info[mask][0][::-1] else '')
       problems.append(f'{mask}: mask size {info[mask][0]} (width, height) differs from its image '
-                      f'{image} of size {info[image][0]}' + (
-                          ' as shown (images and masks are read turned by their EXIF orientation '
-                          'tag: draw the mask on the image as a viewer shows it)' if turned else ''))
+                      f'{image} of size {info[image][0]}{turned}')
   image_files.raise_problems(problems, layout.root)
   return 1 if all(info[layout.root / e.relpath][1] == 1 for e in entries) else 3
 
