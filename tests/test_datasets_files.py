@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from vivano_jax import config_files  # noqa: E402
 from vivano_jax import datasets  # noqa: E402
 from vivano_jax import errors  # noqa: E402
 from vivano_jax import image_io  # noqa: E402
@@ -34,7 +35,8 @@ from vivano_jax.datasets import one_class_sources  # noqa: E402
 
 tf.config.set_visible_devices([], 'GPU')
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / 'shared' / 'data'
 needs_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(),
     reason=f'real test data not found at {SHARED_DATA} (only present on the project machines)')
@@ -674,6 +676,19 @@ def test_mvtec_ad_incomplete_copy_lists_short_folders(tmp_path):
   assert f'{root / "test/contamination"}: 19 image(s) short (2 of 21)' in message
   assert '6 of the official 292 images found' in message and 'check_counts' in message
   assert leftovers(tmp_path / 'data') == []
+
+
+def test_the_count_check_the_error_advises_can_be_turned_off_from_the_command_line(tmp_path):
+  """The count error says "set dataset.check_counts = False": configs/mvtec_ad.py takes it as
+  `--config.dataset.check_counts=False` (it was "no such config field")."""
+  manual_dir = tmp_path / 'mvtec'
+  write_layout(manual_dir / 'bottle', train=2, rgb=True, test={'good': 1, 'broken_large': 1})
+  config = config_files.load_config(REPO / 'configs' / 'mvtec_ad.py', 'bottle')
+  assert config.dataset.check_counts is True
+  config_files.apply_overrides(config, {'dataset.manual_dir': str(manual_dir),
+                                        'dataset.check_counts': 'False'})
+  builder = mvtec_ad.make_builder(config.dataset, data_dir=tmp_path / 'data')
+  assert len(load_split(builder, 'train')) == 2 and len(load_split(builder, 'test')) == 2
 
 
 def test_mvtec_ad_grayscale_category_without_count_check(tmp_path):

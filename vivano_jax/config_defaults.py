@@ -39,6 +39,9 @@ def _dataset() -> ml_collections.ConfigDict:
   # (float32 at the model size); else they are decoded per sample.
   c.cache_max_mib = 2048
   c.augment = ml_collections.ConfigDict(dict(hflip=True, vflip=True, rot90=True))
+  # mvtec_ad: refuse a copy whose file counts differ from the official ones (False builds it
+  # anyway, with a warning per short folder).
+  c.check_counts = True
   return c
 
 
