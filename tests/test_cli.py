@@ -298,7 +298,7 @@ def test_every_subcommand_succeeds(capsys, folder_run, tmp_path, tfds_dir):
   code, out, err = _call(capsys, 'report', f'--workdir={run}')
   assert code == 0 and out.strip().endswith('index.html'), err
   images = sorted((folder_run.parent / 'folder' / 'test' / 'spot').iterdir())[:2]
-  code, out, err = _call(capsys, 'predict', f'--workdir={run}', f'--input={images[0]}',
+  code, out, err = _call(capsys, 'predict', f'--workdir={folder_run}', f'--input={images[0]}',
                          f'--output={tmp_path / "pred"}')
   assert code == 0 and (tmp_path / 'pred' / 'predictions.csv').is_file(), err
   code, out, err = _call(capsys, 'export', f'--workdir={run}', '--step=5', '--verbosity=1')

@@ -26,15 +26,8 @@ MAGNETIC_TILE = SHARED_DATA / 'magnetic_tile'
 
 
 @pytest.fixture
-def folder_run(tmp_path_factory, tfds_dir, tmp_path):
-  """A copy of the session's folder run, beside a link to its image folder: predict --workdir
-  holds the run's lock, which tests on other workers (export-model, report) take on the shared
-  run."""
-  shared = trained_folder_run(tmp_path_factory, tfds_dir)
-  copy = tmp_path / 'runs' / shared.name
-  shutil.copytree(shared, copy)
-  (copy.parent / 'folder').symlink_to(shared.parent / 'folder')
-  return copy
+def folder_run(tmp_path_factory, tfds_dir):
+  return trained_folder_run(tmp_path_factory, tfds_dir)
 
 
 @pytest.mark.skipif(not MAGNETIC_TILE.is_dir(),
@@ -212,7 +205,8 @@ def test_predict_at_another_checkpoint_than_its_thresholds_is_refused(folder_run
   predict --step=5 warned, then decided step 5's scores by it, a wrong answer. predict has no mode
   that scores without deciding, so it is refused."""
   from vivano_jax import cli  # pylint: disable=g-import-not-at-top
-  run, image, out = folder_run, tmp_path / 'a.png', tmp_path / 'out'  # The test's own copy.
+  run, image, out = tmp_path / 'run', tmp_path / 'a.png', tmp_path / 'out'
+  shutil.copytree(folder_run, run)
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
   path = run / 'thresholds.json'
   argv = ['vivano', 'predict', f'--workdir={run}', f'--input={image}', f'--output={out}']

@@ -16,8 +16,7 @@ up to a multiple of the device count, the last one padded). The run's config com
 RUN/config.json (fields added to the code since then take their defaults), its checkpoint from
 RUN/checkpoints and the threshold, score statistics and heatmap colour scale from
 RUN/thresholds.json (written by the export), which decides the scores of the checkpoint it was
-chosen at only: --step (default the latest checkpoint) must be that step. The run's lock
-(workdir_lock.py) is held meanwhile, as export-model holds it (a read-only copy is read as it is).
+chosen at only: --step (default the latest checkpoint) must be that step.
 
 --model scores with a folder written by `vivano export-model` (serving/model_dir.py): images are
 converted and resized in numpy as training does (serving/preprocess.py) and, for a model with
@@ -49,7 +48,6 @@ from vivano_jax import export_format
 from vivano_jax import image_io
 from vivano_jax import overlays
 from vivano_jax import thresholds as thresholds_lib
-from vivano_jax import workdir_lock
 from vivano_jax.datasets import image_files
 from vivano_jax.serving import model_dir
 from vivano_jax.serving import preprocess
@@ -168,10 +166,11 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
 
 
 def check_thresholds_step(workdir: str, step: Optional[int]) -> None:
-  """The checkpoint predict scores with (`step`, default the latest) must be the one thresholds.json
-  was chosen at: its threshold decides that checkpoint's scores only. A UsageError (--step given)
-  or DataError naming the file, both steps and the export to run; a step that is no checkpoint and
-  a missing or corrupt thresholds.json are left to the restore to name, in its order."""
+  """The checkpoint predict scores with (`step`, default the latest) must be the one the run's
+  thresholds.json was chosen at: its threshold decides the scores of that checkpoint only (another
+  one scores on another scale). A UsageError (--step given) or DataError naming the file, both
+  steps and the export to run. A step that is no checkpoint, and a missing or corrupt
+  thresholds.json, are left to the restore to name, in its order."""
   from vivano_jax import checkpoints  # pylint: disable=g-import-not-at-top  (JAX, Orbax)
   folder = checkpoints.directory(workdir)
   steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
@@ -347,27 +346,6 @@ def define_flags(fv: flags.FlagValues) -> None:
   flags.mark_flags_as_required(['input', 'output'], flag_values=fv)
 
 
-def _score_and_write(fv: flags.FlagValues, model: Optional[model_dir.ExportedModel],
-                     paths: list[pathlib.Path]) -> tuple[dict[str, Any], str]:
-  """The images scored, decided and written to --output; the result and predictions.csv's path.
-  A failure leaves no output folder this call made."""
-  created = not os.path.isdir(fv.output)
-  check_writable(fv.output)
-  stale = previous_outputs(fv.output)  # Refused before scoring when they are someone else's.
-  try:
-    if model is not None:
-      result = predict_with_model(model, paths, fv.batch_size)
-    else:
-      result = predict(fv.workdir, paths, fv.step, fv.batch_size)
-    check_finite(paths, result)
-    csv_path = write_predictions(fv.output, paths, result, stale)
-  except BaseException:
-    if created and not any(os.scandir(fv.output)):
-      os.rmdir(fv.output)  # Nothing written: no empty output folder left behind.
-    raise
-  return result, csv_path
-
-
 def run(fv: flags.FlagValues) -> None:
   if (fv.workdir is None) == (fv.model is None):
     raise errors.UsageError('give one of --workdir (a trained run) and --model (an exported '
@@ -384,10 +362,20 @@ def run(fv: flags.FlagValues) -> None:
   # Not this command's own earlier outputs (its maps and overlays under --output).
   paths = find_images(fv.input, exclude=[os.path.join(fv.output, d) for d in OUTPUT_FOLDERS])
   check_not_an_export(fv.output, fv.workdir)
-  # Not while another command rewrites the run (its export/, thresholds.json, checkpoints).
-  with (workdir_lock.lock(fv.workdir, reads_only=True) if fv.workdir is not None
-        else contextlib.nullcontext()):
-    result, csv_path = _score_and_write(fv, model, paths)
+  created = not os.path.isdir(fv.output)
+  check_writable(fv.output)
+  stale = previous_outputs(fv.output)  # Refused before scoring when they are someone else's.
+  try:
+    if model is not None:
+      result = predict_with_model(model, paths, fv.batch_size)
+    else:
+      result = predict(fv.workdir, paths, fv.step, fv.batch_size)
+    check_finite(paths, result)
+    csv_path = write_predictions(fv.output, paths, result, stale)
+  except BaseException:
+    if created and not any(os.scandir(fv.output)):
+      os.rmdir(fv.output)  # Nothing written: no empty output folder left behind.
+    raise
   t = result['thresholds']
   print(f"threshold {t['threshold']:.6g} ({t['chosen']}, {t['rule']}), {result['scored_by']}")
   for path, score, bad in zip(paths, result['scores'], result['anomalous']):
