@@ -175,8 +175,7 @@ def check_thresholds_step(workdir: str, step: Optional[int]) -> None:
   folder = checkpoints.directory(workdir)
   steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
   used = steps[-1] if step is None and steps else step
-  path = pathlib.Path(workdir, thresholds_lib.FILENAME)  # As thresholds_lib.load finds it.
-  path = path if path.is_file() else pathlib.Path(workdir, 'export', thresholds_lib.FILENAME)
+  path = thresholds_lib.path_of(workdir)
   try:
     chosen = thresholds_lib.load(workdir).get('checkpoint_step')
   except errors.DataError:

@@ -112,12 +112,16 @@ def is_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
   return np.asarray(scores) >= threshold
 
 
+def path_of(workdir: str) -> str:
+  """Where a run's thresholds are read from: WORKDIR/thresholds.json (the export's copy, which a
+  user may edit to move the decision threshold), else WORKDIR/export/thresholds.json."""
+  own = os.path.join(workdir, FILENAME)
+  return own if os.path.isfile(own) else os.path.join(workdir, 'export', FILENAME)
+
+
 def load(workdir: str) -> dict[str, Any]:
-  """The thresholds saved with a run: WORKDIR/thresholds.json (the export's copy, which a user may
-  edit to move the decision threshold), else WORKDIR/export/thresholds.json."""
-  path = os.path.join(workdir, FILENAME)
-  if not os.path.isfile(path):
-    path = os.path.join(workdir, 'export', FILENAME)
+  """The thresholds saved with a run, from `path_of(workdir)`."""
+  path = path_of(workdir)
   if not os.path.isfile(path):
     raise errors.DataError(f'{path} does not exist: the run has no thresholds yet; export it '
                            f'first (vivano export --workdir={workdir})')
