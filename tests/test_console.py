@@ -1,6 +1,8 @@
 """What a run prints: the progress bar's figures against a hand-computed case, its line cadence,
 and stage lines with their durations."""
 
+import asyncio
+import gc
 import io
 import logging
 import sys
@@ -97,6 +99,43 @@ def test_unraisable_exceptions_go_to_the_log_file_at_verbosity_0(tmp_path, capfd
     assert 'Exception ignored' in err and 'RuntimeError: Event loop is closed' in err
   finally:
     sys.unraisablehook, handlers, level, console._router = old  # pylint: disable=protected-access
+    for h in list(root.handlers):
+      root.removeHandler(h)
+    for h in handlers:
+      root.addHandler(h)
+    root.setLevel(level)
+
+
+def test_abandoned_futures_go_to_the_log_file_at_verbosity_0(tmp_path, capfd):
+  """asyncio logs a future collected with its exception unread (Orbax's other reads of a checkpoint
+  that did not restore) as an ERROR whenever it is collected: that was printed into the next
+  command's one-line error. It stays in WORKDIR/vivano.log at verbosity 0; other asyncio errors
+  and verbosity 1 still reach the console."""
+
+  def abandon():
+    loop = asyncio.new_event_loop()
+    future = loop.create_future()
+    future.set_exception(ValueError('Requested shape: (64,) is not compatible'))
+    del future
+    gc.collect()
+    loop.close()
+
+  root = logging.getLogger()
+  old = list(root.handlers), root.level, console._router  # pylint: disable=protected-access
+  try:
+    console.route_library_logs(0)
+    with console.logs_in(str(tmp_path)):
+      abandon()
+      assert capfd.readouterr().err == ''
+      logging.getLogger('asyncio').error('Unclosed event loop')
+      assert 'ERROR asyncio: Unclosed event loop' in capfd.readouterr().err
+    log = (tmp_path / console.LOG_FILE).read_text()
+    assert 'Future exception was never retrieved' in log and '(64,) is not compatible' in log
+    console.route_library_logs(1)
+    abandon()
+    assert 'Future exception was never retrieved' in capfd.readouterr().err
+  finally:
+    handlers, level, console._router = old  # pylint: disable=protected-access
     for h in list(root.handlers):
       root.removeHandler(h)
     for h in handlers:

@@ -289,14 +289,22 @@ def test_predict_with_an_onnx_model_needs_only_onnxruntime_numpy_pillow_and_absl
 
 def test_export_model_command(workdir, tmp_path, capsys):
   out = tmp_path / 'model'
-  code = cli.main(['vivano', 'export-model', f'--workdir={workdir}', '--format=jax',
-                   f'--output={out}', '--platforms=cpu', '--step=5'])
+  argv = ['vivano', 'export-model', f'--workdir={workdir}', '--format=jax', f'--output={out}',
+          '--platforms=cpu']
+  # thresholds.json was chosen at step 10: step 5's model was shipped with it, after a warning.
+  assert cli.main([*argv, '--step=5']) == errors.EXIT_USAGE
+  assert capsys.readouterr().err == (
+      f'error: --step=5: {workdir / "thresholds.json"} was chosen at checkpoint step 10 and '
+      'decides the scores of that checkpoint only; export step 5 first (vivano export '
+      f'--workdir={workdir} --step=5) or drop --step\n')
+  assert not out.exists()
+  code = cli.main([*argv, '--step=10'])
   stdout, err = capsys.readouterr()
   assert code == 0, err
-  assert 'checkpoint step 5' in stdout and f'vivano predict --model={out}' in stdout
+  assert 'checkpoint step 10' in stdout and f'vivano predict --model={out}' in stdout
   card = json.loads((out / 'model_card.json').read_text())
   metrics = json.loads((workdir / 'metrics.json').read_text())['metrics']
-  assert card['format'] == 'jax' and card['checkpoint_step'] == 5 and card['platforms'] == ['cpu']
+  assert card['format'] == 'jax' and card['checkpoint_step'] == 10 and card['platforms'] == ['cpu']
   assert (card['image_size'], card['channels']) == (32, 1) and card['test_metrics'] == metrics
   assert card['outputs'] == ['score', 'map', 'nll_max', 'nll_mean', 'recon', 'seg_max']
   assert card['versions']['jax'] == jax.__version__ and card['score']['image'] == 'recon'

@@ -53,6 +53,14 @@ class _ConsoleHandler(logging.Handler):
       self.handleError(record)
 
 
+def _not_an_abandoned_future(record: logging.LogRecord) -> bool:
+  """asyncio's 'exception was never retrieved' for a future or task collected with its error
+  unread (Orbax's other pending reads of a checkpoint that did not restore, after the error that
+  ended them was reported, whenever its event loop next runs) is kept off the console at verbosity
+  0, like an unraisable exception; it stays in the log file."""
+  return not (record.name == 'asyncio' and 'exception was never retrieved' in record.getMessage())
+
+
 _router: Optional[_Router] = None
 
 
@@ -68,6 +76,8 @@ def route_library_logs(verbosity: int) -> None:
   _router.verbose = verbosity >= 1
   console_handler = _ConsoleHandler(logging.DEBUG if _router.verbose else logging.ERROR)
   console_handler.setFormatter(logging.Formatter(_FORMAT))
+  if not _router.verbose:
+    console_handler.addFilter(_not_an_abandoned_future)
   for h in list(root.handlers):
     if isinstance(h, _ConsoleHandler):
       root.removeHandler(h)

@@ -47,7 +47,6 @@ from vivano_jax import errors
 from vivano_jax import export_format
 from vivano_jax import image_io
 from vivano_jax import overlays
-from vivano_jax import thresholds as thresholds_lib
 from vivano_jax.datasets import image_files
 from vivano_jax.serving import model_dir
 from vivano_jax.serving import preprocess
@@ -160,36 +159,8 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   [H_i, W_i] at native size), 'images' (n uint8 [H_i, W_i, C_i]), 'anomalous' [n] bool,
   'thresholds' (the thresholds.json record), 'checkpoint_step', 'scored_by' (a line for people)}.
   """
-  check_thresholds_step(workdir, step)
   from vivano_jax.serving import from_checkpoint  # pylint: disable=g-import-not-at-top  (JAX)
   return from_checkpoint.predict(workdir, paths, step, batch_size, warn_tiny)
-
-
-def check_thresholds_step(workdir: str, step: Optional[int]) -> None:
-  """The checkpoint predict scores with (`step`, default the latest) must be the one the run's
-  thresholds.json was chosen at: its threshold decides the scores of that checkpoint only (another
-  one scores on another scale). A UsageError (--step given) or DataError naming the file, both
-  steps and the export to run. A step that is no checkpoint, and a missing or corrupt
-  thresholds.json, are left to the restore to name, in its order."""
-  from vivano_jax import checkpoints  # pylint: disable=g-import-not-at-top  (JAX, Orbax)
-  folder = checkpoints.directory(workdir)
-  steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
-  used = steps[-1] if step is None and steps else step
-  path = thresholds_lib.path_of(workdir)
-  try:
-    chosen = thresholds_lib.load(workdir).get('checkpoint_step')
-  except errors.DataError:
-    return
-  if used not in steps or chosen is None or chosen == used:
-    return
-  if step is not None:
-    raise errors.UsageError(f'--step={step}: {path} was chosen at checkpoint step {chosen} and '
-                            'decides the scores of that checkpoint only; export step '
-                            f'{step} first (vivano export --workdir={workdir} --step={step}) or '
-                            'drop --step')
-  raise errors.DataError(f'{path} was chosen at checkpoint step {chosen}, but the latest '
-                         f'checkpoint is step {used}, whose scores it does not decide; export step '
-                         f'{used} (vivano export --workdir={workdir}) or give --step={chosen}')
 
 
 def predict_with_model(model: model_dir.ExportedModel, paths: list[pathlib.Path],

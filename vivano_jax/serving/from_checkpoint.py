@@ -12,7 +12,6 @@ import dataclasses
 import io
 import os
 import pathlib
-import sys
 from typing import Any, Optional
 
 import jax
@@ -76,13 +75,32 @@ def run_config(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]
   return config, record
 
 
+def check_step(workdir: str, record: dict[str, Any], step: Optional[int]) -> None:
+  """The checkpoint to score with (`step`, default the latest) must be the one thresholds.json's
+  `record` was chosen at: its threshold decides the scores of that checkpoint only (another one
+  scores on another scale). A UsageError (--step given) or DataError naming the file, both steps
+  and the export to run. A step that is no checkpoint is left to the restore to name."""
+  steps = checkpoints.steps(workdir)
+  used = steps[-1] if step is None and steps else step
+  chosen = record.get('checkpoint_step')
+  if used not in steps or chosen is None or chosen == used:
+    return
+  path = thresholds_lib.path_of(workdir)
+  if step is not None:
+    raise errors.UsageError(f'--step={step}: {path} was chosen at checkpoint step {chosen} and '
+                            'decides the scores of that checkpoint only; export step '
+                            f'{step} first (vivano export --workdir={workdir} --step={step}) or '
+                            'drop --step')
+  raise errors.DataError(f'{path} was chosen at checkpoint step {chosen}, but the latest '
+                         f'checkpoint is step {used}, whose scores it does not decide; export step '
+                         f'{used} (vivano export --workdir={workdir}) or give --step={chosen}')
+
+
 def restore(workdir: str, config: ml_collections.ConfigDict, record: dict[str, Any],
             step: Optional[int], mesh: Mesh) -> Run:
   """The run of `run_config` at checkpoint `step` (default the latest), restored onto `mesh`."""
+  check_step(workdir, record, step)
   state, step = checkpoints.restore_run(config, workdir, step, mesh)
-  if step != record.get('checkpoint_step'):
-    print(f'warning: thresholds.json was chosen at step {record.get("checkpoint_step")}, the '
-          f'checkpoint used is step {step}', file=sys.stderr)
   stats = load_stats(workdir) if scoring.needs_stats(config.score) else None
   return Run(config=config, record=record, state=state, step=step, stats=stats)
 
