@@ -270,10 +270,12 @@ def test_a_prepared_dataset_is_read_while_another_run_holds_the_prepare_lock(tmp
 
 
 def test_preparing_a_dataset_leaves_no_temporary_folders(tmp_path, monkeypatch):
-  """tfds makes an empty temporary folder for each builder of a dataset not yet prepared and
-  never removes it; get_builder removes them."""
+  """tfds made an empty temporary folder for each builder of a dataset not yet prepared, for
+  metadata from its GCS bucket, and never removed it; every builder of vivano_jax was left one,
+  also when built without get_builder (and thread by thread, as folder datasets are)."""
   import tempfile  # pylint: disable=g-import-not-at-top
   from vivano_jax import datasets  # pylint: disable=g-import-not-at-top
+  from vivano_jax.datasets import folder, mvtec_ad, one_class  # pylint: disable=g-import-not-at-top
   from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
   scratch = tmp_path / 'tmp'
   scratch.mkdir()
@@ -282,4 +284,9 @@ def test_preparing_a_dataset_leaves_no_temporary_folders(tmp_path, monkeypatch):
   cfg.data_dir = str(tmp_path / 'tfds')
   builder = datasets.get_builder(cfg)
   assert builder.info.splits['train'].num_examples > 0
+  data_dir = str(tmp_path / 'unprepared')
+  made = [folder.Folder(config=folder.FolderConfig(name='a_1_2', root='/x'), data_dir=data_dir),
+          mvtec_ad.MvtecAd(config='bottle', data_dir=data_dir),
+          one_class.Cifar10OneClass(config='cat', data_dir=data_dir, manual_dir='/x')]
+  assert [b.name for b in made] == ['folder', 'mvtec_ad', 'cifar10_one_class']
   assert list(scratch.iterdir()) == [] and tempfile.tempdir == str(scratch)

@@ -10,6 +10,7 @@ import os
 import pathlib
 import re
 import shutil
+import tempfile
 import time
 import zipfile
 
@@ -1063,6 +1064,7 @@ def test_cifar10_local_bad_image(tmp_path):
 @pytest.mark.parametrize('name, channels', [('mnist_one_class/2', 1), ('cifar10_one_class/2', 3)])
 def test_one_class_from_tfds_catalog(tmp_path, monkeypatch, name, channels):
   dataset = one_class.BUILDERS[name.split('/')[0]].catalog_name()
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # The catalog builder's GCS folder.
   with tfds.testing.mock_data(num_examples=60):  # Random examples instead of the download.
     source = one_class_sources.load_catalog(dataset, normal_class=2)
   assert source.kind == 'tfds_catalog' and len(source.test_images) == 60

@@ -12,12 +12,9 @@ All builders share the example format in `features.py` and the checks and writin
   one_class.py           MNIST / CIFAR-10 one-class builders (their sources: one_class_sources.py)
 """
 
-import contextlib
 import importlib
 import os
-import shutil
 import sys
-import tempfile
 from typing import TYPE_CHECKING
 
 from vivano_jax import console
@@ -54,22 +51,7 @@ def get_builder(cfg: 'ml_collections.ConfigDict') -> 'tfds.core.DatasetBuilder':
     raise errors.UsageError(f'unknown dataset.name={cfg.name!r}: no builder {builder_name!r}; '
                             f'known builders: {", ".join(sorted(BUILDER_MODULES))}')
   module = importlib.import_module(BUILDER_MODULES[builder_name])
-  with _scratch_tempdir():
-    return module.make_builder(cfg, data_dir=cfg.data_dir or None)
-
-
-@contextlib.contextmanager
-def _scratch_tempdir():
-  """tfds makes a temporary folder for every builder whose dataset is not yet prepared (to fetch
-  its metadata from GCS) and never removes it: these go into one folder, removed afterwards, so
-  no empty /tmp/tmp*tfds folders are left behind."""
-  scratch, before = tempfile.mkdtemp(prefix='vivano-tfds-'), tempfile.tempdir
-  tempfile.tempdir = scratch
-  try:
-    yield
-  finally:
-    tempfile.tempdir = before
-    shutil.rmtree(scratch, ignore_errors=True)
+  return module.make_builder(cfg, data_dir=cfg.data_dir or None)
 
 
 def resolve_config(config: 'ml_collections.ConfigDict') -> None:

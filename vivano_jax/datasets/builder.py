@@ -123,6 +123,16 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | os.PathLike | N
       builder.info.read_from_directory(builder.data_dir)
 
 
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+  """The DatasetInfo of every vivano_jax builder. Its datasets are built from local files or code,
+  never kept on tfds' GCS bucket; tfds' own `initialize_from_bucket`, called for each builder whose
+  dataset is not yet prepared, made an empty /tmp/tmp*tfds folder for that bucket's files every
+  time and never removed it."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 @dataclasses.dataclass(eq=False)
 class SeededConfig(tfds.core.BuilderConfig):
   """A config whose examples are drawn with `seed` (a permutation, tile offsets, defects)."""
@@ -147,7 +157,7 @@ class EmbeddedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     raise NotImplementedError
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return LocalDatasetInfo(
         builder=self,
         description=sys.modules[type(self).__module__].__doc__,
         features=features.example_features(1),

@@ -69,7 +69,7 @@ class Folder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
-    return tfds.core.DatasetInfo(
+    return builder_lib.LocalDatasetInfo(
         builder=self,
         description=f'{__doc__}\nRoot: {config.root}',
         features=example_features(config.channels),

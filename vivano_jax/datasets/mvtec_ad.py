@@ -267,7 +267,7 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
     self.validated_layout = None  # Set by make_builder so that files are not decoded twice.
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return builder_lib.LocalDatasetInfo(
         builder=self,
         description=__doc__,
         features=example_features(self.builder_config.channels),

@@ -137,7 +137,7 @@ class _OneClassBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return sources.load_local(self.catalog_name(), self.manual_dir, normal_class)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return builder_lib.LocalDatasetInfo(
         builder=self,
         description=__doc__,
         features=features.example_features(self.CHANNELS),
