@@ -361,3 +361,15 @@ def test_imports_neither_jax_nor_tensorflow():
           'bad = [m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "flax", '
           '"tensorflow")]; assert not bad, bad')
   subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_metrics_table_columns_stay_in_line_with_long_defect_names():
+  """The text table's name column was 16 characters wide: a longer name (MVTec AD's
+  cut_inner_insulation) pushed that row's figures out of line with the header."""
+  from vivano_jax import tables  # pylint: disable=g-import-not-at-top
+  m = {'num_images': 12, 'image_auroc': 0.5, 'pixel_auroc': None, 'au_pro': 0.25}
+  text = tables.metrics_table({'cut_inner_insulation': m, 'overall': dict(m, num_images=120)})
+  assert text.splitlines() == [
+      'defect type               n  image AUROC  pixel AUROC   AU-PRO',
+      'cut_inner_insulation     12       0.5000          n/a   0.2500',
+      'overall                 120       0.5000          n/a   0.2500']

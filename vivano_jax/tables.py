@@ -19,7 +19,8 @@ def metrics_table(per_type: dict[str, dict[str, Any]], fmt: str = 'text') -> str
   rows = [[name, str(m.get('num_images', ''))] + [format_metric(m[k]) for k in METRIC_NAMES]
           for name, m in per_type.items()]
   if fmt == 'text':
-    widths = (16, 6, 12, 12, 8)
+    # The name column fits the longest name (MVTec AD's cut_inner_insulation: 20 characters).
+    widths = (max([16] + [len(r[0]) for r in rows]), 6, 12, 12, 8)
     line = lambda cells: ' '.join(f'{c:<{w}}' if j == 0 else f'{c:>{w}}'
                                   for j, (c, w) in enumerate(zip(cells, widths)))
     return '\n'.join([line(('defect type', 'n') + _HEADER[2:])] + [line(r) for r in rows])
