@@ -312,6 +312,34 @@ def test_a_run_failing_before_training_leaves_no_workdir(tmp_path, tfds_dir, cap
   assert not work.exists()
 
 
+def test_an_mvtec_ad_run_saved_without_its_categorys_augmentation_exports_as_trained(tmp_path):
+  """A run trained with dataset.name=mvtec_ad/bottle before that name took bottle's augmentation
+  holds None in dataset.augment: `vivano export --workdir` on it, with its own config.json, was
+  refused as "trained with another config (dataset.augment.hflip: None -> True; ...)"."""
+  from vivano_jax import config_defaults, datasets  # pylint: disable=g-import-not-at-top
+  from tests.conftest import load_config  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  (run / 'checkpoints' / '10').mkdir(parents=True)
+  saved = config_defaults.small_128px_config().to_dict()
+  saved['dataset'].update(name='mvtec_ad/bottle', channels=3,
+                          augment={'hflip': None, 'vflip': None, 'rot90': None})
+  (run / 'config.json').write_text(json.dumps(saved))
+  config = workdir_lib.load_config(str(run))
+  datasets.resolve_config(config)  # What export and a rerun do first.
+  assert config.dataset.augment.to_dict() == {'hflip': False, 'vflip': False, 'rot90': False}
+  workdir_lib.check_compatible(config, str(run))  # Its own config: not refused.
+  # The category's augmentation now (configs/mvtec_ad.py:bottle) would train another model.
+  today = load_config('mvtec_ad', 'bottle')
+  today.dataset.manual_dir = ''
+  assert workdir_lib.differing_fields(today, str(run))[:3] == [
+      'dataset.augment.hflip: False -> True', 'dataset.augment.rot90: False -> True',
+      'dataset.augment.vflip: False -> True']
+  # A folder dataset's None fields (off, and warned of) stay None: resolve_config leaves them.
+  saved['dataset'].update(name='folder')
+  (run / 'config.json').write_text(json.dumps(saved))
+  assert workdir_lib.load_config(str(run)).dataset.augment.hflip is None
+
+
 def test_a_run_saved_before_a_default_changed_keeps_its_former_value(run):
   """config.json without model.decoder_upsample was written when only nearest upsampling existed:
   it loads as 'nearest', not as today's default, so its checkpoint restores into the same model."""

@@ -64,7 +64,21 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   completed = config_defaults.completed(saved, path)
   config = ml_collections.ConfigDict(_tuples_as_defaults(completed, config_defaults.base_config()))
   _check_saved(config, path)
+  _augmentation_as_trained(config)
   return config
+
+
+def _augmentation_as_trained(config: ml_collections.ConfigDict) -> None:
+  """A run trained with dataset.name='mvtec_ad/<category>' before that name took its category's
+  augmentation (datasets.resolve_config fills the fields left None) holds None there: it trained
+  with none. Those read as False, so that its exports and reruns, which resolve the config again,
+  are not refused as another config, and score with the test-time views it trained with (none).
+  Runs since hold the filled values; other datasets' None fields are left as they are."""
+  augment = config.dataset.get('augment')
+  if str(config.dataset.get('name', '')).startswith('mvtec_ad/') and augment is not None:
+    for field, value in augment.items():
+      if value is None:
+        augment[field] = False
 
 
 def _tuples_as_defaults(saved: dict, defaults: ml_collections.ConfigDict) -> dict:
