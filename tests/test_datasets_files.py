@@ -692,6 +692,31 @@ def test_the_count_check_the_error_advises_can_be_turned_off_from_the_command_li
   assert len(load_split(builder, 'train')) == 2 and len(load_split(builder, 'test')) == 2
 
 
+def test_mvtec_ad_prepared_from_another_copy_is_prepared_again(tmp_path, capsys):
+  """A category prepared in a data_dir was reused whatever dataset.manual_dir named: a run on the
+  full copy trained on an earlier trial's subset, without a word."""
+  data_dir = tmp_path / 'data'
+  trial = write_layout(tmp_path / 'trial' / 'bottle', train=2, rgb=True,
+                       test={'good': 1, 'broken_large': 1})
+  full = write_layout(tmp_path / 'full' / 'bottle', train=5, rgb=True, seed=1,
+                      test={'good': 2, 'broken_large': 1, 'contamination': 1})
+  build = lambda root: mvtec_ad.make_builder(
+      make_cfg('mvtec_ad/bottle', root.parent, check_counts=False), data_dir=data_dir)
+  assert len(load_split(build(trial), 'train')) == 2
+  assert len(load_split(build(full), 'train')) == 5 and len(load_split(build(full), 'test')) == 4
+  err = capsys.readouterr().err
+  assert err.count('preparing it again') == 1, err  # The second call reused the full copy's.
+  assert f'was made from {trial}: preparing it again from {full}' in err, err
+  write_image(full / 'train' / 'good' / '005.png',
+              np.random.default_rng(2).integers(0, 256, (20, 24, 3)))  # An image added.
+  assert len(load_split(build(full), 'train')) == 6
+  assert 'was made from these files before they changed' in capsys.readouterr().err
+  # Without dataset.manual_dir the prepared dataset is used as it is.
+  builder = mvtec_ad.make_builder(make_cfg('mvtec_ad/bottle', None), data_dir=data_dir)
+  assert len(load_split(builder, 'train')) == 6 and capsys.readouterr().err == ''
+  assert leftovers(data_dir) == [str(pathlib.Path(builder.data_path))]
+
+
 def test_mvtec_ad_grayscale_category_without_count_check(tmp_path):
   manual_dir = tmp_path / 'mvtec'
   root = write_layout(manual_dir / 'grid', train=2, test={'good': 1, 'bent': 2})

@@ -25,10 +25,13 @@ defective image must have its mask and every mask its image, and every file is f
 import dataclasses
 import os
 import pathlib
+import shutil
+import sys
 
 from absl import logging
 import tensorflow_datasets as tfds
 
+from vivano_jax import console
 from vivano_jax import errors
 from vivano_jax.datasets import builder as builder_lib
 from vivano_jax.datasets import image_files
@@ -273,6 +276,7 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
         features=example_features(self.builder_config.channels),
         homepage=HOMEPAGE,
         citation=_CITATION,
+        metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager):
@@ -281,17 +285,36 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
     layout = self.validated_layout
     if layout is None or layout.root != root:
       layout = validate_category(root, category)
+    self.info.metadata['source'] = str(layout.root)  # What make_builder checks a reuse against.
+    self.info.metadata['fingerprint'] = mvtec_layout.fingerprint(layout)
     return {split: self._generate_examples(layout, split) for split in ('train', 'test')}
 
   def _generate_examples(self, layout, split):
     yield from mvtec_layout.generate_examples(layout, split, self.builder_config.channels)
 
 
+def _unprepared(builder: MvtecAd, root: pathlib.Path) -> MvtecAd:
+  """Removes `builder`'s prepared dataset, made from other files than those in `root`, and says
+  so; returns a builder to prepare it again."""
+  made_from = builder.info.metadata.get('source')
+  why = (f'was made from {made_from}' if made_from and made_from != str(root) else
+         'was made from these files before they changed' if made_from else
+         'does not record the files it was made from')
+  console.say(f'mvtec_ad/{builder.builder_config.name}: the dataset prepared in '
+              f'{builder.data_dir} {why}: preparing it again from {root}', sys.stderr)
+  shutil.rmtree(builder.data_path)
+  return MvtecAd(config=builder.builder_config.name, data_dir=builder.data_dir_root)
+
+
 def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
   """The prepared builder for cfg.name = 'mvtec_ad/<category>', read from cfg.manual_dir.
 
-  A dataset already prepared in `data_dir` is returned as is (the local files are not re-read).
-  `cfg.check_counts` (default True) compares the copy with the official file counts.
+  A dataset already prepared in `data_dir` from the same files (`mvtec_layout.fingerprint`: the
+  folder's path and each file's name, size and time; listing only) is returned as is; one prepared
+  from another copy of the category, or from these files before they changed, is prepared again
+  (it was used as it was: a run on a full copy trained on an earlier trial's subset). Without
+  manual_dir a prepared dataset is used as it is. `cfg.check_counts` (default True) compares the
+  copy with the official file counts.
   """
   if cfg.name == 'mvtec_ad':  # No category named: the one in manual_dir.
     cfg = cfg.copy_and_resolve_references()
@@ -299,7 +322,7 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
   builder_lib.check_name(cfg.name, builder_lib.config_names(MvtecAd))
   category = cfg.name.split('/', 1)[1]
   builder = MvtecAd(config=category, data_dir=data_dir)
-  if builder.is_prepared():
+  if builder.is_prepared() and not str(cfg.get('manual_dir') or '').strip():
     return builder
   manual_dir = builder_lib.manual_root(cfg, EXPECTED)
   root = category_root(manual_dir, category)
@@ -310,6 +333,11 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
       hint = (f'{manual_dir} is the folder of another category ({other}): dataset.manual_dir '
               f"must be the folder holding the category folders, or {category}'s own folder")
     raise errors.DataError(f'{root}: missing category folder; {hint}.')
+  if builder.is_prepared():
+    if builder.info.metadata.get('fingerprint') == mvtec_layout.fingerprint(
+        mvtec_layout.scan_layout(root, masks_required=True)):
+      return builder
+    builder = _unprepared(builder, root)
   builder.validated_layout = validate_category(root, category, cfg.get('check_counts', True))
   builder_lib.prepare(builder, manual_dir)
   return builder
