@@ -202,6 +202,34 @@ def test_second_process_on_a_workdir_is_refused_and_stale_locks_are_taken(run, t
   assert 'stale lock' in err and not lock.exists()
 
 
+def test_a_lock_copied_with_a_run_does_not_hold_the_copy(tmp_path, capsys):
+  """A run copied (cp -r, rsync) while a process wrote it carries that process's lock: every
+  command on the copy was refused as "in use by pid N" for as long as the original's writer ran.
+  The lock records the workdir it was taken in; one naming another folder is taken over."""
+  original, copy = tmp_path / 'original', tmp_path / 'copy'
+  sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    with workdir_lock.lock(str(original)):
+      holder = json.loads((original / workdir_lock.LOCK_FILE).read_text())
+      assert holder['workdir'] == str(original.resolve()) and holder['pid'] == os.getpid()
+    holder['pid'] = sleeper.pid  # The writer of the original, still running.
+    for folder in (original, copy):
+      folder.mkdir(exist_ok=True)
+      (folder / workdir_lock.LOCK_FILE).write_text(json.dumps(holder))
+    with workdir_lock.lock(str(copy)):
+      assert json.loads((copy / workdir_lock.LOCK_FILE).read_text())['pid'] == os.getpid()
+    assert capsys.readouterr().err == (
+        f'warning: {copy}: removing the stale lock copied from {original.resolve()}, which pid '
+        f'{sleeper.pid} was writing\n')
+    with pytest.raises(errors.DataError, match=f'in use by pid {sleeper.pid}'):
+      with workdir_lock.lock(str(original)):  # The original stays held by its writer.
+        pass
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  assert not (copy / workdir_lock.LOCK_FILE).exists()
+
+
 def _damage(run, step):
   for path in sorted((run / 'checkpoints' / str(step)).rglob('*')):
     if path.is_file() and path.stat().st_size > 0 and 'state' in path.parts:

@@ -1,6 +1,6 @@
 """One process at a time on a workdir: WORKDIR/.lock names the host and pid of the command that
 writes it (train, export, report) or reads it whole (export-model), so none reads a run half
-updated by another. Standard library only (no JAX): `vivano report` needs none.
+updated by another, and the workdir it was taken in (a lock copied with a run is not the copy's). Standard library only (no JAX): `vivano report` needs none.
 """
 
 import contextlib
@@ -48,7 +48,8 @@ def _take(path: str) -> bool:
     return False
   with os.fdopen(fd, 'w') as f:
     json.dump({'host': socket.gethostname(), 'pid': os.getpid(),
-               'started': time.strftime('%Y-%m-%dT%H:%M:%S%z')}, f)
+               'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+               'workdir': os.path.realpath(os.path.dirname(path))}, f)
   return True
 
 
@@ -64,12 +65,20 @@ def _holder(path: str) -> Optional[dict]:
   return holder if valid else None
 
 
+def _copied(holder: dict, path: str) -> bool:
+  """Whether the lock names another workdir than the one it is in: it was copied with a run that a
+  process was writing (cp -r, rsync), and that process holds the original, not this copy."""
+  recorded = holder.get('workdir')
+  return isinstance(recorded, str) and recorded != os.path.realpath(os.path.dirname(path))
+
+
 def _stale_holder(workdir: str, path: str) -> dict:
-  """The holder of the existing lock `path` when its process no longer runs on this host; a
-  DataError naming the holder and the file to delete else."""
+  """The holder of the existing lock `path` when its process no longer runs on this host, or when
+  the lock was copied from another workdir (`_copied`); a DataError naming the holder and the file
+  to delete else."""
   holder = _holder(path)
-  if (holder is not None and holder.get('host') == socket.gethostname()
-      and not _alive(holder['pid'])):
+  if holder is not None and (_copied(holder, path) or (
+      holder.get('host') == socket.gethostname() and not _alive(holder['pid']))):
     return holder
   who = (f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('started')})"
          if holder else 'another process')
@@ -100,8 +109,10 @@ def lock(workdir: str, reads_only: bool = False) -> Iterator[None]:
   os.makedirs(workdir, exist_ok=True)
   if not _take(path):
     holder = _stale_holder(workdir, path)
-    print(f"warning: {workdir}: removing the stale lock of pid {holder.get('pid')}, which no "
-          'longer runs', file=sys.stderr)
+    why = (f"copied from {holder['workdir']}, which pid {holder.get('pid')} was writing"
+           if _copied(holder, path) else
+           f"of pid {holder.get('pid')}, which no longer runs")
+    print(f'warning: {workdir}: removing the stale lock {why}', file=sys.stderr)
     os.remove(path)
     if not _take(path):
       raise errors.DataError(f'{workdir} is in use by another process (it took {path} just now)')
