@@ -1,6 +1,7 @@
 """One process at a time on a workdir: WORKDIR/.lock names the host and pid of the command that
 writes it (train, export, report) or reads it whole (export-model), so none reads a run half
-updated by another, and the workdir it was taken in (a lock copied with a run is not the copy's). Standard library only (no JAX): `vivano report` needs none.
+updated by another, and the workdir it was taken in (a lock copied with a run is not the copy's).
+Standard library only (no JAX): `vivano report` needs none.
 """
 
 import contextlib
