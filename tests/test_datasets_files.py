@@ -1022,6 +1022,22 @@ def write_tiny_mnist(root, num_train=40, num_test=30):
   return root
 
 
+def test_a_one_class_dataset_prepared_from_another_local_copy_is_prepared_again(tmp_path, capsys):
+  """mnist_one_class/<digit> prepared from one local copy was reused for any other copy of the
+  same kind: a run on a variant (fewer images, a corrupted MNIST) scored the first copy."""
+  first = write_tiny_mnist(tmp_path / 'mnist')
+  variant = write_tiny_mnist(tmp_path / 'mnist_variant', num_train=60, num_test=20)
+  data_dir = tmp_path / 'data'
+  build = lambda root: one_class.make_builder(make_cfg('mnist_one_class/7', root), data_dir=data_dir)
+  assert build(first).info.splits['train'].num_examples == 4
+  assert build(first).info.splits['test'].num_examples == 30  # Reused: same files.
+  assert 'preparing it again' not in capsys.readouterr().err
+  builder = build(variant)
+  assert (builder.info.splits['train'].num_examples, builder.info.splits['test'].num_examples) == (
+      6, 20)
+  assert f'was made from {first}: preparing it again from {variant}' in capsys.readouterr().err
+
+
 def test_mnist_idx_files_and_bad_input(tmp_path):
   root = write_tiny_mnist(tmp_path / 'mnist')
   builder = one_class.make_builder(make_cfg('mnist_one_class/7', root), data_dir=tmp_path / 'd1')

@@ -9,6 +9,7 @@ base of the builders whose data ships with a Python package (digits, textures).
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import pathlib
 import shutil
@@ -121,6 +122,35 @@ def prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | os.PathLike | N
       raise
     if written_meanwhile:  # By another run while this one waited: read what it wrote.
       builder.info.read_from_directory(builder.data_dir)
+
+
+def files_fingerprint(root: pathlib.Path, files: Sequence[pathlib.Path]) -> str:
+  """sha256 hex digest of `root` and (path relative to it, size, mtime) of each of `files`, in
+  their order: what a prepared dataset was made from (stat only; it changes when a file is added,
+  removed, renamed, rewritten or touched)."""
+  digest = hashlib.sha256(str(root).encode())
+  for path in files:
+    stat = path.stat()
+    digest.update(f'\0{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}'.encode())
+  return digest.hexdigest()
+
+
+def remove_if_made_elsewhere(builder: tfds.core.DatasetBuilder, root: pathlib.Path,
+                             fingerprint: str) -> bool:
+  """Whether `builder`'s prepared dataset was made from other files than `fingerprint` describes
+  (its metadata 'made_from' folder and 'fingerprint'); if so it is removed, with one line saying from
+  what it was made, so that the caller prepares it again from `root` with a new builder."""
+  metadata = builder.info.metadata or {}
+  if metadata.get('fingerprint') == fingerprint:
+    return False
+  made_from = metadata.get('made_from')
+  why = (f'was made from {made_from}' if made_from and made_from != str(root) else
+         'was made from these files before they changed' if made_from else
+         'does not record the files it was made from')
+  console.say(f'{builder.name}/{builder.builder_config.name}: the dataset prepared in '
+              f'{builder.data_dir} {why}: preparing it again from {root}', sys.stderr)
+  shutil.rmtree(builder.data_path)
+  return True
 
 
 class LocalDatasetInfo(tfds.core.DatasetInfo):

@@ -25,13 +25,10 @@ defective image must have its mask and every mask its image, and every file is f
 import dataclasses
 import os
 import pathlib
-import shutil
-import sys
 
 from absl import logging
 import tensorflow_datasets as tfds
 
-from vivano_jax import console
 from vivano_jax import errors
 from vivano_jax.datasets import builder as builder_lib
 from vivano_jax.datasets import image_files
@@ -285,25 +282,12 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
     layout = self.validated_layout
     if layout is None or layout.root != root:
       layout = validate_category(root, category)
-    self.info.metadata['source'] = str(layout.root)  # What make_builder checks a reuse against.
+    self.info.metadata['made_from'] = str(layout.root)  # What make_builder checks a reuse by.
     self.info.metadata['fingerprint'] = mvtec_layout.fingerprint(layout)
     return {split: self._generate_examples(layout, split) for split in ('train', 'test')}
 
   def _generate_examples(self, layout, split):
     yield from mvtec_layout.generate_examples(layout, split, self.builder_config.channels)
-
-
-def _unprepared(builder: MvtecAd, root: pathlib.Path) -> MvtecAd:
-  """Removes `builder`'s prepared dataset, made from other files than those in `root`, and says
-  so; returns a builder to prepare it again."""
-  made_from = builder.info.metadata.get('source')
-  why = (f'was made from {made_from}' if made_from and made_from != str(root) else
-         'was made from these files before they changed' if made_from else
-         'does not record the files it was made from')
-  console.say(f'mvtec_ad/{builder.builder_config.name}: the dataset prepared in '
-              f'{builder.data_dir} {why}: preparing it again from {root}', sys.stderr)
-  shutil.rmtree(builder.data_path)
-  return MvtecAd(config=builder.builder_config.name, data_dir=builder.data_dir_root)
 
 
 def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
@@ -334,10 +318,10 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
               f"must be the folder holding the category folders, or {category}'s own folder")
     raise errors.DataError(f'{root}: missing category folder; {hint}.')
   if builder.is_prepared():
-    if builder.info.metadata.get('fingerprint') == mvtec_layout.fingerprint(
-        mvtec_layout.scan_layout(root, masks_required=True)):
+    made = mvtec_layout.fingerprint(mvtec_layout.scan_layout(root, masks_required=True))
+    if not builder_lib.remove_if_made_elsewhere(builder, root, made):
       return builder
-    builder = _unprepared(builder, root)
+    builder = MvtecAd(config=category, data_dir=data_dir)
   builder.validated_layout = validate_category(root, category, cfg.get('check_counts', True))
   builder_lib.prepare(builder, manual_dir)
   return builder

@@ -14,7 +14,6 @@ reported as one `errors.DataError` that names the file or folder.
 
 import collections
 import dataclasses
-import hashlib
 import os
 import pathlib
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 
 from vivano_jax import errors
 from vivano_jax import image_io
+from vivano_jax.datasets import builder as builder_lib
 from vivano_jax.datasets import features
 from vivano_jax.datasets import image_files
 
@@ -237,11 +237,8 @@ def fingerprint(layout: Layout) -> str:
 
   Cheap (stat only); it changes when a file is added, removed, renamed, rewritten or touched.
   """
-  digest = hashlib.sha256(str(layout.root).encode())
-  for relpath in layout.files():
-    stat = (layout.root / relpath).stat()  # scan_layout listed no broken symlink.
-    digest.update(f'\0{relpath}\0{stat.st_size}\0{stat.st_mtime_ns}'.encode())
-  return digest.hexdigest()
+  # scan_layout listed no broken symlink.
+  return builder_lib.files_fingerprint(layout.root, [layout.root / r for r in layout.files()])
 
 
 def validate_images(layout: Layout) -> int:

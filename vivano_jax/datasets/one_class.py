@@ -130,6 +130,11 @@ class _OneClassBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return 'tfds_catalog'
     return sources.local_kind(self.catalog_name(), self.manual_dir)
 
+  def local_fingerprint(self) -> str:
+    """`builder_lib.files_fingerprint` of the local copy in manual_dir."""
+    return builder_lib.files_fingerprint(self.manual_dir,
+                                         sorted(sources.local_files(self.manual_dir)))
+
   def load_source(self) -> sources.Source:
     normal_class = self.builder_config.normal_class
     if self.manual_dir is None:
@@ -149,6 +154,9 @@ class _OneClassBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     del dl_manager  # Sources are read by load_source (catalog or local files).
     source = self.source or self.load_source()
     self.info.metadata['source'] = source.kind
+    if self.manual_dir is not None:  # What make_builder checks a reuse by.
+      self.info.metadata['made_from'] = str(self.manual_dir)
+      self.info.metadata['fingerprint'] = self.local_fingerprint()
     self.info.metadata['approximate_train_images'] = source.kind == 'local_npz_approx'
     splits = {name: self._generate_examples(source, 'train', indices) for name, indices in
               split_train_indices(len(source.train_images), self.HAS_VALIDATION).items()}
@@ -197,7 +205,9 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
   """The prepared builder for cfg.name = 'mnist_one_class/<digit>' or 'cifar10_one_class/<class>'.
 
   Reads dataset.manual_dir (local copy) when set, else the tfds catalog. A dataset already prepared
-  in `data_dir` from the same kind of source is returned as is.
+  in `data_dir` from the same kind of source is returned as is; from a local copy, only when made
+  from the same files (else it is prepared again: another copy of the same kind, such as a
+  corrupted variant of MNIST, was used without a word).
   """
   builder_name, _, token = cfg.name.partition('/')
   if builder_name not in BUILDERS:
@@ -217,7 +227,10 @@ def make_builder(cfg, data_dir=None) -> tfds.core.DatasetBuilder:
           f'{builder.data_path}: this {builder_name}/{config} was built from source {stored!r}, '
           f'but dataset.manual_dir={manual_dir} asks for {kind!r}; delete that folder or use '
           'another data_dir to rebuild.')
-    return builder
+    if manual_dir is None or not builder_lib.remove_if_made_elsewhere(
+        builder, manual_dir, builder.local_fingerprint()):
+      return builder
+    builder = builder_cls(config=config, data_dir=data_dir, manual_dir=manual_dir)
   builder.source = builder.load_source()
   if builder.source.kind == 'local_npz_approx':
     logging.warning('%s/%s: training images come from %s, an APPROXIMATE copy of MNIST.',

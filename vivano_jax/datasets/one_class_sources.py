@@ -236,6 +236,16 @@ def local_kind(dataset: str, root: pathlib.Path) -> str:
   return 'local_idx' if _find_idx(root, MNIST_FILES['train_images']) else 'local_npz_approx'
 
 
+def local_files(root: pathlib.Path) -> list[pathlib.Path]:
+  """The files a local copy may be read from: those in `root` itself and under its train/ and
+  test/ folders (what a prepared dataset's fingerprint covers)."""
+  files = [p for p in root.iterdir() if p.is_file()]
+  for part in ('train', 'test'):
+    if (root / part).is_dir():
+      files += [p for p in (root / part).rglob('*') if p.is_file()]
+  return files
+
+
 def load_local(dataset: str, root: pathlib.Path, normal_class: int) -> Source:
   """Reads the local copy of `dataset` ('mnist' or 'cifar10') in `root` (see LOCAL_LAYOUTS)."""
   loader = load_cifar10_local if dataset == 'cifar10' else load_mnist_local
