@@ -1028,7 +1028,8 @@ def test_a_one_class_dataset_prepared_from_another_local_copy_is_prepared_again(
   first = write_tiny_mnist(tmp_path / 'mnist')
   variant = write_tiny_mnist(tmp_path / 'mnist_variant', num_train=60, num_test=20)
   data_dir = tmp_path / 'data'
-  build = lambda root: one_class.make_builder(make_cfg('mnist_one_class/7', root), data_dir=data_dir)
+  build = lambda root: one_class.make_builder(make_cfg('mnist_one_class/7', root),
+                                              data_dir=data_dir)
   assert build(first).info.splits['train'].num_examples == 4
   assert build(first).info.splits['test'].num_examples == 30  # Reused: same files.
   assert 'preparing it again' not in capsys.readouterr().err

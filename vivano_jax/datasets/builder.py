@@ -138,8 +138,8 @@ def files_fingerprint(root: pathlib.Path, files: Sequence[pathlib.Path]) -> str:
 def remove_if_made_elsewhere(builder: tfds.core.DatasetBuilder, root: pathlib.Path,
                              fingerprint: str) -> bool:
   """Whether `builder`'s prepared dataset was made from other files than `fingerprint` describes
-  (its metadata 'made_from' folder and 'fingerprint'); if so it is removed, with one line saying from
-  what it was made, so that the caller prepares it again from `root` with a new builder."""
+  (its metadata 'made_from' folder and 'fingerprint'); if so it is removed, with one line saying
+  from what it was made, so that the caller prepares it again from `root` with a new builder."""
   metadata = builder.info.metadata or {}
   if metadata.get('fingerprint') == fingerprint:
     return False
