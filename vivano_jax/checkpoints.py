@@ -25,12 +25,6 @@ def directory(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
-def steps(workdir: str) -> list[int]:
-  """The finished checkpoint steps of a run, ascending (Orbax's unfinished ones end in a suffix)."""
-  folder = directory(workdir)
-  return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
-
-
 def manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       directory(workdir),

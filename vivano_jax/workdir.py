@@ -142,15 +142,19 @@ def differing_fields(config: ml_collections.ConfigDict, workdir: str) -> list[st
   return out
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The finished checkpoint steps in WORKDIR/checkpoints, ascending (Orbax's unfinished ones end
+  in a suffix)."""
+  folder = os.path.join(workdir, 'checkpoints')
+  return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+
+
 def check_compatible(config: ml_collections.ConfigDict, workdir: str) -> None:
   """A workdir with a finished checkpoint refuses a config whose model, data or training differ from
   the one it was trained with (score and export fields may change); one line naming the fields. A
   run that stopped before its first checkpoint (a mistake found late, Ctrl-C) trained nothing to
   keep: its workdir takes any config."""
-  checkpoint_dir = os.path.join(workdir, 'checkpoints')
-  finished = os.path.isdir(checkpoint_dir) and any(
-      name.isdigit() for name in os.listdir(checkpoint_dir))
-  if not (finished and os.path.isfile(os.path.join(workdir, CONFIG_JSON))):
+  if not (checkpoint_steps(workdir) and os.path.isfile(os.path.join(workdir, CONFIG_JSON))):
     return
   diff = differing_fields(config, workdir)
   if diff:

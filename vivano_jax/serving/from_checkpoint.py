@@ -66,12 +66,15 @@ def load_stats(workdir: str) -> scoring.ScoreStats:
   return stats
 
 
-def run_config(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+def run_config(workdir: str, step: Optional[int]
+               ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   """The run's config, score resolved, and its thresholds.json record, checked to be for that
-  score: the files `load_run` needs before anything is restored."""
+  score and for checkpoint `step` (`check_step`): the files `load_run` needs, checked before any
+  input is read or anything restored."""
   config, _ = score_selection.resolve(workdir_lib.load_config(workdir), workdir)
   record = thresholds_lib.load(workdir)
   thresholds_lib.check_score(record, config.score, workdir)
+  check_step(workdir, record, step)
   return config, record
 
 
@@ -80,7 +83,7 @@ def check_step(workdir: str, record: dict[str, Any], step: Optional[int]) -> Non
   `record` was chosen at: its threshold decides the scores of that checkpoint only (another one
   scores on another scale). A UsageError (--step given) or DataError naming the file, both steps
   and the export to run. A step that is no checkpoint is left to the restore to name."""
-  steps = checkpoints.steps(workdir)
+  steps = workdir_lib.checkpoint_steps(workdir)
   used = steps[-1] if step is None and steps else step
   chosen = record.get('checkpoint_step')
   if used not in steps or chosen is None or chosen == used:
@@ -98,8 +101,8 @@ def check_step(workdir: str, record: dict[str, Any], step: Optional[int]) -> Non
 
 def restore(workdir: str, config: ml_collections.ConfigDict, record: dict[str, Any],
             step: Optional[int], mesh: Mesh) -> Run:
-  """The run of `run_config` at checkpoint `step` (default the latest), restored onto `mesh`."""
-  check_step(workdir, record, step)
+  """The run of `run_config(workdir, step)` at checkpoint `step` (default the latest), restored
+  onto `mesh`."""
   state, step = checkpoints.restore_run(config, workdir, step, mesh)
   stats = load_stats(workdir) if scoring.needs_stats(config.score) else None
   return Run(config=config, record=record, state=state, step=step, stats=stats)
@@ -107,7 +110,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict, record: dict[str, A
 
 def load_run(workdir: str, step: Optional[int], mesh: Mesh) -> Run:
   """The run in `workdir` at checkpoint `step` (default the latest), restored onto `mesh`."""
-  return restore(workdir, *run_config(workdir), step, mesh)
+  return restore(workdir, *run_config(workdir, step), step, mesh)
 
 
 def read_images(paths: list[pathlib.Path]) -> list[tuple[bytes, int, tuple[int, int]]]:
@@ -143,7 +146,7 @@ def predict(workdir: str, paths: list[pathlib.Path], step: Optional[int] = None,
   """Scores image files with the run in `workdir` (see predict.predict for what it returns);
   warn_tiny(sizes, patch_size, image_size) is called once the files are read."""
   input_pipeline.keep_tensorflow_off_accelerators()  # tf.data only: JAX has the accelerators.
-  config, record = run_config(workdir)
+  config, record = run_config(workdir, step)
   images = read_images(paths)
   if warn_tiny is not None:
     warn_tiny(paths, [shape for _, _, shape in images], config.model.patch_size,
