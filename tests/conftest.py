@@ -72,6 +72,24 @@ def tiny_config(tfds_dir):
   return config
 
 
+# The test files, heaviest first (their CPU time in a suite run, BENCHMARKS.md "The test suite");
+# the others follow in their own order. pytest-xdist (`--dist loadfile --no-loadscope-reorder`,
+# setup.cfg) hands out whole files in this order, so the long files start first and the two
+# workers end together (longest-processing-time-first), instead of a long file started last
+# running on one core while the other waits.
+HEAVIEST_FILES_FIRST = (
+    'test_train.py', 'test_export_model.py', 'test_workdir.py', 'test_multiprocess.py',
+    'test_cli.py', 'test_segmenter.py', 'test_optimizer.py', 'test_model.py', 'test_sweep.py',
+    'test_datasets_files.py', 'test_export.py', 'test_pinned_metrics.py', 'test_predict.py',
+    'test_datasets_embedded.py', 'test_scoring.py', 'test_input_pipeline.py',
+    'test_score_components.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(HEAVIEST_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: a file's own order.
+
+
 def pytest_unconfigure(config):
   del config
   if _OWN_CACHE:  # The process that made the cache (xdist's workers inherit the variable).

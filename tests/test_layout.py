@@ -2,6 +2,7 @@
 
 import ast
 
+from tests.conftest import HEAVIEST_FILES_FIRST
 from tests.conftest import REPO
 
 MAX_MODULE_LINES = 400
@@ -38,3 +39,10 @@ def test_no_environment_changes_at_import():
         continue
       text = ast.unparse(node)
       assert 'os.environ' not in text and 'set_visible_devices' not in text, (path, text)
+
+
+def test_the_suites_file_order_names_test_files():
+  # conftest.py's scheduling order names files that exist (a renamed file would drop to the end).
+  assert len(set(HEAVIEST_FILES_FIRST)) == len(HEAVIEST_FILES_FIRST)
+  missing = [name for name in HEAVIEST_FILES_FIRST if not (REPO / 'tests' / name).is_file()]
+  assert not missing, missing
