@@ -6,7 +6,9 @@ worker (`trained_folder_run`, shared with test_cli.py, test_predict.py and test_
 its offline evaluation must equal the in-training metrics.json.
 """
 
+import contextlib
 import csv
+import io
 import json
 import pathlib
 import re
@@ -83,12 +85,15 @@ def trained_folder_run(tmp_path_factory, tfds_dir: str) -> pathlib.Path:
     if (workdir / 'report' / 'index.html').exists():
       return workdir
     folder = write_folder(base / 'folder')
-    proc = subprocess.run([sys.executable, '-m', 'vivano_jax.main', f'--workdir={workdir}',
-                           *folder_overrides(folder, tfds_dir)],
-                          env=subprocess_env(), cwd=str(REPO), capture_output=True, text=True,
-                          timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f'export/test: {NUM_TEST} images' in proc.stdout and 'threshold: quantile' in proc.stdout
+    # In this process, as the console script calls main (test_train.py runs `python -m
+    # vivano_jax.main` itself in a subprocess).
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      code = cli.main(['vivano', 'train', f'--workdir={workdir}',
+                       *folder_overrides(folder, tfds_dir)])
+  assert code == 0, err.getvalue()[-3000:]
+  out = out.getvalue()
+  assert f'export/test: {NUM_TEST} images' in out and 'threshold: quantile' in out
   # The export after training takes the test split's native maps and metrics from its evaluation.
   assert (f'Native maps and metrics of {NUM_TEST} images taken from the earlier evaluation'
           in (workdir / 'vivano.log').read_text())

@@ -178,9 +178,11 @@ def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path, capsys):
   assert 0 < meta['step'] < 150, f'the run was not interrupted mid-way (step {meta["step"]})'
   assert not (killed / 'metrics.json').exists()
 
-  proc = _main(killed, tiny_config.dataset.data_dir, *steps, '--config.model.depth=2')
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
+  # The resumed run in this process, as the uninterrupted one.
+  code = cli.main(['vivano', 'train', f'--config={REPO / "configs" / "tiny.py"}',
+                   f'--workdir={killed}', f'--config.dataset.data_dir={tiny_config.dataset.data_dir}',
+                   *steps, '--config.model.depth=2'])
+  assert code == 0, capsys.readouterr().err[-3000:]
   assert f'Resumed from checkpoint step {meta["step"]}' in (killed / 'vivano.log').read_text()
   a, meta_a = _final_params(full, config)
   b, meta_b = _final_params(killed, config)
@@ -256,12 +258,12 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_config):
   config.model.decoder_norm = 'none'
   mesh = sharding.make_mesh()
   x = np.random.default_rng(0).uniform(-1, 1, size=(8, 32, 32, 1)).astype(np.float32)
-  model = model_lib.create_model(config)
+  # One initial state for the three (the accumulation is the step's, not the state's).
+  initial = train_step.create_train_state(config, model_lib.create_model(config), 10, mesh)
   finals = {}
   # k = 4 both as the rolled loop (accelerators) and unrolled (CPUs): see train_step.train_step.
   for k, unroll in ((1, None), (4, False), (4, True)):
-    config.train.grad_accum_steps = k
-    state = train_step.create_train_state(config, model, 10, mesh)
+    state = initial
     step = jax.jit(functools.partial(train_step.train_step, accum_steps=k, mesh=mesh,
                                      unroll=unroll,
                                      loss_weights=train_step.loss_weights(config)))
