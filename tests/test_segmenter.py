@@ -1,5 +1,6 @@
 """The discriminative segmentation head: its loss, its place in the model, its score and checks."""
 
+import functools
 import re
 
 import jax
@@ -56,7 +57,10 @@ def test_segmenter_output_and_its_gradient_stays_in_the_head(resolution):
   config.model.segmenter_resolution = resolution
   model = model_lib.create_model(config)
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 1), minval=-1, maxval=1)
-  variables = model.init({'params': jax.random.PRNGKey(1), 'latent': jax.random.PRNGKey(2)}, x)
+  # Each step compiled as one program (eagerly, every primitive of the model and its gradient is
+  # compiled on its own, for most of this test's time).
+  variables = jax.jit(model.init)({'params': jax.random.PRNGKey(1),
+                                   'latent': jax.random.PRNGKey(2)}, x)
   assert 'segmenter' in variables['params'] and 'segmenter' in variables['batch_stats']
 
   def seg_mean(params):
@@ -66,14 +70,15 @@ def test_segmenter_output_and_its_gradient_stays_in_the_head(resolution):
     assert out['seg_logits'].shape == (2, 32, 32) and out['seg_logits'].dtype == jnp.float32
     return jnp.mean(out['seg_logits'] ** 2)
 
-  grads = jax.grad(seg_mean)(variables['params'])
+  grads = jax.jit(jax.grad(seg_mean))(variables['params'])
   norms = {k: float(optax.global_norm(v)) for k, v in grads.items()}
   assert norms['segmenter'] > 0
   # The autoencoder is trained by its own objective only: no gradient from the head reaches it.
   for part in ('encoder', 'bottleneck', 'decoder', 'density'):
     assert norms[part] == 0.0, part
   # Without the decoder pass there is no reconstruction to compare, so no segmenter map.
-  assert 'seg_logits' not in model.apply(variables, x, decode=False)
+  assert 'seg_logits' not in jax.eval_shape(functools.partial(model.apply, decode=False),
+                                            variables, x)
 
 
 def test_seg_component_is_the_smoothed_probability():
