@@ -87,12 +87,12 @@ def trained_folder_run(tmp_path_factory, tfds_dir: str) -> pathlib.Path:
     folder = write_folder(base / 'folder')
     # In this process, as the console script calls main (test_train.py runs `python -m
     # vivano_jax.main` itself in a subprocess).
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
       code = cli.main(['vivano', 'train', f'--workdir={workdir}',
                        *folder_overrides(folder, tfds_dir)])
-  assert code == 0, err.getvalue()[-3000:]
-  out = out.getvalue()
+  assert code == 0, stderr.getvalue()[-3000:]
+  out = stdout.getvalue()
   assert f'export/test: {NUM_TEST} images' in out and 'threshold: quantile' in out
   # The export after training takes the test split's native maps and metrics from its evaluation.
   assert (f'Native maps and metrics of {NUM_TEST} images taken from the earlier evaluation'

@@ -122,9 +122,13 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_config, 
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
 
 
+def _train_flags(workdir, tfds_dir, *overrides):
+  return [f'--config={REPO / "configs" / "tiny.py"}', f'--workdir={workdir}',
+          f'--config.dataset.data_dir={tfds_dir}', *overrides]
+
+
 def _main(workdir, tfds_dir, *overrides, **kwargs):
-  cmd = [sys.executable, '-m', 'vivano_jax.main', f'--config={REPO / "configs" / "tiny.py"}',
-         f'--workdir={workdir}', f'--config.dataset.data_dir={tfds_dir}', *overrides]
+  cmd = [sys.executable, '-m', 'vivano_jax.main', *_train_flags(workdir, tfds_dir, *overrides)]
   return subprocess.Popen(cmd, env=subprocess_env(), cwd=str(REPO), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -142,12 +146,12 @@ def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path, capsys):
   used. (The export and report after training are run and checked by test_export.py's folder run.)
   """
   input_pipeline.load(tiny_config, ('train', 'test'))  # Prepare data once for the subprocesses.
+  data_dir = tiny_config.dataset.data_dir
   steps = ['--config.train.num_steps=150', '--config.train.checkpoint_every_steps=50',
-           '--config.train.log_every_steps=10', '--config.export.at_end=False']
+           '--config.train.log_every_steps=10', '--config.export.at_end=False',
+           '--config.model.depth=2']
   full = tmp_path / 'full'  # Uninterrupted, in this process (as the console script calls main).
-  code = cli.main(['vivano', 'train', f'--config={REPO / "configs" / "tiny.py"}',
-                   f'--workdir={full}', f'--config.dataset.data_dir={tiny_config.dataset.data_dir}',
-                   *steps, '--config.model.depth=2'])
+  code = cli.main(['vivano', 'train', *_train_flags(full, data_dir, *steps)])
   out, err = capsys.readouterr()
   assert code == 0, err[-3000:]
   assert 'image AUROC' in out and 'images/s' in out and str(full) in out
@@ -160,7 +164,7 @@ def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path, capsys):
   assert not (full / 'export').exists()
 
   killed = tmp_path / 'killed'
-  proc = _main(killed, tiny_config.dataset.data_dir, *steps, '--config.model.depth=2')
+  proc = _main(killed, data_dir, *steps)
   ckpt_dir = killed / 'checkpoints'
   deadline = time.time() + 300
   while time.time() < deadline:
@@ -179,9 +183,7 @@ def test_cli_run_and_resume_after_sigkill(tiny_config, tmp_path, capsys):
   assert not (killed / 'metrics.json').exists()
 
   # The resumed run in this process, as the uninterrupted one.
-  code = cli.main(['vivano', 'train', f'--config={REPO / "configs" / "tiny.py"}',
-                   f'--workdir={killed}', f'--config.dataset.data_dir={tiny_config.dataset.data_dir}',
-                   *steps, '--config.model.depth=2'])
+  code = cli.main(['vivano', 'train', *_train_flags(killed, data_dir, *steps)])
   assert code == 0, capsys.readouterr().err[-3000:]
   assert f'Resumed from checkpoint step {meta["step"]}' in (killed / 'vivano.log').read_text()
   a, meta_a = _final_params(full, config)
