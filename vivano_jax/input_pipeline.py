@@ -81,6 +81,9 @@ def _in_validation(filenames: np.ndarray, fraction: float, seed: int) -> np.ndar
   return np.array([u(n) < fraction for n in filenames], dtype=bool)
 
 
+_READ_BATCH = 1024  # Examples per tf.data batch when a split is read into memory.
+
+
 def load_split(builder: tfds.core.DatasetBuilder, split: str, cfg: ml_collections.ConfigDict,
                process_index: Optional[int] = None, process_count: Optional[int] = None) -> SplitData:
   """Reads this process's shard of `split` ('train', 'validation' or 'test') into memory.
@@ -98,10 +101,13 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str, cfg: ml_collection
   shard = tfds.split_for_jax_process(source, process_index=process_index, process_count=process_count)
   ds = builder.as_dataset(split=shard, shuffle_files=False, decoders={
       'image': tfds.decode.SkipDecoding(), 'mask': tfds.decode.SkipDecoding()})
-  cols = {k: [] for k in ('image', 'mask', 'label', 'defect_type', 'filename', 'has_mask')}
-  for ex in tfds.as_numpy(ds):
+  # Every feature is a scalar (images and masks stay encoded), so the split is read in batches:
+  # tf.data's per-element overhead would otherwise dominate reading a large split.
+  names = ('image', 'mask', 'label', 'defect_type', 'filename', 'has_mask')
+  cols = {k: [] for k in names}
+  for batch in tfds.as_numpy(ds.batch(_READ_BATCH)):
     for k in cols:
-      cols[k].append(ex[k])
+      cols[k].extend(batch[k])
   as_str = lambda xs: np.array([x.decode() if isinstance(x, bytes) else str(x) for x in xs], dtype=object)
   data = SplitData(
       images=np.array(cols['image'], dtype=object),
