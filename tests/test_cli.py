@@ -310,7 +310,7 @@ def test_every_subcommand_succeeds(capsys, folder_run, tmp_path, tfds_dir):
                          f'--root={tmp_path / "sweep"}', '--dry_run')
   assert code == 0, err
   code, out, err = _call(capsys, 'train', f'--config={TINY}', f'--workdir={tmp_path / "train"}',
-                         f'--config.dataset.data_dir={tfds_dir}', '--config.train.num_steps=2',
+                         f'--config.dataset.data_dir={tfds_dir}', '--config.train.num_steps=10',
                          '--config.export.at_end=False')
   assert code == 0 and 'image AUROC' in out, err
   # One line per stage and a progress bar; library logs in the workdir's log file, not on the console.

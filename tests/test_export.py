@@ -619,13 +619,13 @@ def test_digits_export_then_evaluate_equals_training(tiny_config, tmp_path):
   from vivano_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from vivano_jax import train  # pylint: disable=g-import-not-at-top
   config = tiny_config
-  config.train.num_steps = 5
+  config.train.num_steps = 10  # As the other tiny runs: one compiled train step (test_train.py).
   config.export.max_overlays = 3
   # 'combined' standardises by training statistics: the export must use the same ones.
   config.score.image, config.score.pixel = 'combined', 'nll'
   summary = train.train_and_evaluate(config, str(tmp_path))
   exported = export.export_run(config, str(tmp_path))
-  assert exported['checkpoint_step'] == 5
+  assert exported['checkpoint_step'] == 10
   exp = export_format.read_export(tmp_path / 'export' / 'test')
   offline = evaluate.evaluate(exp)
   _assert_metrics_equal(offline, summary['metrics'])

@@ -86,7 +86,9 @@ def test_eight_devices_equal_one_device(tiny_config, tmp_path):
 def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_config, tmp_path,
                                                                    monkeypatch):
   config = tiny_config
-  config.train.checkpoint_every_steps = 5
+  # 10 steps, as most tiny runs of the suite: the schedule is part of the compiled train step, so
+  # runs of one length share one program (XLA's persistent cache, tests/conftest.py).
+  config.train.num_steps, config.train.checkpoint_every_steps = 10, 5
   real = train_step.make_train_step
 
   def poisoned(cfg, mesh):
