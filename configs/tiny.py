@@ -22,7 +22,9 @@ def get_config():
   config.density.hidden_dim = 32
   config.density.position_embed_dim = 8
   config.train.batch_size = 8
-  config.train.eval_batch_size = 8
+  # Large scoring batches: a tiny model's step costs less than its dispatch (1,655 test images
+  # score in half the time at 64 as at 8).
+  config.train.eval_batch_size = 64
   config.train.num_steps = 20
   config.train.warmup_steps = 5
   config.train.log_every_steps = 5
