@@ -103,8 +103,7 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str, cfg: ml_collection
       'image': tfds.decode.SkipDecoding(), 'mask': tfds.decode.SkipDecoding()})
   # Every feature is a scalar (images and masks stay encoded), so the split is read in batches:
   # tf.data's per-element overhead would otherwise dominate reading a large split.
-  names = ('image', 'mask', 'label', 'defect_type', 'filename', 'has_mask')
-  cols = {k: [] for k in names}
+  cols = {k: [] for k in ('image', 'mask', 'label', 'defect_type', 'filename', 'has_mask')}
   for batch in tfds.as_numpy(ds.batch(_READ_BATCH)):
     for k in cols:
       cols[k].extend(batch[k])
