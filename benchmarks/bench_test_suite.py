@@ -3,8 +3,9 @@
 Runs `pytest` (setup.cfg's options: two pytest-xdist workers on a 2-core machine) with this file as
 a plugin that records, for every test, the CPU time of its worker and of the worker's subprocesses
 and the wall time. Prints the load average before the run, the suite's wall and CPU time, each
-worker's busy and waiting time (how evenly the two ended), and the test files by CPU time, heaviest
-first, beside the order conftest.HEAVIEST_FILES_FIRST gives pytest-xdist.
+worker's busy and waiting time (how evenly the two ended), the test files by CPU time, heaviest
+first, beside the order conftest.HEAVIEST_FILES_FIRST gives pytest-xdist, and the tests of most CPU
+time (`--top`).
 
   python benchmarks/bench_test_suite.py                 # the whole suite
   python benchmarks/bench_test_suite.py -- -k train     # arguments after -- go to pytest
@@ -74,7 +75,8 @@ def _heaviest_files_first() -> tuple[str, ...]:
   return ()
 
 
-def _report(rows_by_worker: dict[str, list], wall: float, cpu: float, load: float) -> None:
+def _report(rows_by_worker: dict[str, list], wall: float, cpu: float, load: float,
+            top: int) -> None:
   print(f'load average before: {load:.2f}')
   print(f'suite: {wall:.0f} s wall, {cpu:.0f} s CPU (user + sys, all processes), '
         f'{len(sum(rows_by_worker.values(), []))} tests')
@@ -92,10 +94,16 @@ def _report(rows_by_worker: dict[str, list], wall: float, cpu: float, load: floa
   for name, seconds in sorted(files.items(), key=lambda kv: -kv[1]):
     place = listed.get(name)
     print(f'  {seconds:7.1f}  {name:32s} {"-" if place is None else place + 1}')
+  if top:
+    tests = sorted(sum(rows_by_worker.values(), []), key=lambda r: -(r[1] + r[2]))[:top]
+    print(f'the {len(tests)} tests of most CPU time (s): own + subprocesses, wall')
+    for nodeid, own, children, spent in tests:
+      print(f'  {own:6.1f} + {children:5.1f}  {spent:6.1f}  {nodeid}')
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--top', type=int, default=30, help='list this many tests of most CPU time')
   parser.add_argument('pytest_args', nargs='*', help='after --: passed to pytest')
   args = parser.parse_args()
   with tempfile.TemporaryDirectory(prefix='vivano-bench-suite-') as folder:
@@ -111,7 +119,7 @@ def main() -> None:
     rows = {p.stem: json.loads(p.read_text()) for p in pathlib.Path(folder).glob('*.json')}
   if len(rows) > 1:
     rows.pop('main', None)  # pytest-xdist's controller runs no test.
-  _report(rows, wall, cpu, load)
+  _report(rows, wall, cpu, load, args.top)
   sys.exit(code)
 
 
