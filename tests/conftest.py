@@ -22,11 +22,13 @@ if _OWN_CACHE:
 # Subprocesses that set a device count keep it (`subprocess_env`). A value the caller set is kept.
 # For the same reason XLA:CPU's older loop emitters generate the fused kernels instead of its new
 # fusion emitters: a tiny train step compiles in half the time (3.5 -> 1.7 s) and runs as fast; the
-# whole suite takes a twentieth less CPU (BENCHMARKS.md). And LLVM does not unroll the kernels'
-# loops: a tiny train step compiles in half the time again (7 -> 3.5 s) and runs as fast, its
-# numbers changed in the last bits (BENCHMARKS.md). Production code keeps XLA's defaults.
+# whole suite takes a twentieth less CPU (BENCHMARKS.md). And LLVM neither unrolls the kernels'
+# loops nor optimises them for speed over size: a tiny train step compiles in less than half the
+# CPU time again (7 -> 3 s), its numbers changed in the last bits; the test files that train take a
+# tenth less CPU (BENCHMARKS.md). Production code keeps XLA's defaults.
+_LLVM = 'xla_cpu_disable_loop_unrolling,xla_cpu_optimize_for_size'
 for _flag in ('--xla_backend_optimization_level=1', '--xla_cpu_use_fusion_emitters=false',
-              '--xla_backend_extra_options=xla_cpu_disable_loop_unrolling'):
+              f'--xla_backend_extra_options={_LLVM}'):
   if _flag.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {_flag}'.strip()
 

@@ -48,10 +48,12 @@ def make_cfg(name, manual_dir=None, **kwargs):
       dict(name=name, manual_dir=None if manual_dir is None else str(manual_dir), **kwargs))
 
 
-def load_split(builder, split):
-  """All examples of a split as numpy dicts, strings decoded. Read in batches when every image has
-  one shape (the one-class datasets: 10,000s of images, each tf.data element costs more than it)."""
-  ds = builder.as_dataset(split=split)
+def load_split(builder, split, decode_images=True):
+  """All examples of a split as numpy dicts, strings decoded (images and masks too unless
+  `decode_images` is False: their PNG bytes then). Read in batches when every image has one shape
+  (the one-class datasets: 10,000s of images, each tf.data element costs more than it)."""
+  skip = {} if decode_images else {k: tfds.decode.SkipDecoding() for k in ('image', 'mask')}
+  ds = builder.as_dataset(split=split, decoders=skip or None)
   features = builder.info.features
   if all(None not in features[k].shape for k in ('image', 'mask')):
     batches = tfds.as_numpy(ds.batch(1024))
@@ -1082,7 +1084,7 @@ def test_cifar10_one_class_local(tmp_path):
   assert train_names | val_names == cats
   assert all(e['label'] == 0 and e['image'].shape == (32, 32, 3) for e in train + val)
 
-  test = load_split(builder, 'test')
+  test = load_split(builder, 'test', decode_images=False)  # Its labels and names are checked.
   listing = {c: len(os.listdir(cifar / 'test' / c)) for c in one_class.CIFAR10_CLASSES}
   assert len(test) == sum(listing.values()) == 10000
   for c, count in listing.items():
