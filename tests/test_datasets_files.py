@@ -52,8 +52,8 @@ def load_split(builder, split, decode_images=True):
   """All examples of a split as numpy dicts, strings decoded (images and masks too unless
   `decode_images` is False: their PNG bytes then). Read in batches when every image has one shape
   (the one-class datasets: 10,000s of images, each tf.data element costs more than it)."""
-  skip = {} if decode_images else {k: tfds.decode.SkipDecoding() for k in ('image', 'mask')}
-  ds = builder.as_dataset(split=split, decoders=skip or None)
+  decoders = None if decode_images else {k: tfds.decode.SkipDecoding() for k in ('image', 'mask')}
+  ds = builder.as_dataset(split=split, decoders=decoders)
   features = builder.info.features
   if all(None not in features[k].shape for k in ('image', 'mask')):
     batches = tfds.as_numpy(ds.batch(1024))
